@@ -1,0 +1,48 @@
+import Foundation
+
+public typealias EvtchnPort = UInt32
+
+/// Event channels of the calling domain (xenevtchn). A delivered port stays
+/// masked until `unmask`, as the Linux evtchn device does; `fileDescriptor`
+/// is readable while ports are pending.
+public protocol EventChannels: AnyObject {
+    func allocateUnbound(remote: DomID) throws -> EvtchnPort
+    func bindInterdomain(remote: DomID, remotePort: EvtchnPort) throws -> EvtchnPort
+    func notify(_ port: EvtchnPort) throws
+    /// The next pending port, without blocking.
+    func pending() throws -> EvtchnPort?
+    func unmask(_ port: EvtchnPort) throws
+    func unbind(_ port: EvtchnPort) throws
+    var fileDescriptor: Int32 { get }
+    /// Unbinds every port still bound through this handle.
+    func close()
+}
+
+extension EventChannels {
+    /// Waits up to `timeout` (nil: forever) for a pending port.
+    public func wait(timeout: Duration?) throws -> EvtchnPort? {
+        if let p = try pending() { return p }
+        guard try pollReadable(fileDescriptor, timeout: timeout) else { return nil }
+        return try pending()
+    }
+}
+
+/// poll(2) for readability, EINTR retried; false on timeout.
+public func pollReadable(_ fd: Int32, timeout: Duration?) throws -> Bool {
+    let deadline = timeout.map { ContinuousClock.now + $0 }
+    while true {
+        var ms: Int32 = -1
+        if let d = deadline {
+            let left = ContinuousClock.now.duration(to: d)
+            if left <= .zero { ms = 0 } else {
+                let c = left.components
+                ms = Int32(clamping: c.seconds * 1000 + (c.attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
+            }
+        }
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let r = poll(&p, 1, ms)
+        if r > 0 { return true }
+        if r == 0 { return false }
+        if errno != EINTR { throw XenError(errno, "poll", "fd \(fd)") }
+    }
+}

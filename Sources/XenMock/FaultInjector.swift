@@ -1,0 +1,80 @@
+import Foundation
+import XenHypervisor
+
+/// Every hypervisor call the mock makes, by name, for counting and for faults.
+public enum MockOperation: String, CaseIterable, Sendable {
+    case xsRead = "xenstore read", xsWrite = "xenstore write", xsMkdir = "xenstore mkdir"
+    case xsRemove = "xenstore rm", xsDirectory = "xenstore directory"
+    case xsGetPermissions = "xenstore get-perms", xsSetPermissions = "xenstore set-perms"
+    case xsTransactionStart = "xenstore transaction start", xsTransactionEnd = "xenstore transaction end"
+    case xsWatch = "xenstore watch", xsUnwatch = "xenstore unwatch"
+    case evtchnAllocUnbound = "evtchn alloc-unbound", evtchnBindInterdomain = "evtchn bind-interdomain"
+    case evtchnNotify = "evtchn notify", evtchnUnmask = "evtchn unmask", evtchnUnbind = "evtchn unbind"
+    case grantMap = "gnttab map", grantUnmap = "gnttab unmap"
+    case grantShare = "gntshr share", grantEndAccess = "gntshr end-access"
+    case openXenStore = "open xenstore", openEventChannels = "open evtchn"
+    case openGrantTable = "open gnttab", openGrantSharing = "open gntshr"
+    case pirqMap = "physdev map-pirq", pirqUnmap = "physdev unmap-pirq"
+}
+
+/// Fault injection: make the Nth call of an operation fail with a chosen
+/// errno (optionally only for one domain), and drop or delay event
+/// notifications. Counters are per operation across all domains.
+public final class FaultInjector: @unchecked Sendable {
+    struct Rule {
+        var op: MockOperation
+        var domain: DomID?
+        var remainingBefore: Int // calls to let through before failing
+        var times: Int           // failures left; Int.max = always
+        var code: Int32
+    }
+    private var rules: [Rule] = []
+    private(set) var counts: [MockOperation: Int] = [:]
+    private(set) public var injected = 0
+    var dropNotifications = 0
+    var dropAll = false
+    var delay: Duration?
+
+    /// Fail the `nth` (1-based, counted from now) matching call of `op`,
+    /// `times` times in a row (default once).
+    public func fail(_ op: MockOperation, nth: Int = 1, errno code: Int32, domain: DomID? = nil, times: Int = 1) {
+        precondition(nth >= 1)
+        rules.append(Rule(op: op, domain: domain, remainingBefore: nth - 1, times: times, code: code))
+    }
+
+    /// Every matching call fails until `reset`.
+    public func failAlways(_ op: MockOperation, errno code: Int32, domain: DomID? = nil) {
+        fail(op, errno: code, domain: domain, times: .max)
+    }
+
+    /// Drop the next `count` event notifications (notify succeeds, nothing arrives).
+    public func dropEvents(_ count: Int) { dropNotifications += count }
+    public func dropAllEvents(_ on: Bool) { dropAll = on }
+    /// Deliver every notification `by` later (nil: at once).
+    public func delayEvents(by d: Duration?) { delay = d }
+
+    public func reset() { rules.removeAll(); dropNotifications = 0; dropAll = false; delay = nil }
+
+    public func count(_ op: MockOperation) -> Int { counts[op, default: 0] }
+
+    /// Called with the mock's lock held.
+    func check(_ op: MockOperation, domain: DomID, _ detail: String) throws {
+        counts[op, default: 0] += 1
+        for i in rules.indices where rules[i].op == op && (rules[i].domain == nil || rules[i].domain == domain) {
+            if rules[i].remainingBefore > 0 { rules[i].remainingBefore -= 1; continue }
+            guard rules[i].times > 0 else { continue }
+            if rules[i].times != .max { rules[i].times -= 1 }
+            injected += 1
+            let code = rules[i].code
+            rules.removeAll { $0.times == 0 }
+            throw XenError(code, op.rawValue, detail.isEmpty ? "(injected fault)" : "\(detail) (injected fault)")
+        }
+    }
+
+    /// Called with the lock held for each notification: false = drop it.
+    func shouldDeliver() -> Bool {
+        if dropAll { return false }
+        if dropNotifications > 0 { dropNotifications -= 1; return false }
+        return true
+    }
+}

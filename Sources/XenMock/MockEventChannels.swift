@@ -1,0 +1,155 @@
+import Foundation
+import XenHypervisor
+
+/// One domain's event channel handle. Ports are numbered per domain from 1,
+/// lowest free first, as Xen allocates them.
+final class MockEventChannels: EventChannels, @unchecked Sendable {
+    unowned let hv: MockHypervisor
+    let id: Int
+    let dom: DomID
+    private var ready: [EvtchnPort] = []
+    private let signal = ReadySignal()
+    private var closed = false
+
+    init(hv: MockHypervisor, id: Int, dom: DomID) {
+        self.hv = hv
+        self.id = id
+        self.dom = dom
+    }
+
+    var fileDescriptor: Int32 { signal.fd }
+
+    private typealias Key = MockHypervisor.PortKey
+
+    private func begin(_ op: MockOperation, _ detail: String) throws {
+        guard !closed else { throw XenError(EBADF, op.rawValue, "\(detail): handle closed") }
+        try hv.faults.check(op, domain: dom, detail)
+    }
+
+    private func freePort() -> EvtchnPort {
+        var p: EvtchnPort = 1
+        while hv.ports[Key(dom: dom, port: p)] != nil { p += 1 }
+        return p
+    }
+
+    /// Our port, or ENOTCONN when this handle does not own it (Linux evtchn).
+    private func owned(_ port: EvtchnPort, _ op: MockOperation) throws -> MockHypervisor.Port {
+        guard let p = hv.ports[Key(dom: dom, port: port)], p.handle == id else {
+            throw XenError(ENOTCONN, op.rawValue, "port \(port) is not bound by this handle")
+        }
+        return p
+    }
+
+    func allocateUnbound(remote: DomID) throws -> EvtchnPort {
+        try hv.locked {
+            try begin(.evtchnAllocUnbound, "for dom\(remote)")
+            guard hv.domains[remote] != nil else {
+                throw XenError(ESRCH, MockOperation.evtchnAllocUnbound.rawValue, "dom\(remote) does not exist")
+            }
+            let p = freePort()
+            hv.ports[Key(dom: dom, port: p)] = MockHypervisor.Port(handle: id, state: .unbound(remote: remote))
+            return p
+        }
+    }
+
+    func bindInterdomain(remote: DomID, remotePort: EvtchnPort) throws -> EvtchnPort {
+        try hv.locked {
+            let what = "dom\(remote) port \(remotePort)"
+            try begin(.evtchnBindInterdomain, what)
+            let rk = Key(dom: remote, port: remotePort)
+            guard let r = hv.ports[rk], case .unbound(let allowed) = r.state, allowed == dom else {
+                throw XenError(EINVAL, MockOperation.evtchnBindInterdomain.rawValue, "\(what) is not an unbound port offered to dom\(dom)")
+            }
+            let p = freePort()
+            hv.ports[Key(dom: dom, port: p)] = MockHypervisor.Port(handle: id, state: .interdomain(remote: remote, port: remotePort))
+            hv.ports[rk]!.state = .interdomain(remote: dom, port: p)
+            return p
+        }
+    }
+
+    func notify(_ port: EvtchnPort) throws {
+        try hv.locked {
+            try begin(.evtchnNotify, "port \(port)")
+            let p = try owned(port, .evtchnNotify)
+            guard case .interdomain(let rd, let rp) = p.state else { return } // unbound: dropped, as Xen does
+            guard hv.faults.shouldDeliver() else { return }
+            if let d = hv.faults.delay {
+                let ns = d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000
+                DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(ns))) { [hv] in
+                    hv.locked { hv.raise(Key(dom: rd, port: rp)) }
+                }
+            } else {
+                hv.raise(Key(dom: rd, port: rp))
+            }
+        }
+    }
+
+    /// Called with the lock held by the delivering side.
+    func deliver(_ port: EvtchnPort) {
+        ready.append(port)
+        signal.raise()
+    }
+
+    func pending() throws -> EvtchnPort? {
+        try hv.locked {
+            guard !closed else { throw XenError(EBADF, "evtchn pending", "handle closed") }
+            guard !ready.isEmpty else { signal.clear(); return nil }
+            let p = ready.removeFirst()
+            if ready.isEmpty { signal.clear() }
+            hv.ports[Key(dom: dom, port: p)]?.pending = false
+            return p
+        }
+    }
+
+    func unmask(_ port: EvtchnPort) throws {
+        try hv.locked {
+            try begin(.evtchnUnmask, "port \(port)")
+            _ = try owned(port, .evtchnUnmask)
+            let k = Key(dom: dom, port: port)
+            hv.ports[k]!.masked = false
+            if hv.ports[k]!.pending { hv.ports[k]!.pending = false; hv.raise(k) }
+        }
+    }
+
+    func unbind(_ port: EvtchnPort) throws {
+        try hv.locked {
+            try begin(.evtchnUnbind, "port \(port)")
+            _ = try owned(port, .evtchnUnbind)
+            release(port)
+        }
+    }
+
+    /// Lock held. The peer of an interdomain port falls back to unbound.
+    private func release(_ port: EvtchnPort) {
+        let k = Key(dom: dom, port: port)
+        if case .interdomain(let rd, let rp)? = hv.ports[k]?.state {
+            let rk = Key(dom: rd, port: rp)
+            if hv.ports[rk] != nil { hv.ports[rk]!.state = .unbound(remote: dom) }
+        }
+        hv.ports[k] = nil
+        ready.removeAll { $0 == port }
+        if ready.isEmpty { signal.clear() }
+    }
+
+    func close() {
+        hv.locked {
+            guard !closed else { return }
+            for (k, p) in hv.ports where k.dom == dom && p.handle == id { release(k.port) }
+            closed = true
+            hv.evtchnHandles[id] = nil
+        }
+    }
+}
+
+extension MockHypervisor {
+    /// Lock held. Marks a port pending; a port that is not masked is masked
+    /// and queued on its handle (one delivery until the owner unmasks).
+    func raise(_ k: PortKey) {
+        guard var p = ports[k] else { return }
+        if p.masked { p.pending = true; ports[k] = p; return }
+        p.masked = true
+        p.pending = true
+        ports[k] = p
+        evtchnHandles[p.handle]?.deliver(k.port)
+    }
+}

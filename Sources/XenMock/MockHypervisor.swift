@@ -1,0 +1,243 @@
+import Foundation
+import XenHypervisor
+
+/// An in-process hypervisor holding several domains: a xenstore with
+/// permissions, watches and transactions; grant tables whose mappings are the
+/// very memory the granting domain shared; interdomain event channels; fault
+/// injection; and a leak check. One lock guards everything, which keeps the
+/// model simple and its behaviour deterministic.
+public final class MockHypervisor: @unchecked Sendable {
+    let lock = NSLock()
+    var tree = XenstoreTree()
+    var domains: [DomID: String] = [:]
+    public let faults = FaultInjector()
+
+    // xenstore
+    var connections: [Int: MockXenStore] = [:]
+    struct Watch { var conn: Int; var path: String; var token: String }
+    var watches: [Watch] = []
+    struct Transaction {
+        var conn: Int
+        var dom: DomID
+        var snapshot: XenstoreTree
+        var start: UInt64
+        var accessed: Set<String> = []
+        var replay: [(inout XenstoreTree) throws -> [(String, Bool)]] = []
+    }
+    var transactions: [UInt32: Transaction] = [:]
+    var nextTransaction: UInt32 = 1
+    var nextHandle = 1
+
+    // event channels
+    enum PortState { case unbound(remote: DomID), interdomain(remote: DomID, port: EvtchnPort) }
+    struct Port { var handle: Int; var state: PortState; var pending = false; var masked = false }
+    struct PortKey: Hashable { var dom: DomID; var port: EvtchnPort }
+    var ports: [PortKey: Port] = [:]
+    var evtchnHandles: [Int: MockEventChannels] = [:]
+
+    // grants
+    struct GrantKey: Hashable { var owner: DomID; var ref: GrantRef }
+    struct Grant { var handle: Int; var grantee: DomID; var writable: Bool; var page: UnsafeMutableRawPointer; var ended = false; var maps = 0 }
+    var grants: [GrantKey: Grant] = [:]
+    struct Mapping { var handle: Int; var mapper: DomID; var key: GrantKey }
+    var mappings: [GrantHandle: Mapping] = [:]
+    var nextGrantHandle: GrantHandle = 1
+    var gnttabHandles: [Int: MockGrantTable] = [:]
+    var gntshrHandles: [Int: MockGrantSharing] = [:]
+
+    // pirqs (PCI platform)
+    struct PirqKey: Hashable { var dom: DomID; var pirq: UInt32 }
+    var pirqs: [PirqKey: String] = [:]
+    var nextPirq: UInt32 = 32
+
+    public init() {
+        tree.nodes_bootstrap()
+    }
+
+    /// A domain of this hypervisor; created (with `/local/domain/<id>` laid
+    /// out as libxl does) on first use.
+    public func domain(_ id: DomID, name: String? = nil) -> MockDomain {
+        locked {
+            if domains[id] == nil {
+                domains[id] = name ?? (id == 0 ? "Domain-0" : "guest\(id)")
+                let home = "/local/domain/\(id)"
+                try! tree.write(home + "/name", domains[id]!, dom: 0)
+                try! tree.write(home + "/domid", String(id), dom: 0)
+                try! tree.setPermissions(home, [XenstorePermission(0, .none), XenstorePermission(id, .read)], dom: 0)
+                try! tree.setPermissions(home + "/name", [XenstorePermission(0, .none), XenstorePermission(id, .read)], dom: 0)
+                try! tree.setPermissions(home + "/domid", [XenstorePermission(0, .none), XenstorePermission(id, .read)], dom: 0)
+                for dir in ["device", "data"] {
+                    try! tree.mkdir(home + "/" + dir, dom: 0)
+                    try! tree.setPermissions(home + "/" + dir, [XenstorePermission(id, .none)], dom: 0)
+                }
+                fire("@introduceDomain", recurse: false, before: nil)
+            }
+        }
+        return MockDomain(hypervisor: self, id: id)
+    }
+
+    /// Destroys a domain as the hypervisor would: every handle it holds is
+    /// closed (ports unbound, grants ended, mappings undone), its xenstore
+    /// home removed, and `@releaseDomain` fired.
+    public func destroyDomain(_ id: DomID) {
+        let (xs, ev, gt, gs): ([MockXenStore], [MockEventChannels], [MockGrantTable], [MockGrantSharing]) = locked {
+            (connections.values.filter { $0.dom == id }, evtchnHandles.values.filter { $0.dom == id },
+             gnttabHandles.values.filter { $0.dom == id }, gntshrHandles.values.filter { $0.dom == id })
+        }
+        xs.forEach { $0.close() }
+        ev.forEach { $0.close() }
+        gt.forEach { $0.close() }
+        gs.forEach { $0.close() }
+        locked {
+            domains[id] = nil
+            let home = "/local/domain/\(id)"
+            if tree.node(home) != nil {
+                let events = collectWatchEvents(home, recurse: true, tree: tree)
+                try? tree.remove(home, dom: 0)
+                deliver(events)
+            }
+            fire("@releaseDomain", recurse: false, before: nil)
+        }
+    }
+
+    public var domainIDs: [DomID] { locked { domains.keys.sorted() } }
+
+    @inline(__always) func locked<T>(_ body: () throws -> T) rethrows -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+
+    // MARK: watches
+
+    /// Watch events for a change at `path`, checked against `tree` for the
+    /// watcher's read permission.
+    func collectWatchEvents(_ path: String, recurse: Bool, tree: XenstoreTree) -> [(Int, XenstoreWatchEvent)] {
+        var out: [(Int, XenstoreWatchEvent)] = []
+        for w in watches {
+            guard let conn = connections[w.conn] else { continue }
+            var reported: String?
+            if path == w.path || path.hasPrefix(w.path == "/" ? "/" : w.path + "/") { reported = path }
+            else if recurse && w.path.hasPrefix(path + "/") { reported = w.path }
+            guard let r = reported else { continue }
+            if !r.hasPrefix("@") {
+                let (p, _) = tree.nearest(r)
+                guard tree.canRead(p, conn.dom) else { continue }
+            }
+            out.append((w.conn, XenstoreWatchEvent(path: r, token: w.token)))
+        }
+        return out
+    }
+
+    func deliver(_ events: [(Int, XenstoreWatchEvent)]) {
+        for (c, e) in events { connections[c]?.enqueue(e) }
+    }
+
+    func fire(_ path: String, recurse: Bool, before: XenstoreTree?) {
+        deliver(collectWatchEvents(path, recurse: recurse, tree: before ?? tree))
+    }
+
+    // MARK: leak check
+
+    /// Everything still open: grants, mappings, ports, watches, transactions,
+    /// pirqs and handles. Empty when all was released.
+    public func leaks() -> [String] {
+        locked {
+            var out: [String] = []
+            for (k, g) in grants.sorted(by: { ($0.key.owner, $0.key.ref) < ($1.key.owner, $1.key.ref) }) {
+                out.append(g.ended ? "dom\(k.owner): grant ref \(k.ref) ended but still mapped \(g.maps) time(s) by dom\(g.grantee)"
+                                   : "dom\(k.owner): grant ref \(k.ref) to dom\(g.grantee) still shared")
+            }
+            for (h, m) in mappings.sorted(by: { $0.key < $1.key }) {
+                out.append("dom\(m.mapper): grant mapping \(h) of dom\(m.key.owner) ref \(m.key.ref) still mapped")
+            }
+            for (k, p) in ports.sorted(by: { ($0.key.dom, $0.key.port) < ($1.key.dom, $1.key.port) }) {
+                switch p.state {
+                case .unbound(let r): out.append("dom\(k.dom): event channel port \(k.port) still allocated (unbound, for dom\(r))")
+                case .interdomain(let r, let rp): out.append("dom\(k.dom): event channel port \(k.port) still bound to dom\(r) port \(rp)")
+                }
+            }
+            for w in watches { out.append("dom\(connections[w.conn]?.dom ?? 0): xenstore watch '\(w.path)' token '\(w.token)' still registered") }
+            for (id, t) in transactions.sorted(by: { $0.key < $1.key }) { out.append("dom\(t.dom): xenstore transaction \(id) still open") }
+            for (k, what) in pirqs.sorted(by: { ($0.key.dom, $0.key.pirq) < ($1.key.dom, $1.key.pirq) }) {
+                out.append("dom\(k.dom): pirq \(k.pirq) (\(what)) still mapped")
+            }
+            for c in connections.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(c.dom): xenstore connection #\(c.id) not closed") }
+            for h in evtchnHandles.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(h.dom): event channel handle #\(h.id) not closed") }
+            for h in gnttabHandles.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(h.dom): grant table handle #\(h.id) not closed") }
+            for h in gntshrHandles.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(h.dom): grant sharing handle #\(h.id) not closed") }
+            return out
+        }
+    }
+
+    /// A readable dump of the store, `xenstore-ls -f -p` style, for tests and the demo.
+    public func dumpXenstore(under root: String = "/") -> String {
+        locked {
+            tree.nodes.keys.filter { $0 == root || $0.hasPrefix(root == "/" ? "/" : root + "/") }.sorted().map { p in
+                let n = tree.nodes[p]!
+                return "\(p) = \"\(n.value)\"  (\(n.perms.map(\.description).joined(separator: ",")))"
+            }.joined(separator: "\n")
+        }
+    }
+
+    func newHandleID() -> Int { defer { nextHandle += 1 }; return nextHandle }
+}
+
+extension XenstoreTree {
+    /// The skeleton every Xen host has.
+    mutating func nodes_bootstrap() {
+        try! mkdir("/local/domain", dom: 0)
+        try! mkdir("/tool", dom: 0)
+        try! mkdir("/vm", dom: 0)
+    }
+}
+
+/// One domain's view of the mock: the `Hypervisor` a driver is given.
+public final class MockDomain: Hypervisor, @unchecked Sendable {
+    public let hypervisor: MockHypervisor
+    public let id: DomID
+    public var name: String { "mock" }
+
+    init(hypervisor: MockHypervisor, id: DomID) {
+        self.hypervisor = hypervisor
+        self.id = id
+    }
+
+    public func domid() throws -> DomID { id }
+
+    public func openXenStore() throws -> XenStore {
+        try hypervisor.locked {
+            try hypervisor.faults.check(.openXenStore, domain: id, "")
+            let c = MockXenStore(hv: hypervisor, id: hypervisor.newHandleID(), dom: id)
+            hypervisor.connections[c.id] = c
+            return c
+        }
+    }
+
+    public func openEventChannels() throws -> EventChannels {
+        try hypervisor.locked {
+            try hypervisor.faults.check(.openEventChannels, domain: id, "")
+            let h = MockEventChannels(hv: hypervisor, id: hypervisor.newHandleID(), dom: id)
+            hypervisor.evtchnHandles[h.id] = h
+            return h
+        }
+    }
+
+    public func openGrantTable() throws -> GrantTable {
+        try hypervisor.locked {
+            try hypervisor.faults.check(.openGrantTable, domain: id, "")
+            let h = MockGrantTable(hv: hypervisor, id: hypervisor.newHandleID(), dom: id)
+            hypervisor.gnttabHandles[h.id] = h
+            return h
+        }
+    }
+
+    public func openGrantSharing() throws -> GrantSharing {
+        try hypervisor.locked {
+            try hypervisor.faults.check(.openGrantSharing, domain: id, "")
+            let h = MockGrantSharing(hv: hypervisor, id: hypervisor.newHandleID(), dom: id)
+            hypervisor.gntshrHandles[h.id] = h
+            return h
+        }
+    }
+}

@@ -1,0 +1,28 @@
+import Foundation
+import XenHypervisor
+
+/// An eventfd that is readable while a queue is non-empty. Calls are made
+/// with the mock's lock held, so raise/clear never race each other.
+final class ReadySignal {
+    let fd: Int32
+    private var raised = false
+
+    init() {
+        fd = xenpci_eventfd_open()
+        precondition(fd >= 0, "eventfd: \(String(cString: strerror(errno)))")
+    }
+
+    func raise() {
+        guard !raised else { return }
+        raised = true
+        _ = xenpci_eventfd_signal(fd)
+    }
+
+    func clear() {
+        guard raised else { return }
+        raised = false
+        xenpci_eventfd_drain(fd)
+    }
+
+    deinit { Foundation.close(fd) }
+}

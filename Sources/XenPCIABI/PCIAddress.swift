@@ -1,0 +1,90 @@
+import Foundation
+/// A PCI function address: segment (domain), bus, device (slot), function.
+public struct PCIAddress: Hashable, Comparable, CustomStringConvertible, Sendable {
+    public var segment: UInt16
+    public var bus: UInt8
+    public var device: UInt8   // 0...31
+    public var function: UInt8 // 0...7
+
+    public init(segment: UInt16 = 0, bus: UInt8, device: UInt8, function: UInt8) {
+        precondition(device < 32 && function < 8, "PCI device \(device) / function \(function) out of range")
+        self.segment = segment
+        self.bus = bus
+        self.device = device
+        self.function = function
+    }
+
+    /// From the fields of a xen_pci_op / xen_pcie_aer_op; nil when out of range.
+    public init?(domain: UInt32, bus: UInt32, devfn: UInt32) {
+        guard domain <= 0xFFFF, bus <= 0xFF, devfn <= 0xFF else { return nil }
+        self.init(segment: UInt16(domain), bus: UInt8(bus), device: UInt8(devfn >> 3), function: UInt8(devfn & 7))
+    }
+
+    public var devfn: UInt8 { device << 3 | function }
+
+    /// `DDDD:BB:SS.F`, as sysfs and xenstore `dev-N` spell it.
+    public var description: String { hex(segment, 4) + ":" + hex(bus, 2) + ":" + hex(device, 2) + "." + String(function, radix: 16) }
+
+    /// `DDDD:BB:SS.FF`: Linux pciback writes `vdev-N` with a two-digit function.
+    public var vdevString: String { hex(segment, 4) + ":" + hex(bus, 2) + ":" + hex(device, 2) + "." + hex(function, 2) }
+
+    /// `BB:SS.F`, as lspci prints addresses on segment 0.
+    public var shortDescription: String { hex(bus, 2) + ":" + hex(device, 2) + "." + String(function, radix: 16) }
+
+    public static func < (a: PCIAddress, b: PCIAddress) -> Bool {
+        (a.segment, a.bus, a.device, a.function) < (b.segment, b.bus, b.device, b.function)
+    }
+
+    /// Parses `DDDD:BB:SS.F`, `BB:SS.F` (segment 0) and a function of one or two
+    /// hex digits. The error names what is wrong.
+    public init(parsing text: String) throws {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        func bad(_ why: String) -> PCIAddressError { PCIAddressError(text: text, reason: why) }
+        guard let dot = t.lastIndex(of: ".") else { throw bad("missing '.' before the function") }
+        let fnText = t[t.index(after: dot)...]
+        let parts = t[..<dot].split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2 || parts.count == 3 else { throw bad("expected [DDDD:]BB:SS.F") }
+        func field(_ s: Substring, _ name: String, max: UInt32, digits: Int) throws -> UInt32 {
+            guard !s.isEmpty, s.count <= digits, let v = UInt32(s, radix: 16) else {
+                throw bad("\(name) '\(s)' is not a hex number of at most \(digits) digits")
+            }
+            guard v <= max else { throw bad("\(name) \(s) is above \(String(max, radix: 16))") }
+            return v
+        }
+        let seg = parts.count == 3 ? try field(parts[0], "segment", max: 0xFFFF, digits: 4) : 0
+        let bus = try field(parts[parts.count - 2], "bus", max: 0xFF, digits: 2)
+        let dev = try field(parts[parts.count - 1], "device", max: 31, digits: 2)
+        let fn = try field(fnText, "function", max: 7, digits: 2)
+        self.init(segment: UInt16(seg), bus: UInt8(bus), device: UInt8(dev), function: UInt8(fn))
+    }
+}
+
+public struct PCIAddressError: Error, CustomStringConvertible, Sendable {
+    public var text: String
+    public var reason: String
+    public var description: String { "bad PCI address '\(text)': \(reason)" }
+}
+
+/// A PCI root (segment and bus) as `root-N` spells it: `DDDD:BB`.
+public struct PCIRoot: Hashable, Comparable, CustomStringConvertible, Sendable {
+    public var segment: UInt16
+    public var bus: UInt8
+    public init(segment: UInt16, bus: UInt8) { self.segment = segment; self.bus = bus }
+    public var description: String { hex(segment, 4) + ":" + hex(bus, 2) }
+    public static func < (a: PCIRoot, b: PCIRoot) -> Bool { (a.segment, a.bus) < (b.segment, b.bus) }
+
+    /// Strict parse of `DDDD:BB` (hex); nil for anything else.
+    public init?(xenstore text: String) {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2, (1...4).contains(parts[0].count), (1...2).contains(parts[1].count),
+              parts.allSatisfy({ $0.allSatisfy(\.isHexDigit) }),
+              let s = UInt16(parts[0], radix: 16), let b = UInt8(parts[1], radix: 16) else { return nil }
+        self.init(segment: s, bus: b)
+    }
+}
+
+/// Zero-padded lower-case hex.
+public func hex<T: BinaryInteger>(_ v: T, _ width: Int) -> String {
+    let s = String(v, radix: 16)
+    return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+}
