@@ -1,14 +1,12 @@
 // swift-tools-version:6.0
 // The architecture, bottom to top:
-//   CXenPCI (C ABI: shared page, NetBSD softcs, atomics)  ->  XenPCIABI (Swift views)
-//   -> XenHypervisor (interfaces)  ->  XenMock (in-process hypervisor)
-//   -> PCIBack (backend) / XPCI (frontend), which see only the interfaces
-//   -> xenpci (the command, which picks a hypervisor)
+//   CXenPCI (C ABI: shared page, NetBSD softcs, flag atomics)
+//   -> XenPCIABI (Swift views: states, commands, errors, PCI addresses, shared page)
+//   -> XenHypervisor (interfaces: xenstore, grants, event channels)  +  PCIModel (config space, capabilities)
+//   -> XenMock (in-process hypervisor; a library product, not a test helper)
+//   -> PCIBack (pciback(4)) and XPCI (xpci(4)): they see the interfaces only
+//   -> xenpci (the command: picks a hypervisor and runs the drivers)
 import PackageDescription
-
-// Swift 5 language mode: the drivers share raw pointers into memory another
-// domain writes, which the Swift 6 Sendable checker cannot reason about; the
-// C shim supplies the atomics and barriers instead.
 
 let package = Package(
     name: "xenpci",
@@ -16,6 +14,8 @@ let package = Package(
         .executable(name: "xenpci", targets: ["xenpci"]),
         .library(name: "XenHypervisor", targets: ["XenHypervisor"]),
         .library(name: "XenMock", targets: ["XenMock"]),
+        .library(name: "PCIBack", targets: ["PCIBack"]),
+        .library(name: "XPCI", targets: ["XPCI"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -24,12 +24,22 @@ let package = Package(
         .target(name: "CXenPCI", path: ".", sources: ["CShims/CXenPCI"], publicHeadersPath: "Headers"),
         .target(name: "XenPCIABI", dependencies: ["CXenPCI"]),
         .target(name: "XenHypervisor", dependencies: ["XenPCIABI"]),
+        .target(name: "PCIModel", dependencies: ["XenPCIABI"]),
         .target(name: "XenMock", dependencies: ["XenHypervisor"]),
+        .target(name: "PCIBack", dependencies: ["XenHypervisor", "PCIModel"]),
+        .target(name: "XPCI", dependencies: ["XenHypervisor", "PCIModel"]),
         .executableTarget(
             name: "xenpci",
-            dependencies: ["XenMock", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["XenMock", "PCIBack", "XPCI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "XenPCIABITests", dependencies: ["XenPCIABI"]),
         .testTarget(name: "XenMockTests", dependencies: ["XenMock"]),
+        .testTarget(name: "PCIModelTests", dependencies: ["PCIModel"]),
+        .testTarget(name: "PCIBackTests", dependencies: ["PCIBack", "XenMock"]),
+        .testTarget(name: "XPCITests", dependencies: ["XPCI", "XenMock"]),
+        .testTarget(name: "PairTests", dependencies: ["PCIBack", "XPCI", "XenMock"]),
     ],
+    // Swift 5 mode: the drivers share raw pointers into memory another domain
+    // writes, which the Swift 6 Sendable checker cannot reason about; the C
+    // shim supplies the atomics and barriers instead.
     swiftLanguageModes: [.v5]
 )

@@ -1,0 +1,2 @@
+import XenHypervisor
+import PCIModel
