@@ -47,7 +47,8 @@ public final class MockHypervisor: @unchecked Sendable {
 
     // pirqs (PCI platform)
     struct PirqKey: Hashable { var dom: DomID; var pirq: UInt32 }
-    var pirqs: [PirqKey: String] = [:]
+    var pirqs: [PirqKey: (handle: Int, what: String)] = [:]
+    var routingHandles: [Int: MockInterruptRouting] = [:]
     var nextPirq: UInt32 = 32
 
     public init() {
@@ -84,6 +85,8 @@ public final class MockHypervisor: @unchecked Sendable {
             (connections.values.filter { $0.dom == id }, evtchnHandles.values.filter { $0.dom == id },
              gnttabHandles.values.filter { $0.dom == id }, gntshrHandles.values.filter { $0.dom == id })
         }
+        // The guest's pirqs go with it (the mapping domain keeps its handle).
+        locked { for (k, _) in pirqs where k.dom == id { pirqs[k] = nil } }
         xs.forEach { $0.close() }
         ev.forEach { $0.close() }
         gt.forEach { $0.close() }
@@ -159,13 +162,14 @@ public final class MockHypervisor: @unchecked Sendable {
             }
             for w in watches { out.append("dom\(connections[w.conn]?.dom ?? 0): xenstore watch '\(w.path)' token '\(w.token)' still registered") }
             for (id, t) in transactions.sorted(by: { $0.key < $1.key }) { out.append("dom\(t.dom): xenstore transaction \(id) still open") }
-            for (k, what) in pirqs.sorted(by: { ($0.key.dom, $0.key.pirq) < ($1.key.dom, $1.key.pirq) }) {
-                out.append("dom\(k.dom): pirq \(k.pirq) (\(what)) still mapped")
+            for (k, p) in pirqs.sorted(by: { ($0.key.dom, $0.key.pirq) < ($1.key.dom, $1.key.pirq) }) {
+                out.append("dom\(k.dom): pirq \(k.pirq) (\(p.what)) still mapped")
             }
             for c in connections.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(c.dom): xenstore connection #\(c.id) not closed") }
             for h in evtchnHandles.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(h.dom): event channel handle #\(h.id) not closed") }
             for h in gnttabHandles.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(h.dom): grant table handle #\(h.id) not closed") }
             for h in gntshrHandles.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(h.dom): grant sharing handle #\(h.id) not closed") }
+            for h in routingHandles.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(h.dom): interrupt routing handle #\(h.id) not closed") }
             return out
         }
     }
@@ -228,6 +232,14 @@ public final class MockDomain: Hypervisor, @unchecked Sendable {
             try hypervisor.faults.check(.openGrantTable, domain: id, "")
             let h = MockGrantTable(hv: hypervisor, id: hypervisor.newHandleID(), dom: id)
             hypervisor.gnttabHandles[h.id] = h
+            return h
+        }
+    }
+
+    public func openInterruptRouting() throws -> InterruptRouting {
+        try hypervisor.locked {
+            let h = MockInterruptRouting(hv: hypervisor, id: hypervisor.newHandleID(), dom: id)
+            hypervisor.routingHandles[h.id] = h
             return h
         }
     }

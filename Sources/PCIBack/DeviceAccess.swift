@@ -1,0 +1,154 @@
+import Foundation
+import PCIModel
+
+/// A host PCI function as the backend reaches it. The same code serves a
+/// live Linux `/sys` and a fixture tree shaped like it.
+public protocol PCIDeviceAccess: AnyObject {
+    var address: PCIAddress { get }
+    /// 256 or 4096.
+    var configSize: Int { get }
+    func readConfig(_ offset: Int, _ size: Int) throws -> UInt32
+    func writeConfig(_ offset: Int, _ size: Int, _ value: UInt32) throws
+    /// Function-level reset (sysfs `reset`).
+    func reset() throws
+    /// BAR and ROM ranges from `resource`: index 0-5 BARs, 6 the ROM.
+    var resources: [PCIResource] { get }
+    var irq: Int { get }
+    /// The host driver bound to the function, if any.
+    var driver: String? { get }
+    /// Counts of hardware accesses, for tests and `stats`.
+    var accessCount: Int { get }
+}
+
+/// One line of sysfs `resource`: start, end, flags.
+public struct PCIResource: Equatable, Sendable {
+    public var start: UInt64
+    public var end: UInt64
+    public var flags: UInt64
+    public var size: UInt64 { end >= start && (start != 0 || end != 0) ? end - start + 1 : 0 }
+    public var isIO: Bool { flags & 0x100 != 0 }     // IORESOURCE_IO
+    public var isMemory: Bool { flags & 0x200 != 0 } // IORESOURCE_MEM
+    public var isPrefetch: Bool { flags & 0x2000 != 0 }
+    public var is64Bit: Bool { flags & 0x0010_0000 != 0 } // IORESOURCE_MEM_64
+
+    public init(start: UInt64, end: UInt64, flags: UInt64) { self.start = start; self.end = end; self.flags = flags }
+
+    /// Parses sysfs `resource` text; malformed lines are an error naming the line.
+    public static func parse(_ text: String, path: String) throws -> [PCIResource] {
+        try text.split(separator: "\n").enumerated().map { n, line in
+            let f = line.split(separator: " ").map { UInt64($0.hasPrefix("0x") ? $0.dropFirst(2) : $0, radix: 16) }
+            guard f.count == 3, let s = f[0], let e = f[1], let fl = f[2] else {
+                throw PCIBackError.badDevice("\(path): line \(n + 1) '\(line)' is not 'start end flags'")
+            }
+            return PCIResource(start: s, end: e, flags: fl)
+        }
+    }
+}
+
+/// Drivers that exist to hold a device for pass-through: binding to them
+/// does not mean the host is using the device.
+public let stubDrivers: Set<String> = ["pciback", "xen-pciback", "pci-stub", "vfio-pci"]
+
+/// A function under `<root>/bus/pci/devices/<BDF>`. With `inMemory` the
+/// config space is loaded once and writes change only the copy (fixture
+/// trees, the demo); otherwise reads and writes go to the `config` file.
+public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
+    public let address: PCIAddress
+    public let path: String
+    public let configSize: Int
+    public let resources: [PCIResource]
+    public let irq: Int
+    public let driver: String?
+    private let lock = NSLock()
+    private var memory: ConfigSpace?
+    private var pristine: ConfigSpace?
+    private var fd: Int32 = -1
+    private(set) public var accessCount = 0
+    private(set) public var resetCount = 0
+
+    public init(root: String, address: PCIAddress, inMemory: Bool) throws {
+        self.address = address
+        let path = root + "/bus/pci/devices/" + address.description
+        self.path = path
+        let fm = FileManager.default
+        guard fm.fileExists(atPath: path + "/config") else {
+            throw PCIBackError.badDevice("\(address): no such device (\(path)/config is missing)")
+        }
+        func text(_ f: String) -> String? { try? String(contentsOfFile: path + "/" + f, encoding: .utf8) }
+        resources = try text("resource").map { try PCIResource.parse($0, path: path + "/resource") } ?? []
+        irq = text("irq").flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 0
+        // A live sysfs has a `driver` symlink; fixture trees may record the name in a file.
+        if let link = try? fm.destinationOfSymbolicLink(atPath: path + "/driver") {
+            driver = (link as NSString).lastPathComponent
+        } else if let d = text("driver")?.trimmingCharacters(in: .whitespacesAndNewlines), !d.isEmpty {
+            driver = d
+        } else {
+            driver = nil
+        }
+        if inMemory {
+            guard let data = fm.contents(atPath: path + "/config"), data.count >= 64 else {
+                throw PCIBackError.badDevice("\(address): \(path)/config is unreadable or shorter than the 64-byte header")
+            }
+            memory = ConfigSpace(bytes: Array(data.prefix(4096)))
+            pristine = memory
+            configSize = data.count >= 4096 ? 4096 : 256
+        } else {
+            fd = open(path + "/config", O_RDWR | O_CLOEXEC)
+            if fd < 0 { fd = open(path + "/config", O_RDONLY | O_CLOEXEC) }
+            guard fd >= 0 else { throw PCIBackError.badDevice("\(address): open \(path)/config: \(String(cString: strerror(errno)))") }
+            let st = lseek(fd, 0, SEEK_END)
+            configSize = st >= 4096 ? 4096 : 256
+        }
+    }
+
+    deinit { if fd >= 0 { close(fd) } }
+
+    public func readConfig(_ offset: Int, _ size: Int) throws -> UInt32 {
+        try check(offset, size)
+        lock.lock(); defer { lock.unlock() }
+        accessCount += 1
+        if let m = memory { return m.read(offset, size) }
+        var v: UInt32 = 0
+        let n = pread(fd, &v, size, off_t(offset))
+        guard n == size else { throw PCIBackError.hardware("\(address): read config 0x\(hex(offset, 3))/\(size): \(String(cString: strerror(errno)))") }
+        return UInt32(littleEndian: v)
+    }
+
+    public func writeConfig(_ offset: Int, _ size: Int, _ value: UInt32) throws {
+        try check(offset, size)
+        lock.lock(); defer { lock.unlock() }
+        accessCount += 1
+        if memory != nil { memory!.write(offset, size, value); return }
+        var v = value.littleEndian
+        let n = pwrite(fd, &v, size, off_t(offset))
+        guard n == size else { throw PCIBackError.hardware("\(address): write config 0x\(hex(offset, 3))/\(size): \(String(cString: strerror(errno)))") }
+    }
+
+    /// An aligned access inside the config space: anything else is a bug in
+    /// the caller, refused before it reaches the device (NetBSD's assertion
+    /// here was a guest-triggered dom0 panic).
+    private func check(_ offset: Int, _ size: Int) throws {
+        guard [1, 2, 4].contains(size), offset >= 0, offset % size == 0, offset + size <= configSize else {
+            throw PCIBackError.hardware("\(address): refused config access at 0x\(hex(max(offset, 0), 3)) size \(size)")
+        }
+    }
+
+    public func reset() throws {
+        lock.lock(); defer { lock.unlock() }
+        resetCount += 1
+        if memory != nil { memory = pristine; return }
+        let r = open(path + "/reset", O_WRONLY | O_CLOEXEC)
+        guard r >= 0 else { throw PCIBackError.hardware("\(address): no function reset (\(path)/reset: \(String(cString: strerror(errno))))") }
+        defer { close(r) }
+        guard write(r, "1", 1) == 1 else { throw PCIBackError.hardware("\(address): reset failed: \(String(cString: strerror(errno)))") }
+    }
+}
+
+/// The devices present under `<root>/bus/pci/devices`.
+public func listSysfsDevices(root: String) throws -> [PCIAddress] {
+    let dir = root + "/bus/pci/devices"
+    guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else {
+        throw PCIBackError.badDevice("no PCI devices directory at \(dir)")
+    }
+    return names.compactMap { try? PCIAddress(parsing: $0) }.sorted()
+}
