@@ -1,0 +1,148 @@
+import Foundation
+import PCIModel
+
+/// A device hidden from dom0 and held by pciback: NetBSD's
+/// `pciback_pci_dev` + `pciback_pci_softc` (the C structs hold the identity,
+/// BARs, irq and owner), plus what Swift needs to serve it.
+final class ClaimedDevice {
+    let pb: UnsafeMutablePointer<pciback_pci_dev>
+    let sc: UnsafeMutablePointer<pciback_pci_softc>
+    let access: PCIDeviceAccess
+    let golden: ConfigSpace       // saved at claim, restored at release
+    let readOnly: Bool            // a host driver owns it: never written
+    var mediation: ConfigMediation
+    var guest: DomID?             // owner, mirrored in pb->pbx_instance
+    var guestAddress: PCIAddress?
+    var msiPirqs: [UInt32] = []
+    var msixPirqs: [UInt32] = []
+    var ops: [PCIOpCommand: Int] = [:]
+    var errors: [PCIOpError: Int] = [:]
+
+    var address: PCIAddress { access.address }
+
+    /// pciback_pci_attach: identify the function, record its BARs and irq,
+    /// save the golden state and reset it (unless a host driver owns it).
+    init(_ access: PCIDeviceAccess, allowHostDriver: Bool) throws {
+        self.access = access
+        let driver = access.driver
+        let inUse = driver.map { !stubDrivers.contains($0) } ?? false
+        if inUse && !allowHostDriver {
+            throw PCIBackError.refused("\(access.address): in use by the host driver '\(driver!)'; unbind it first (or allow read-only export)")
+        }
+        readOnly = inUse
+        var cs = ConfigSpace(size: access.configSize)
+        for o in stride(from: 0, to: access.configSize, by: 4) { cs.write(o, 4, try access.readConfig(o, 4)) }
+        guard cs.vendorID != 0xFFFF && cs.vendorID != 0 else {
+            throw PCIBackError.badDevice("\(access.address): no device answers (vendor id 0x\(hex(cs.vendorID, 4)))")
+        }
+        golden = cs
+        if !readOnly { try access.reset(); try Self.restore(access, cs, disable: true) }
+        mediation = try ConfigMediation(device: access)
+        pb = .allocate(capacity: 1)
+        pb.initialize(to: pciback_pci_dev())
+        sc = .allocate(capacity: 1)
+        sc.initialize(to: pciback_pci_softc())
+        let a = access.address
+        pb.pointee.pb_bus = UInt32(a.bus)
+        pb.pointee.pb_device = UInt32(a.device)
+        pb.pointee.pb_function = UInt32(a.function)
+        pb.pointee.pb_tag.tag = UInt32(a.segment) << 16 | UInt32(a.bus) << 8 | UInt32(a.devfn)
+        pb.pointee.pb_pci_softc = sc
+        sc.pointee.sc_pb = pb
+        sc.pointee.sc_irq = Int32(access.irq)
+        sc.pointee.sc_id = cs.read32(PCIReg.vendorID)
+        sc.pointee.sc_subid = cs.read32(PCIReg.subsystemVendorID)
+        withUnsafeMutableBytes(of: &sc.pointee.sc_kernfsname) { buf in
+            let name = Array(a.shortDescription.utf8.prefix(15))
+            buf.copyBytes(from: name + [0])
+        }
+        withUnsafeMutableBytes(of: &sc.pointee.sc_bars) { raw in
+            let bars = raw.bindMemory(to: pci_bar.self)
+            for i in 0..<min(6, access.resources.count) where access.resources[i].size > 0 {
+                let r = access.resources[i]
+                bars[i].b_addr = r.start
+                bars[i].b_size = r.size
+                bars[i].b_type = r.isIO ? 1 : 0
+                bars[i].b_valid = 1
+            }
+        }
+    }
+
+    deinit {
+        pb.deallocate()
+        sc.deallocate()
+    }
+
+    var isBridge: Bool { golden.isBridge }
+
+    /// Writes back the saved header: BARs, ROM, cache line, latency,
+    /// interrupt line, then the command register (bus mastering off when
+    /// `disable`, so a released device cannot DMA: XSA-306).
+    static func restore(_ d: PCIDeviceAccess, _ g: ConfigSpace, disable: Bool) throws {
+        for o in stride(from: PCIReg.bar0, to: PCIReg.bar0 + 4 * g.barCount, by: 4) { try d.writeConfig(o, 4, g.read32(o)) }
+        if let rom = g.romOffset { try d.writeConfig(rom, 4, g.read32(rom) & ~1) }
+        try d.writeConfig(PCIReg.cacheLineSize, 1, UInt32(g.read8(PCIReg.cacheLineSize)))
+        try d.writeConfig(PCIReg.latencyTimer, 1, UInt32(g.read8(PCIReg.latencyTimer)))
+        try d.writeConfig(PCIReg.interruptLine, 1, UInt32(g.read8(PCIReg.interruptLine)))
+        var cmd = g.read16(PCIReg.command)
+        if disable { cmd &= ~PCICommand.master }
+        try d.writeConfig(PCIReg.command, 2, UInt32(cmd))
+    }
+
+    /// Back to the state of claim: reset, golden state, no guest grants.
+    func quiesce() throws {
+        if !readOnly {
+            try access.reset()
+            try Self.restore(access, golden, disable: true)
+        }
+        mediation = try ConfigMediation(device: access)
+    }
+
+    var bars: [(index: Int, resource: PCIResource)] {
+        access.resources.prefix(7).enumerated().filter { $0.element.size > 0 }.map { ($0.offset, $0.element) }
+    }
+
+    /// NetBSD's /kern/xen/pci/<BDF> text.
+    func kernfsText() -> String {
+        var s = "\(address): vendor 0x\(hex(golden.vendorID, 4)) product 0x\(hex(golden.deviceID, 4))"
+        s += " subsys vendor 0x\(hex(golden.read16(PCIReg.subsystemVendorID), 4)) subsys product 0x\(hex(golden.read16(PCIReg.subsystemID), 4))\n"
+        for (i, r) in bars {
+            let kind = r.isIO ? "i/o" : "mem"
+            s += "  \(i == 6 ? "rom" : "bar \(i)"): \(kind) 0x\(hex(r.start, 1))-0x\(hex(r.end, 1)) (size 0x\(hex(r.size, 1)))\n"
+        }
+        s += "  irq \(access.irq)\n"
+        if let g = guest { s += "  guest: dom\(g) as \(guestAddress.map(\.description) ?? "?")\n" } else { s += "  guest: none\n" }
+        if readOnly { s += "  read-only: host driver '\(access.driver ?? "")' owns it\n" }
+        return s
+    }
+}
+
+/// What `list` shows of a claimed device (NetBSD's /kern/xen/pci/<BDF>).
+public struct ClaimedDeviceInfo: Equatable, Sendable {
+    public var address: PCIAddress
+    public var vendorID: UInt16
+    public var deviceID: UInt16
+    public var subsystemVendorID: UInt16
+    public var subsystemID: UInt16
+    public var classCode: UInt32
+    public var bars: [Int: PCIResource]
+    public var irq: Int
+    public var guest: DomID?
+    public var guestAddress: PCIAddress?
+    public var readOnly: Bool
+    public var driver: String?
+    public var text: String
+}
+
+/// Per-device counters for `stats`.
+public struct DeviceStatistics: Sendable {
+    public var address: PCIAddress
+    public var guest: DomID?
+    public var ops: [PCIOpCommand: Int]
+    public var errors: [PCIOpError: Int]
+    /// Writes that did not reach hardware: offset, size, times, refused
+    /// (access_denied) or dropped, and the quirk line that would allow it.
+    public var refusedWrites: [(offset: Int, size: Int, count: Int, denied: Bool, quirk: String?)]
+    public var permissive: Bool
+    public var quirks: [PCIQuirk]
+}

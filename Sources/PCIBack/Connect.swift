@@ -1,0 +1,223 @@
+import Foundation
+import PCIModel
+import XenHypervisor
+
+/// Export, connect, reconfigure and teardown: the xenbus side of
+/// NetBSD's pciback_xenbus_* functions with Linux's behaviour.
+extension PCIBack {
+    static let maxDevices: UInt64 = 256 // 32 slots x 8 functions
+
+    /// xen_pcibk_setup_backend: export every `dev-N`, publish `vdev-N`,
+    /// `state-N`, the roots, go Initialised; attach if the frontend is ready.
+    func setupBackend(_ i: Instance) {
+        let p = i.backendPath
+        guard let numText = try? xs.readIfPresent(p + "/num_devs") else {
+            fatal(i, "\(p)/num_devs is missing")
+            return
+        }
+        guard let num = XSValue.decimal(numText, max: Self.maxDevices) else {
+            fatal(i, "\(p)/num_devs '\(numText)' is not a decimal count of at most \(Self.maxDevices)")
+            return
+        }
+        for n in 0..<Int(num) where i.exported[n] == nil {
+            let st = (try? xs.readIfPresent(p + "/state-\(n)")) ?? nil
+            if st == XenState.closing.xenstoreValue || st == XenState.closed.xenstoreValue { continue }
+            export(i, n)
+        }
+        publish(i)
+        i.setUp = true
+        setState(i, .initialised)
+        if i.frontState == .initialised { attach(i) }
+        if i.connected && i.state == .initialised { setState(i, .connected) }
+    }
+
+    /// Exports `dev-N` to the guest. A device that cannot be exported is
+    /// skipped with the reason in `error`; the others still go.
+    func export(_ i: Instance, _ n: Int) {
+        let p = i.backendPath
+        func refuse(_ why: String) {
+            emit(.error(i.domid, why))
+            try? xs.write(p + "/error", why)
+        }
+        guard let text = try? xs.readIfPresent(p + "/dev-\(n)") else { return refuse("\(p)/dev-\(n) is missing") }
+        guard let host = XSValue.hostAddress(text) else { return refuse("dev-\(n) '\(text)' is not a DDDD:BB:SS.F address") }
+        guard let d = devices[host] else { return refuse("dev-\(n) \(host): not claimed by pciback (hide it first)") }
+        if let g = d.guest, g != i.domid { return refuse("dev-\(n) \(host): already exported to dom\(g)") }
+        if d.guest == i.domid { return refuse("dev-\(n) \(host): already exported to this guest") }
+        if options.topology == .vpci && d.isBridge { return refuse("dev-\(n) \(host): a bridge cannot be exported on the vpci topology") }
+        guard let vaddr = guestAddress(i, host) else { return refuse("dev-\(n) \(host): no free virtual slot (32 in use)") }
+        let opts = (try? xs.readIfPresent(p + "/opts-\(n)")) ?? nil
+        d.mediation.permissive = opts.map(XSValue.permissive) ?? false
+        d.guest = i.domid
+        d.guestAddress = vaddr
+        i.link(d)
+        i.exported[n] = d
+        emit(.exported(i.domid, host: host, guest: vaddr))
+    }
+
+    /// vpci: functions of one physical slot share a virtual slot on root
+    /// 0000:00 and keep their function numbers; passthrough: the real address.
+    func guestAddress(_ i: Instance, _ host: PCIAddress) -> PCIAddress? {
+        if options.topology == .passthrough { return host }
+        let used = i.exported.values
+        if let sibling = used.first(where: { $0.address.segment == host.segment && $0.address.bus == host.bus && $0.address.device == host.device }),
+           let v = sibling.guestAddress {
+            return PCIAddress(segment: 0, bus: 0, device: v.device, function: host.function)
+        }
+        let taken = Set(used.compactMap { $0.guestAddress?.device })
+        guard let slot = (0..<32).first(where: { !taken.contains(UInt8($0)) }) else { return nil }
+        return PCIAddress(segment: 0, bus: 0, device: UInt8(slot), function: host.function)
+    }
+
+    /// Writes `vdev-N`, `state-N` = 3 and the roots in one transaction, so a
+    /// frontend never sees half of them.
+    func publish(_ i: Instance) {
+        let roots = computeRoots(i)
+        let p = i.backendPath
+        do {
+            try xs.transaction { t in
+                for (n, d) in i.exported {
+                    try xs.write(p + "/vdev-\(n)", d.guestAddress!.vdevString, transaction: t)
+                    try xs.write(p + "/state-\(n)", XenState.initialised.xenstoreValue, transaction: t)
+                }
+                // Stale root-N beyond the new count go.
+                for k in roots.count..<max(roots.count, i.roots.count) { try? xs.remove(p + "/root-\(k)", transaction: t) }
+                for (k, r) in roots.enumerated() { try xs.write(p + "/root-\(k)", r.description, transaction: t) }
+                try xs.write(p + "/root_num", String(roots.count), transaction: t)
+            }
+            i.roots = roots
+        } catch {
+            fatal(i, "publishing devices: \(error)")
+        }
+    }
+
+    /// vpci: one root, 0000:00. passthrough: the bus of each exported
+    /// device whose parent bridge is not exported too.
+    func computeRoots(_ i: Instance) -> [PCIRoot] {
+        if options.topology == .vpci { return i.exported.isEmpty ? [] : [PCIRoot(segment: 0, bus: 0)] }
+        let bridged = Set(i.exported.values.filter(\.isBridge).map {
+            PCIRoot(segment: $0.address.segment, bus: $0.golden.read8(PCIReg.secondaryBus))
+        })
+        return Set(i.exported.values.map { PCIRoot(segment: $0.address.segment, bus: $0.address.bus) })
+            .subtracting(bridged).sorted()
+    }
+
+    /// xen_pcibk_do_attach: check magic, map the shared page, bind the
+    /// event channel. Every value comes from the guest and is checked.
+    func attach(_ i: Instance) {
+        let f = i.frontendPath
+        func read(_ k: String) -> String? { (try? xs.readIfPresent(f + "/" + k)) ?? nil }
+        guard let magic = read("magic") else { return fatal(i, "\(f)/magic is missing") }
+        guard magic == XenPCI.magic else {
+            return fatal(i, "version mismatch: frontend magic '\(magic.prefix(16))', backend \(XenPCI.magic)")
+        }
+        guard let refText = read("pci-op-ref"), let ref = XSValue.decimal(refText, max: UInt64(UInt32.max - 1)) else {
+            return fatal(i, "\(f)/pci-op-ref '\(read("pci-op-ref")?.prefix(16) ?? "missing")' is not a grant reference")
+        }
+        guard let portText = read("event-channel"), let remote = XSValue.decimal(portText, max: 1 << 17), remote > 0 else {
+            return fatal(i, "\(f)/event-channel '\(read("event-channel")?.prefix(16) ?? "missing")' is not an event channel port")
+        }
+        let m: GrantMapping
+        do { m = try gnttab.map(domain: i.domid, ref: GrantRef(ref), writable: true) } catch {
+            return fatal(i, "mapping dom\(i.domid) grant \(ref): \(error)")
+        }
+        let port: EvtchnPort
+        do { port = try evtchn.bindInterdomain(remote: i.domid, remotePort: EvtchnPort(remote)) } catch {
+            try? gnttab.unmap(m)
+            return fatal(i, "binding dom\(i.domid) event channel \(remote): \(error)")
+        }
+        i.mapping = m
+        i.port = port
+        i.c.pointee.pbx_sh_info = m.address.assumingMemoryBound(to: xen_pci_sharedinfo.self)
+        i.c.pointee.pbx_shinfo_handle = m.handle
+        i.c.pointee.pbx_evtchn = port
+        portOwner[port] = i.domid
+        emit(.connected(i.domid, port: port))
+    }
+
+    /// xen_pcibk_disconnect: unbind, then unmap, each exactly once.
+    func disconnect(_ i: Instance) {
+        if let p = i.port {
+            portOwner[p] = nil
+            deferredUnmask.removeAll { $0.port == p }
+            do { try evtchn.unbind(p) } catch { emit(.error(i.domid, "unbind port \(p): \(error)")) }
+            i.port = nil
+            i.c.pointee.pbx_evtchn = 0
+        }
+        if let m = i.mapping {
+            i.mapping = nil // cleared first: a failing unmap is never retried (NetBSD's double unmap)
+            i.c.pointee.pbx_sh_info = nil
+            i.c.pointee.pbx_shinfo_handle = UInt32.max
+            do { try gnttab.unmap(m) } catch { emit(.error(i.domid, "unmap grant \(m.ref): \(error)")) }
+            emit(.disconnected(i.domid))
+        }
+        if i.aerPending { aerCondition.lock(); i.aerDone = true; aerCondition.broadcast(); aerCondition.unlock() }
+    }
+
+    /// xen_pcibk_reconfigure: the frontend is Reconfiguring; add `state-N`=1,
+    /// remove `state-N`=5, republish, go Reconfigured.
+    func reconfigure(_ i: Instance) {
+        let p = i.backendPath
+        guard let numText = try? xs.readIfPresent(p + "/num_devs"), let num = XSValue.decimal(numText, max: Self.maxDevices) else {
+            return fatal(i, "\(p)/num_devs is missing or not a count of at most \(Self.maxDevices)")
+        }
+        for n in 0..<Int(num) {
+            guard let st = (try? xs.readIfPresent(p + "/state-\(n)")) ?? nil, let s = XenState(xenstore: st) else { continue }
+            switch s {
+            case .initialising where i.exported[n] == nil:
+                export(i, n)
+            case .closing:
+                if i.exported[n] != nil { unexport(i, n) }
+                try? xs.write(p + "/state-\(n)", XenState.closed.xenstoreValue)
+            default:
+                break
+            }
+        }
+        // Devices whose dev-N vanished (compacted by the toolstack) stay; only state-N=5 removes.
+        publish(i)
+        setState(i, .reconfigured)
+    }
+
+    /// Takes a device away from its guest: MSI off, pirqs unmapped, reset,
+    /// golden state, permissive and quirks cleared (XSA-302/306).
+    func unexport(_ i: Instance, _ n: Int) {
+        guard let d = i.exported.removeValue(forKey: n) else { return }
+        releaseInterrupts(i, d)
+        do { try d.quiesce() } catch { emit(.error(i.domid, "\(d.address): reset at release: \(error)")) }
+        i.unlink(d)
+        d.guest = nil
+        d.guestAddress = nil
+        emit(.unexported(i.domid, host: d.address))
+    }
+
+    func releaseInterrupts(_ i: Instance, _ d: ClaimedDevice) {
+        for p in d.msiPirqs + d.msixPirqs {
+            do { try routing.unmapPirq(p, guest: i.domid) } catch { emit(.error(i.domid, "unmap pirq \(p): \(error)")) }
+        }
+        d.msiPirqs = []
+        d.msixPirqs = []
+        if !d.readOnly {
+            try? d.mediation.setEnable(.msi, false)
+            try? d.mediation.setEnable(.msix, false)
+        }
+    }
+
+    /// The frontend closed: its devices stay exported to the guest but are
+    /// reset, so a reconnecting frontend starts from a clean device.
+    func quiesceDevices(_ i: Instance) {
+        for d in i.exported.values.sorted(by: { $0.address < $1.address }) {
+            releaseInterrupts(i, d)
+            let permissive = d.mediation.permissive
+            do { try d.quiesce() } catch { emit(.error(i.domid, "\(d.address): reset: \(error)")) }
+            d.mediation.permissive = permissive // same guest, same toolstack options
+        }
+    }
+
+    /// The guest or its backend directory is gone: release everything.
+    func destroy(_ i: Instance) {
+        disconnect(i)
+        for n in i.exported.keys.sorted() { unexport(i, n) }
+        try? xs.unwatch(i.frontendPath + "/state", token: "front:\(i.domid)")
+        instances[i.domid] = nil
+    }
+}

@@ -1,0 +1,74 @@
+import Foundation
+import PCIModel
+import XenHypervisor
+
+/// One guest's connection: NetBSD's `pb_xenbus_instance`. The C struct
+/// holds the domid, the bound port, the mapped shared page, the grant
+/// handle and the private copy of the request being served.
+final class Instance {
+    let c: UnsafeMutablePointer<pb_xenbus_instance>
+    let domid: DomID
+    let backendPath: String      // /local/domain/<be>/backend/pci/<domid>/0
+    let frontendPath: String     // /local/domain/<domid>/device/pci/0
+    var state: XenState = .unknown
+    var frontState: XenState = .unknown
+    var mapping: GrantMapping?
+    var port: EvtchnPort?
+    var setUp = false            // devices exported and roots published
+    /// dev-N index -> the device exported from it.
+    var exported: [Int: ClaimedDevice] = [:]
+    var roots: [PCIRoot] = []
+    // Flood control (XSA-332).
+    var spuriousInWindow = 0
+    var windowStart = ContinuousClock.now
+    var requests = 0
+    var spurious = 0
+    var throttled = 0
+    // AER handshake in progress.
+    var aerPending = false
+    var aerDone = false
+
+    init(domid: DomID, backendPath: String, frontendPath: String) {
+        self.domid = domid
+        self.backendPath = backendPath
+        self.frontendPath = frontendPath
+        c = .allocate(capacity: 1)
+        c.initialize(to: pb_xenbus_instance())
+        c.pointee.pbx_domid = domid
+        c.pointee.pbx_shinfo_handle = UInt32.max
+    }
+
+    deinit { c.deallocate() }
+
+    var connected: Bool { mapping != nil && port != nil }
+    var shared: SharedPage? { c.pointee.pbx_sh_info.map { SharedPage(UnsafeMutableRawPointer($0)) } }
+
+    /// The device a guest addresses, by its guest-visible address.
+    func device(_ a: PCIAddress) -> ClaimedDevice? { exported.values.first { $0.guestAddress == a } }
+
+    /// SLIST upkeep of the C mirror: the guest's device list and back pointers.
+    func link(_ d: ClaimedDevice) {
+        d.pb.pointee.pbx_instance = c
+        d.pb.pointee.pb_guest_next.sle_next = c.pointee.pbx_pb_pci_dev.slh_first
+        c.pointee.pbx_pb_pci_dev.slh_first = d.pb
+    }
+
+    func unlink(_ d: ClaimedDevice) {
+        var p = c.pointee.pbx_pb_pci_dev.slh_first
+        if p == d.pb {
+            c.pointee.pbx_pb_pci_dev.slh_first = d.pb.pointee.pb_guest_next.sle_next
+        } else {
+            while let cur = p, cur.pointee.pb_guest_next.sle_next != d.pb { p = cur.pointee.pb_guest_next.sle_next }
+            p?.pointee.pb_guest_next.sle_next = d.pb.pointee.pb_guest_next.sle_next
+        }
+        d.pb.pointee.pb_guest_next.sle_next = nil
+        d.pb.pointee.pbx_instance = nil
+    }
+
+    var linkedCount: Int {
+        var n = 0
+        var p = c.pointee.pbx_pb_pci_dev.slh_first
+        while let cur = p { n += 1; p = cur.pointee.pb_guest_next.sle_next }
+        return n
+    }
+}

@@ -1,0 +1,388 @@
+import Foundation
+import PCIModel
+import XenHypervisor
+
+/// pciback(4): exports claimed PCI functions to guests over xenbus.
+///
+/// One thread serves everything: it polls the xenstore connection (watch on
+/// `backend/pci` and on each frontend's state) and the event channel handle
+/// (requests from every guest), like NetBSD's xenwatch and interrupt
+/// handlers rolled into one loop. A lock lets other threads claim, release,
+/// list and raise AER while it runs.
+public final class PCIBack {
+    public enum Topology: String, Sendable { case vpci, passthrough }
+
+    public struct Options: Sendable {
+        public var topology: Topology = .vpci
+        /// Export functions a host driver owns, with every write refused,
+        /// instead of refusing to claim them.
+        public var allowHostDriverReadOnly = false
+        /// How long raiseAER waits for the guest (Linux: 300 s).
+        public var aerTimeout: Duration = .seconds(300)
+        /// Flood control: events that find no request, per 100 ms, before
+        /// the guest's port is left masked for `floodPause`.
+        public var spuriousLimit = 256
+        public var floodPause: Duration = .milliseconds(20)
+        public init() {}
+    }
+
+    public enum Event: Sendable {
+        case backendState(DomID, XenState)
+        case frontendState(DomID, XenState)
+        case exported(DomID, host: PCIAddress, guest: PCIAddress)
+        case unexported(DomID, host: PCIAddress)
+        case connected(DomID, port: EvtchnPort)
+        case disconnected(DomID)
+        case error(DomID?, String)
+    }
+
+    let hv: Hypervisor
+    let options: Options
+    let me: DomID
+    let xs: XenStore
+    let evtchn: EventChannels
+    let gnttab: GrantTable
+    let routing: InterruptRouting
+    let lock = NSRecursiveLock()
+    let aerCondition = NSCondition()
+    var devices: [PCIAddress: ClaimedDevice] = [:]
+    var instances: [DomID: Instance] = [:]
+    var portOwner: [EvtchnPort: DomID] = [:]
+    var deferredUnmask: [(port: EvtchnPort, at: ContinuousClock.Instant)] = []
+    private var thread: Thread?
+    private let wake = xenpci_eventfd_open()
+    private var stopping = false
+    private let stopped = DispatchSemaphore(value: 0)
+    /// Called on the service thread, or the caller's, for every change.
+    public var onEvent: ((Event) -> Void)?
+
+    public var backendRoot: String { "/local/domain/\(me)/backend/pci" }
+
+    /// Opens the handles the backend needs; nothing runs until `start()`.
+    public init(hypervisor: Hypervisor, options: Options = Options()) throws {
+        hv = hypervisor
+        self.options = options
+        me = try hypervisor.domid()
+        xs = try hypervisor.openXenStore()
+        do {
+            evtchn = try hypervisor.openEventChannels()
+            do {
+                gnttab = try hypervisor.openGrantTable()
+                do { routing = try hypervisor.openInterruptRouting() } catch { gnttab.close(); throw error }
+            } catch { evtchn.close(); throw error }
+        } catch { xs.close(); throw error }
+    }
+
+    deinit {
+        close(wake)
+    }
+
+    func emit(_ e: Event) { onEvent?(e) }
+
+    // MARK: devices (pciback_pci_match / pciback_pci_attach)
+
+    /// Claims one function for pass-through (hides it from dom0). Refused,
+    /// with the reason, when already claimed or when a host driver owns it.
+    @discardableResult
+    public func claim(_ access: PCIDeviceAccess) throws -> ClaimedDeviceInfo {
+        try lock.withLock {
+            guard devices[access.address] == nil else { throw PCIBackError.refused("\(access.address): already claimed") }
+            let d = try ClaimedDevice(access, allowHostDriver: options.allowHostDriverReadOnly)
+            devices[access.address] = d
+            return info(d)
+        }
+    }
+
+    /// Claims every device of `source` the hide list names. The list is
+    /// parsed whole first and every match resolved before anything is
+    /// claimed: on any error nothing is claimed (NetBSD kept the devices
+    /// parsed before a syntax error).
+    @discardableResult
+    public func claim(hideList: String, from available: [PCIAddress], open: (PCIAddress) throws -> PCIDeviceAccess) throws -> [PCIAddress] {
+        let patterns = try parseHideList(hideList)
+        var chosen: [PCIAddress] = []
+        for p in patterns {
+            let m = available.filter(p.matches)
+            guard !m.isEmpty else { throw PCIBackError.badDevice("hide list entry \(p) matches no device") }
+            chosen += m.filter { !chosen.contains($0) }
+        }
+        let accesses = try chosen.map(open)
+        var done: [PCIAddress] = []
+        do {
+            for a in accesses where lock.withLock({ devices[a.address] == nil }) {
+                try claim(a)
+                done.append(a.address)
+            }
+        } catch {
+            for a in done { try? release(a) }
+            throw error
+        }
+        return done
+    }
+
+    /// Gives a function back to dom0: reset and golden state restored.
+    /// Refused while a guest has it.
+    public func release(_ a: PCIAddress) throws {
+        try lock.withLock {
+            guard let d = devices[a] else { throw PCIBackError.badDevice("\(a): not claimed by pciback") }
+            if let g = d.guest { throw PCIBackError.refused("\(a): exported to dom\(g); detach it from the guest first") }
+            try d.quiesce()
+            devices[a] = nil
+        }
+    }
+
+    public func listing() -> [ClaimedDeviceInfo] { lock.withLock { devices.values.sorted { $0.address < $1.address }.map(info) } }
+
+    func info(_ d: ClaimedDevice) -> ClaimedDeviceInfo {
+        var bars: [Int: PCIResource] = [:]
+        for (i, r) in d.bars { bars[i] = r }
+        return ClaimedDeviceInfo(address: d.address, vendorID: d.golden.vendorID, deviceID: d.golden.deviceID,
+                                 subsystemVendorID: d.golden.read16(PCIReg.subsystemVendorID), subsystemID: d.golden.read16(PCIReg.subsystemID),
+                                 classCode: d.golden.classCode, bars: bars, irq: d.access.irq, guest: d.guest,
+                                 guestAddress: d.guestAddress, readOnly: d.readOnly, driver: d.access.driver, text: d.kernfsText())
+    }
+
+    public func statistics() -> [DeviceStatistics] {
+        lock.withLock {
+            devices.values.sorted { $0.address < $1.address }.map { d in
+                DeviceStatistics(address: d.address, guest: d.guest, ops: d.ops, errors: d.errors,
+                                 refusedWrites: d.mediation.refusalReport(d.address), permissive: d.mediation.permissive,
+                                 quirks: d.mediation.quirks)
+            }
+        }
+    }
+
+    /// Per-guest counters: requests served, spurious events, throttled pauses.
+    public func guestStatistics() -> [(domid: DomID, requests: Int, spurious: Int, throttled: Int)] {
+        lock.withLock { instances.values.sorted { $0.domid < $1.domid }.map { ($0.domid, $0.requests, $0.spurious, $0.throttled) } }
+    }
+
+    /// Adds a quirk to a claimed device (cleared when it leaves its guest).
+    public func addQuirk(_ q: PCIQuirk) throws {
+        try lock.withLock {
+            guard let d = devices[q.address] else { throw PCIBackError.badDevice("\(q.address): not claimed by pciback") }
+            try d.mediation.addQuirk(q)
+        }
+    }
+
+    public func setPermissive(_ a: PCIAddress, _ on: Bool) throws {
+        try lock.withLock {
+            guard let d = devices[a] else { throw PCIBackError.badDevice("\(a): not claimed by pciback") }
+            d.mediation.permissive = on
+        }
+    }
+
+    // MARK: running
+
+    /// Watches `backend/pci` and serves guests on a thread of its own.
+    public func start() throws {
+        try xs.watch(backendRoot, token: "pciback")
+        do { try xs.watch("@releaseDomain", token: "release") } catch { try? xs.unwatch(backendRoot, token: "pciback"); throw error }
+        let t = Thread { [unowned self] in self.run() }
+        t.name = "pciback"
+        thread = t
+        t.start()
+    }
+
+    /// Clean shutdown: every guest told Closing, grants unmapped, ports
+    /// unbound, pirqs unmapped, devices reset and released.
+    public func stop() {
+        if thread != nil {
+            lock.withLock { stopping = true }
+            _ = xenpci_eventfd_signal(wake)
+            stopped.wait()
+            thread = nil
+        }
+        lock.withLock {
+            for i in instances.values.sorted(by: { $0.domid < $1.domid }) {
+                setState(i, .closing)
+                destroy(i)
+            }
+            for d in devices.values.sorted(by: { $0.address < $1.address }) {
+                do { try d.quiesce() } catch { emit(.error(nil, "\(d.address): reset at shutdown: \(error)")) }
+            }
+            devices.removeAll()
+        }
+        try? xs.unwatch(backendRoot, token: "pciback")
+        try? xs.unwatch("@releaseDomain", token: "release")
+        routing.close()
+        gnttab.close()
+        evtchn.close()
+        xs.close()
+    }
+
+    private func run() {
+        var fds = [pollfd(fd: xs.fileDescriptor, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: evtchn.fileDescriptor, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
+        while true {
+            var timeout: Int32 = -1
+            lock.withLock {
+                if let next = deferredUnmask.map(\.at).min() {
+                    let left = ContinuousClock.now.duration(to: next)
+                    timeout = left <= .zero ? 0 : Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
+                }
+            }
+            _ = poll(&fds, 3, timeout)
+            if lock.withLock({ stopping }) { break }
+            while let e = xs.nextWatchEvent() { lock.withLock { watchFired(e) } }
+            while let p = try? evtchn.pending() { lock.withLock { handleEvent(p) } }
+            lock.withLock { unmaskDue() }
+        }
+        stopped.signal()
+    }
+
+    /// Serves whatever is pending without a thread: tests drive the backend
+    /// step by step with this (the service thread calls the same code).
+    public func drain() {
+        while let e = xs.nextWatchEvent() { lock.withLock { watchFired(e) } }
+        while let p = try? evtchn.pending() { lock.withLock { handleEvent(p) } }
+        lock.withLock { unmaskDue() }
+    }
+
+    private func unmaskDue() {
+        let now = ContinuousClock.now
+        let due = deferredUnmask.filter { $0.at <= now }
+        deferredUnmask.removeAll { $0.at <= now }
+        for d in due where portOwner[d.port] != nil {
+            try? evtchn.unmask(d.port)
+            // Anything that arrived while paused is now delivered again.
+        }
+    }
+
+    // MARK: xenbus (pciback_xenbus_create, the watch callbacks)
+
+    private func watchFired(_ e: XenstoreWatchEvent) {
+        if e.token == "release" {
+            for i in instances.values where (try? xs.readIfPresent("/local/domain/\(i.domid)/domid")) == nil {
+                emit(.error(i.domid, "dom\(i.domid) is gone: releasing its devices"))
+                destroy(i)
+            }
+            return
+        }
+        if e.token.hasPrefix("front:"), let d = DomID(e.token.dropFirst(6)), let i = instances[d] {
+            frontendChanged(i)
+            return
+        }
+        guard e.token == "pciback", e.path.hasPrefix(backendRoot + "/") else { return }
+        let rest = e.path.dropFirst(backendRoot.count + 1).split(separator: "/")
+        guard let first = rest.first, let domid = XSValue.decimal(String(first), max: 0x7FEF).map(DomID.init) else { return }
+        backendChanged(domid)
+    }
+
+    /// The toolstack changed `backend/pci/<domid>/0`: create, update or
+    /// destroy the guest's instance.
+    private func backendChanged(_ domid: DomID) {
+        let path = "\(backendRoot)/\(domid)/0"
+        guard let st = try? xs.readIfPresent(path + "/state") else {
+            if let i = instances[domid] { destroy(i) }
+            return
+        }
+        let i: Instance
+        if let existing = instances[domid] {
+            i = existing
+        } else {
+            guard let created = create(domid, path) else { return }
+            i = created
+        }
+        guard let state = XenState(xenstore: st) else {
+            fatal(i, "backend state '\(st)' is not a xenbus state")
+            return
+        }
+        i.state = state
+        switch state {
+        case .initialising:
+            setState(i, .initWait)
+            setupBackend(i)
+        case .reconfiguring:
+            // Missed-Connected race: finish the connect before the reconfigure.
+            if !i.connected && i.frontState == .initialised { attach(i) }
+            if i.frontState == .reconfiguring { reconfigure(i) }
+        default:
+            break
+        }
+    }
+
+    /// pciback_xenbus_create: read the frontend's location and watch its state.
+    private func create(_ domid: DomID, _ path: String) -> Instance? {
+        let expected = "/local/domain/\(domid)/device/pci/0"
+        guard let fe = try? xs.readIfPresent(path + "/frontend"), let feid = try? xs.readIfPresent(path + "/frontend-id") else {
+            return nil // the toolstack has not finished writing; the next event retries
+        }
+        guard fe == expected, feid == String(domid) else {
+            emit(.error(domid, "\(path): frontend '\(fe)' (id '\(feid)') is not \(expected) of dom\(domid): refused"))
+            try? xs.write(path + "/error", "frontend must be \(expected)")
+            return nil
+        }
+        let i = Instance(domid: domid, backendPath: path, frontendPath: fe)
+        do {
+            try xs.watch(fe + "/state", token: "front:\(domid)")
+        } catch {
+            emit(.error(domid, "watch \(fe)/state: \(error)"))
+            return nil // nothing was allocated that outlives `i`
+        }
+        instances[domid] = i
+        return i
+    }
+
+    func setState(_ i: Instance, _ s: XenState) {
+        do {
+            try xs.write(i.backendPath + "/state", s.xenstoreValue)
+            i.state = s
+            emit(.backendState(i.domid, s))
+        } catch {
+            emit(.error(i.domid, "write \(i.backendPath)/state: \(error)"))
+        }
+    }
+
+    /// xenbus_dev_fatal: say why in `error`, go Closing, drop the connection.
+    func fatal(_ i: Instance, _ why: String) {
+        emit(.error(i.domid, why))
+        try? xs.write(i.backendPath + "/error", why)
+        disconnect(i)
+        setState(i, .closing)
+    }
+
+    /// The frontend's state changed (pciback_xenbus_frontend_changed).
+    private func frontendChanged(_ i: Instance) {
+        let raw = (try? xs.readIfPresent(i.frontendPath + "/state")) ?? nil
+        let fs = raw.flatMap(XenState.init(xenstore:)) ?? .unknown
+        let previous = i.frontState
+        i.frontState = fs
+        if fs != previous { emit(.frontendState(i.domid, fs)) }
+        switch fs {
+        case .initialising:
+            // A frontend that closed and starts again (Mini-OS, kexec).
+            if i.state == .closing || i.state == .closed {
+                setState(i, .initWait)
+                setupBackend(i)
+            }
+        case .initialised:
+            if !i.connected && (i.state == .initialised || i.state == .reconfiguring) { attach(i) }
+            if i.connected && i.state == .initialised { setState(i, .connected) }
+        case .connected:
+            if i.state == .reconfigured { setState(i, .connected) }
+        case .reconfiguring:
+            if i.state == .reconfiguring { reconfigure(i) }
+        case .closing:
+            disconnect(i)
+            setState(i, .closing)
+        case .closed:
+            disconnect(i)
+            quiesceDevices(i)
+            setState(i, .closed)
+        case .unknown:
+            if raw == nil && previous != .unknown { disconnect(i); quiesceDevices(i) }
+        default:
+            break
+        }
+    }
+}
+
+extension NSRecursiveLock {
+    @inline(__always) func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        lock()
+        defer { unlock() }
+        return try body()
+    }
+}

@@ -1,0 +1,232 @@
+import Foundation
+import PCIModel
+import XenHypervisor
+
+/// The op path: pciback_xenbus_evthandler and the dispatch of each command.
+extension PCIBack {
+    /// One event on a guest's port. The request is copied once into the
+    /// instance's private `op` (XSA-155); only the copy is read; only `err`,
+    /// `value` and the MSI-X vectors are written back.
+    func handleEvent(_ port: EvtchnPort) {
+        guard let domid = portOwner[port], let i = instances[domid], let sh = i.shared else { return }
+        if i.aerPending && sh.flags & XenPCI.backendActive == 0 {
+            aerCondition.lock(); i.aerDone = true; aerCondition.broadcast(); aerCondition.unlock()
+            if sh.flags & XenPCI.frontendActive == 0 { try? evtchn.unmask(port); return } // the AER answer
+        }
+        guard sh.flags & XenPCI.frontendActive != 0 else {
+            i.spurious += 1
+            throttle(i, port)
+            return
+        }
+        i.requests += 1
+        let op = withUnsafeMutablePointer(to: &i.c.pointee.op) { $0 }
+        sh.snapshotRequest(into: op)
+        let nvec = dispatch(i, op)
+        sh.completeRequest(op, msixVectors: nvec)
+        do { try evtchn.notify(port) } catch { emit(.error(domid, "notify port \(port): \(error)")) }
+        try? evtchn.unmask(port)
+    }
+
+    /// XSA-332: a guest that floods events without requests gets its port
+    /// left masked for a pause, so it cannot keep this thread busy.
+    private func throttle(_ i: Instance, _ port: EvtchnPort) {
+        let now = ContinuousClock.now
+        if now - i.windowStart > .milliseconds(100) {
+            i.windowStart = now
+            i.spuriousInWindow = 0
+        }
+        i.spuriousInWindow += 1
+        if i.spuriousInWindow > options.spuriousLimit {
+            i.throttled += 1
+            i.spuriousInWindow = 0
+            deferredUnmask.append((port, now + options.floodPause))
+        } else {
+            try? evtchn.unmask(port)
+        }
+    }
+
+    /// Acts on the private copy; sets op.err (one of the six) and op.value.
+    /// Returns how many MSI-X vectors to write back.
+    func dispatch(_ i: Instance, _ op: UnsafeMutablePointer<xen_pci_op>) -> Int {
+        var nvec = 0
+        let cmd = PCIOpCommand(rawValue: op.pointee.cmd)
+        let d = op.pointee.address.flatMap(i.device)
+        var value: UInt32 = 0
+        let err: PCIOpError
+        switch cmd {
+        case nil, .aerDetected?, .aerResume?, .aerMMIO?, .aerSlotReset?:
+            err = .notImplemented // unknown, or AER ops (backend-to-frontend only)
+        case .enableMultiMSI?:
+            err = d == nil ? .devNotFound : .notImplemented // as Linux
+        case let c? where d == nil:
+            _ = c
+            err = .devNotFound
+        case .confRead?:
+            (err, value) = configRead(d!, op.pointee.offset, op.pointee.size)
+        case .confWrite?:
+            err = configWrite(d!, op.pointee.offset, op.pointee.size, op.pointee.value)
+        case .enableMSI?:
+            (err, value) = enableMSI(i, d!)
+        case .disableMSI?:
+            (err, value) = disableMSI(i, d!)
+        case .enableMSIX?:
+            (err, nvec) = enableMSIX(i, d!, op)
+        case .disableMSIX?:
+            (err, value) = disableMSIX(i, d!)
+        }
+        if let d, let cmd {
+            d.ops[cmd, default: 0] += 1
+            if err != .success { d.errors[err, default: 0] += 1 }
+        }
+        op.pointee.err = err.rawValue
+        op.pointee.value = err == .success ? value : 0
+        return nvec
+    }
+
+    /// size in {1,2,4}, aligned, inside the device's config space; checked
+    /// before anything touches the device.
+    private func validAccess(_ d: ClaimedDevice, _ offset: Int32, _ size: Int32) -> Bool {
+        (size == 1 || size == 2 || size == 4) && offset >= 0 && offset % size == 0 && Int(offset) + Int(size) <= d.mediation.limit
+    }
+
+    private func configRead(_ d: ClaimedDevice, _ offset: Int32, _ size: Int32) -> (PCIOpError, UInt32) {
+        guard validAccess(d, offset, size) else { return (.invalidOffset, 0) }
+        do { return (.success, try d.mediation.read(Int(offset), Int(size))) } catch {
+            emit(.error(d.guest, "\(d.address): \(error)"))
+            return (.opFailed, 0)
+        }
+    }
+
+    private func configWrite(_ d: ClaimedDevice, _ offset: Int32, _ size: Int32, _ value: UInt32) -> PCIOpError {
+        guard validAccess(d, offset, size) else { return .invalidOffset }
+        if d.readOnly { return .accessDenied }
+        do { return try d.mediation.write(Int(offset), Int(size), value & ConfigMediation.ones(Int(size))) } catch {
+            emit(.error(d.guest, "\(d.address): \(error)"))
+            return .opFailed
+        }
+    }
+
+    /// Refused when MSI is already on or MSI-X is on (XSA-157 sequences).
+    private func enableMSI(_ i: Instance, _ d: ClaimedDevice) -> (PCIOpError, UInt32) {
+        guard !d.readOnly, d.mediation.capability(.msi) != nil, d.msiPirqs.isEmpty, d.msixPirqs.isEmpty,
+              !d.mediation.isEnabled(.msi), !d.mediation.isEnabled(.msix) else { return (.opFailed, 0) }
+        do {
+            let pirqs = try routing.mapMSI(device: d.address, guest: i.domid, count: 1, msix: false)
+            d.msiPirqs = pirqs
+            try d.mediation.setEnable(.msi, true)
+            return (.success, pirqs[0])
+        } catch {
+            emit(.error(i.domid, "\(d.address): enable MSI: \(error)"))
+            releaseInterrupts(i, d)
+            return (.opFailed, 0)
+        }
+    }
+
+    /// `value` = the INTx irq afterwards (Linux returns dev->irq).
+    private func disableMSI(_ i: Instance, _ d: ClaimedDevice) -> (PCIOpError, UInt32) {
+        if !d.msiPirqs.isEmpty {
+            for p in d.msiPirqs { try? routing.unmapPirq(p, guest: i.domid) }
+            d.msiPirqs = []
+            try? d.mediation.setEnable(.msi, false)
+        }
+        return (.success, UInt32(max(0, d.access.irq)))
+    }
+
+    /// `value` = nvec in (1...128, within the table), entries unique and in
+    /// range; refused when MSI or MSI-X is on or memory decoding is off
+    /// (XSA-157). On success `value` is 0 (pcifront reads non-zero as error).
+    private func enableMSIX(_ i: Instance, _ d: ClaimedDevice, _ op: UnsafeMutablePointer<xen_pci_op>) -> (PCIOpError, Int) {
+        let nvec = Int(op.pointee.value)
+        guard !d.readOnly, let cap = d.mediation.capability(.msix), (1...XenPCI.maxMSIXVectors).contains(nvec),
+              d.msiPirqs.isEmpty, d.msixPirqs.isEmpty, !d.mediation.isEnabled(.msi), !d.mediation.isEnabled(.msix),
+              let ctrl = try? d.access.readConfig(cap.offset + PCICapReg.msixFlags, 2),
+              let cmd = try? d.access.readConfig(PCIReg.command, 2), UInt16(cmd) & PCICommand.memory != 0
+        else { return (.opFailed, 0) }
+        let tableSize = Int(UInt16(ctrl) & PCICapReg.msixFlagsTableSize) + 1
+        var seen = Set<UInt16>()
+        for n in 0..<nvec {
+            let e = op.pointee.msixEntry(n).entry
+            guard Int(e) < tableSize, seen.insert(e).inserted else { return (.opFailed, 0) }
+        }
+        do {
+            let pirqs = try routing.mapMSI(device: d.address, guest: i.domid, count: nvec, msix: true)
+            d.msixPirqs = pirqs
+            guard pirqs.allSatisfy({ $0 <= UInt32(UInt16.max) }) else { throw PCIBackError.hardware("pirq above 65535") }
+            for (n, p) in pirqs.enumerated() {
+                var e = op.pointee.msixEntry(n)
+                e.vector = UInt16(p)
+                op.pointee.setMSIXEntry(n, e)
+            }
+            try d.mediation.setEnable(.msix, true)
+            return (.success, nvec)
+        } catch {
+            emit(.error(i.domid, "\(d.address): enable MSI-X: \(error)"))
+            releaseInterrupts(i, d)
+            return (.opFailed, 0)
+        }
+    }
+
+    private func disableMSIX(_ i: Instance, _ d: ClaimedDevice) -> (PCIOpError, UInt32) {
+        if !d.msixPirqs.isEmpty {
+            for p in d.msixPirqs { try? routing.unmapPirq(p, guest: i.domid) }
+            d.msixPirqs = []
+            try? d.mediation.setEnable(.msix, false)
+        }
+        return (.success, UInt32(max(0, d.access.irq)))
+    }
+
+    // MARK: AER
+
+    /// PCI channel states as `aer_op.err` carries them to the guest.
+    public enum ChannelState: Int32, Sendable { case normal = 1, frozen = 2, permanentFailure = 3 }
+
+    /// Runs the bit-2 handshake for an error on a host device: the guest's
+    /// handler answers within `timeout` (default: options.aerTimeout).
+    /// Without an AER handler the guest cannot recover: `aerState` =
+    /// `aerfail` asks the toolstack to stop it.
+    public func raiseAER(_ host: PCIAddress, _ cmd: PCIOpCommand, channel: ChannelState = .normal, timeout: Duration? = nil) throws -> Int32 {
+        guard [.aerDetected, .aerResume, .aerMMIO, .aerSlotReset].contains(cmd) else {
+            throw PCIBackError.refused("\(cmd) is not an AER request")
+        }
+        let (i, sh, port, vaddr): (Instance, SharedPage, EvtchnPort, PCIAddress) = try lock.withLock {
+            guard let d = devices[host] else { throw PCIBackError.badDevice("\(host): not claimed by pciback") }
+            guard let g = d.guest, let i = instances[g], let v = d.guestAddress else {
+                throw PCIBackError.notConnected("\(host): not exported to any guest")
+            }
+            guard let sh = i.shared, let port = i.port else { throw PCIBackError.notConnected("\(host): dom\(g)'s frontend is not connected") }
+            guard sh.flags & XenPCI.aerHandler != 0 else {
+                try? xs.write(i.backendPath + "/aerState", "aerfail")
+                throw PCIBackError.refused("\(host): dom\(g) has no AER handler: asked the toolstack to stop it (aerState=aerfail)")
+            }
+            guard !i.aerPending else { throw PCIBackError.refused("\(host): an AER request to dom\(g) is already in progress") }
+            var op = xen_pcie_aer_op()
+            op.cmd = cmd.rawValue
+            op.err = channel.rawValue
+            op.domain = UInt32(v.segment)
+            op.bus = UInt32(v.bus)
+            op.devfn = UInt32(v.devfn)
+            i.aerPending = true
+            i.aerDone = false
+            sh.postAER(op)
+            return (i, sh, port, v)
+        }
+        _ = vaddr
+        defer { lock.withLock { i.aerPending = false } }
+        try? evtchn.notify(port)
+        let deadline = Date().addingTimeInterval(Double((timeout ?? options.aerTimeout).components.seconds) +
+                                                 Double((timeout ?? options.aerTimeout).components.attoseconds) / 1e18)
+        aerCondition.lock()
+        while !i.aerDone && sh.flags & XenPCI.backendActive != 0 {
+            if !aerCondition.wait(until: min(deadline, Date().addingTimeInterval(0.05))) && Date() >= deadline { break }
+        }
+        aerCondition.unlock()
+        return try lock.withLock {
+            guard i.connected else { throw PCIBackError.notConnected("\(host): the frontend disconnected during the AER request") }
+            if sh.flags & XenPCI.backendActive != 0 {
+                sh.clearFlags(XenPCI.backendActive) // a late answer must not be read as the next one
+                throw PCIBackError.timeout("\(host): dom\(i.domid) did not answer the \(cmd) request in time")
+            }
+            return sh.snapshotAER().err
+        }
+    }
+}
