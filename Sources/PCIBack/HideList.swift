@@ -38,9 +38,10 @@ public func parseHideList(_ text: String) throws -> [PCIPattern] {
         let start = i
         while i < chars.count, chars[i].isHexDigit { i += 1 }
         guard i > start else { i = start; throw fail("expected a hex \(name)\(wildcard ? " or '*'" : "")") }
-        guard i - start <= maxDigits else { i = start; throw fail("\(name) has more than \(maxDigits) hex digits") }
-        let v = UInt32(String(chars[start..<i]), radix: 16)!
-        guard v <= max else { i = start; throw fail("\(name) \(String(chars[start..<i])) is above \(String(max, radix: 16))") }
+        let digits = String(chars[start..<i])
+        guard digits.count <= maxDigits else { i = start; throw fail("\(name) has more than \(maxDigits) hex digits") }
+        let v = UInt32(digits, radix: 16)!
+        guard v <= max else { i = start; throw fail("\(name) \(digits) is above \(String(max, radix: 16))") }
         return v
     }
     func expect(_ c: Character, _ what: String) throws {
@@ -59,6 +60,7 @@ public func parseHideList(_ text: String) throws -> [PCIPattern] {
         try expect("(", "to open an entry")
         skipSpace()
         // Up to three colon-separated numbers before the '.': [DDDD:]BB:SS
+        let firstAt = i
         let first = try hexField("bus or segment", maxDigits: 4, max: 0xFFFF, wildcard: false)!
         try expect(":", "after the \(first > 0xFF ? "segment" : "bus")")
         let save = i
@@ -73,12 +75,13 @@ public func parseHideList(_ text: String) throws -> [PCIPattern] {
             bus = try hexField("bus", maxDigits: 2, max: 0xFF, wildcard: false)!
             try expect(":", "after the bus")
         } else {
-            guard first <= 0xFF else { i = save; throw fail("bus \(String(first, radix: 16)) is above ff (a segment needs DDDD:BB:SS.F)") }
+            guard first <= 0xFF else { i = firstAt; throw fail("bus \(String(first, radix: 16)) is above ff (a segment needs DDDD:BB:SS.F)") }
         }
+        let deviceAt = i
         device = try hexField("device", maxDigits: 2, max: 31, wildcard: true)
         try expect(".", "before the function")
         let function = try hexField("function", maxDigits: 1, max: 7, wildcard: true)
-        if device == nil && function != nil { i -= 1; throw fail("a '*' device needs a '*' function") }
+        if device == nil && function != nil { i = deviceAt; throw fail("a '*' device needs a '*' function") }
         skipSpace()
         try expect(")", "to close the entry")
         out.append(PCIPattern(segment: UInt16(segment), bus: UInt8(bus), device: device.map(UInt8.init), function: function.map(UInt8.init)))
