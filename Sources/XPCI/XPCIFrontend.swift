@@ -150,8 +150,8 @@ public final class XPCIFrontend: @unchecked Sendable {
             guard kickFD >= 0 else { throw XenError(errno, "eventfd", "xenbus thread wakeup") }
             try readBackendLocation(store)
             locked { connectError = nil; frontState = .initialising; backendState = nil }
-            try talkToBackend()
             try store.watch(backendPath + "/state", token: watchToken)
+            try talkToBackend()
         } catch {
             teardownChannel()
             closeHandles()
@@ -264,7 +264,9 @@ public final class XPCIFrontend: @unchecked Sendable {
             if fe == .initialised { connect() }
             else if fe == .reconfiguring { report { try attachDevices() } }
         case .closing?, .closed?, .unknown?, nil:
-            if fe != .initialising && fe != .closed && fe != .unknown { closeDown() }
+            // Only a connection is torn down: a backend still Closed from an
+            // earlier session while we wait Initialised is left to come back.
+            if fe == .connected || fe == .reconfiguring || fe == .closing { closeDown() }
         }
     }
 
