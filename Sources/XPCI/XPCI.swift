@@ -1,2 +1,0 @@
-import XenHypervisor
-import PCIModel
