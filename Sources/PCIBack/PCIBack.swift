@@ -358,6 +358,12 @@ public final class PCIBack {
                 setupBackend(i)
             }
         case .initialised:
+            // A frontend that closed and attaches again without passing Initialising.
+            if i.state == .closing || i.state == .closed {
+                setState(i, .initWait)
+                setupBackend(i) // attaches and goes Connected: the frontend is ready
+                return
+            }
             if !i.connected && (i.state == .initialised || i.state == .reconfiguring) { attach(i) }
             if i.connected && i.state == .initialised { setState(i, .connected) }
         case .connected:

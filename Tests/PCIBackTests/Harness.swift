@@ -63,7 +63,7 @@ final class Harness {
 
     /// libxl's device creation: both directories with state 1, the backend
     /// owned by dom0 and readable by the guest, the frontend the reverse.
-    func create(_ dom: DomID, _ devs: [(PCIAddress, String)]) throws {
+    func create(_ dom: DomID, _ devs: [(PCIAddress, String)], overrides: [String: String] = [:]) throws {
         let b = be(dom), f = fe(dom)
         try toolstack.transaction { t in
             try toolstack.write(f + "/backend", b, transaction: t)
@@ -86,6 +86,7 @@ final class Harness {
                 try toolstack.write(b + "/state-\(n)", "1", transaction: t)
             }
             try toolstack.write(b + "/num_devs", String(devs.count), transaction: t)
+            for (k, v) in overrides { try toolstack.write(b + "/" + k, v, transaction: t) }
             try toolstack.write(b + "/state", "1", transaction: t)
         }
     }

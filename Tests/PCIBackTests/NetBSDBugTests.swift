@@ -162,17 +162,10 @@ struct NetBSDBugTests {
     func hostileToolstack(key: String, value: String) throws {
         let h = try Harness()
         try h.claim(Fixture.e1000)
-        try h.create(1, Fixture.e1000)
-        #expect(h.waitBackend(1, .initialised))
-        try h.toolstack.remove(h.be(1))
-        #expect(eventually("gone") { h.back.listing().first?.guest == nil })
-        try h.create(1, Fixture.e1000)
-        // Rewrite one key before the backend reads it: recreate with the bad value.
-        try h.toolstack.remove(h.be(1))
-        try h.create(1, Fixture.e1000)
-        try h.toolstack.write(h.be(1) + "/" + key, value)
-        try h.toolstack.write(h.be(1) + "/state", "1")
-        #expect(eventually("refused") { h.read(h.be(1) + "/error") != nil || h.read(h.be(1) + "/state") == "5" })
+        // The bad value is part of the toolstack's creating transaction.
+        try h.create(1, [(Fixture.e1000, Harness.defaultOpts)], overrides: [key: value])
+        #expect(eventually("refused") { h.read(h.be(1) + "/error") != nil })
+        #expect(h.read(h.be(1) + "/vdev-0") == nil, "nothing exported from a bad \(key)")
         h.expectClean()
     }
 
