@@ -39,3 +39,13 @@ demo:
 
 clean:
 	rm -rf $(BUILD) .build
+
+# Fuzzing (libFuzzer + ASan): FUZZ_SECONDS per target (default 60).
+.PHONY: fuzz fuzz-replay
+fuzz:
+	@tools/fuzz/run.sh
+
+# Replays the committed corpora through a normal build (part of `make test`).
+fuzz-replay:
+	$(SWIFT) build --product xenpci-fuzz
+	@for t in request xenstore hidelist frontend; do .build/debug/xenpci-fuzz $$t Tests/Fuzz/corpus/$$t || exit 1; done

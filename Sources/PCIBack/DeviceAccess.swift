@@ -74,7 +74,7 @@ public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
         guard fm.fileExists(atPath: path + "/config") else {
             throw PCIBackError.badDevice("\(address): no such device (\(path)/config is missing)")
         }
-        func text(_ f: String) -> String? { try? String(contentsOfFile: path + "/" + f, encoding: .utf8) }
+        func text(_ f: String) -> String? { fm.contents(atPath: path + "/" + f).map { String(decoding: $0, as: UTF8.self) } }
         resources = try text("resource").map { try PCIResource.parse($0, path: path + "/resource") } ?? []
         irq = text("irq").flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 0
         // A live sysfs has a `driver` symlink; fixture trees may record the name in a file.

@@ -1,0 +1,63 @@
+import Foundation
+import PCIModel
+
+/// A function that exists only in memory: for fuzzing, load tests and
+/// benchmarks that need more devices than there are fixtures. Reset puts
+/// back the bytes it was created with.
+public final class MemoryPCIDevice: PCIDeviceAccess, @unchecked Sendable {
+    public let address: PCIAddress
+    public let configSize: Int
+    public let resources: [PCIResource]
+    public let irq: Int
+    public let driver: String? = nil
+    private let lock = NSLock()
+    private var config: ConfigSpace
+    private let pristine: ConfigSpace
+    private(set) public var accessCount = 0
+    private(set) public var resetCount = 0
+
+    /// `config` shorter than 256 bytes is padded with 0xFF (absent bytes);
+    /// longer than 256 is taken as extended space, up to 4096.
+    public init(address: PCIAddress, config bytes: [UInt8], resources: [PCIResource], irq: Int) {
+        self.address = address
+        let size = bytes.count > PCIReg.legacySize ? PCIReg.extendedSize : PCIReg.legacySize
+        var b = Array(bytes.prefix(size))
+        b += [UInt8](repeating: 0xFF, count: size - b.count)
+        config = ConfigSpace(bytes: b)
+        pristine = config
+        configSize = size
+        self.resources = resources
+        self.irq = irq
+    }
+
+    /// A copy of a fixture (or any sysfs-shaped tree) under another address.
+    public convenience init(copying d: SysfsPCIDevice, as address: PCIAddress) throws {
+        var b: [UInt8] = []
+        for o in stride(from: 0, to: d.configSize, by: 4) { b += withUnsafeBytes(of: try d.readConfig(o, 4).littleEndian, Array.init) }
+        self.init(address: address, config: b, resources: d.resources, irq: d.irq)
+    }
+
+    public func readConfig(_ offset: Int, _ size: Int) throws -> UInt32 {
+        guard [1, 2, 4].contains(size), offset >= 0, offset % size == 0, offset + size <= configSize else {
+            throw PCIBackError.hardware("\(address): refused config access at \(offset) size \(size)")
+        }
+        lock.lock(); defer { lock.unlock() }
+        accessCount += 1
+        return config.read(offset, size)
+    }
+
+    public func writeConfig(_ offset: Int, _ size: Int, _ value: UInt32) throws {
+        guard [1, 2, 4].contains(size), offset >= 0, offset % size == 0, offset + size <= configSize else {
+            throw PCIBackError.hardware("\(address): refused config access at \(offset) size \(size)")
+        }
+        lock.lock(); defer { lock.unlock() }
+        accessCount += 1
+        config.write(offset, size, value)
+    }
+
+    public func reset() throws {
+        lock.lock(); defer { lock.unlock() }
+        resetCount += 1
+        config = pristine
+    }
+}

@@ -1,0 +1,206 @@
+import Foundation
+import PCIBack
+import PCIModel
+import XPCI
+import XenMock
+
+/// The fuzz targets. Each takes arbitrary bytes; a broken invariant is a
+/// crash (fatalError), which is what libFuzzer records.
+enum FuzzTarget: String, CaseIterable {
+    case request, xenstore, hidelist, frontend
+
+    func run(_ data: [UInt8]) {
+        switch self {
+        case .request: fuzzRequest(data)
+        case .xenstore: fuzzXenstore(data)
+        case .hidelist: fuzzHideList(data)
+        case .frontend: fuzzFrontend(data)
+        }
+    }
+}
+
+let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+let e1000 = try! SysfsPCIDevice(root: repoRoot + "/Tests/Fixtures/qemu-q35", address: PCIAddress(bus: 0, device: 3, function: 0), inMemory: true)
+
+/// Splits input into fields at 0x00 bytes.
+func fields(_ data: [UInt8], _ n: Int) -> [String?] {
+    var parts = data.split(separator: 0, maxSplits: n - 1, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+    while parts.count < n { parts.append("") }
+    return parts.map { $0.isEmpty ? nil : $0 }
+}
+
+// MARK: request: arbitrary shared-page op and arbitrary config space
+
+let requestHV = MockHypervisor()
+let requestBack: PCIBack = { _ = requestHV.domain(0x7FEE); return try! PCIBack(hypervisor: requestHV.domain(0)) }()
+
+func fuzzRequest(_ data: [UInt8]) {
+    // Layout: op (548) | 7 BAR sizes (u32 each) | config (rest, up to 4096)
+    let opBytes = Array(data.prefix(548))
+    let sizes = stride(from: 548, to: min(data.count, 548 + 28), by: 4).map { o -> UInt64 in
+        let b = data[o..<min(o + 4, data.count)]
+        let v = b.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        return v == 0 ? 0 : UInt64(1) << (v % 32) // sizes are powers of two
+    }
+    let config = data.count > 576 ? Array(data[576...]) : []
+    if let broken = requestBack.fuzzRequest(config: config, barSizes: sizes, op: opBytes) { fatalError("request invariant: \(broken)") }
+}
+
+// MARK: xenstore: every value the backend reads from a guest or the toolstack
+
+func fuzzXenstore(_ data: [UInt8]) {
+    let f = fields(data, 7)
+    let hv = MockHypervisor()
+    let dom0 = hv.domain(0), guest = hv.domain(1)
+    let ts = try! dom0.openXenStore()
+    let back = try! PCIBack(hypervisor: dom0)
+    try! back.claim(MemoryPCIDevice(copying: e1000, as: PCIAddress(bus: 0, device: 3, function: 0)))
+    try! back.start()
+    let b = "/local/domain/0/backend/pci/1/0", fe = "/local/domain/1/device/pci/0"
+    try! ts.transaction { t in
+        try ts.write(fe + "/backend", b, transaction: t)
+        try ts.write(fe + "/backend-id", "0", transaction: t)
+        try ts.write(fe + "/state", "1", transaction: t)
+        try ts.setPermissions(fe, [XenstorePermission(1, .none), XenstorePermission(0, .read)], transaction: t)
+        try ts.write(b + "/frontend", fe, transaction: t)
+        try ts.write(b + "/frontend-id", "1", transaction: t)
+        try ts.write(b + "/num_devs", f[3] ?? "1", transaction: t)
+        try ts.write(b + "/dev-0", f[4] ?? "0000:00:03.0", transaction: t)
+        try ts.write(b + "/state-0", f[5] ?? "1", transaction: t)
+        try ts.write(b + "/opts-0", f[6] ?? "permissive=0", transaction: t)
+        try ts.write(b + "/state", "1", transaction: t)
+    }
+    // The guest: a page, a port, and its three keys (fuzzed where given).
+    let xs = try! guest.openXenStore(), gs = try! guest.openGrantSharing(), ev = try! guest.openEventChannels()
+    let g = try! gs.share(with: 0, writable: true)
+    let p = try! ev.allocateUnbound(remote: 0)
+    try! xs.transaction { t in
+        try xs.write(fe + "/pci-op-ref", f[0] ?? String(g.ref), transaction: t)
+        try xs.write(fe + "/event-channel", f[1] ?? String(p), transaction: t)
+        try xs.write(fe + "/magic", f[2] ?? "7", transaction: t)
+        try xs.write(fe + "/state", "3", transaction: t)
+    }
+    let end = ContinuousClock.now + .milliseconds(200)
+    var state = ""
+    while ContinuousClock.now < end {
+        state = (try? ts.readIfPresent(b + "/state")) ?? nil ?? ""
+        if state == "4" || state == "5" { break }
+        usleep(200)
+    }
+    if state == "4" { // connected: one request through the real path
+        let sh = SharedPage(g.address)
+        sh.postRequest(xen_pci_op(command: .confRead, address: PCIAddress(bus: 0, device: 0, function: 0), offset: 0, size: 4))
+        try? ev.notify(p)
+        let stop = ContinuousClock.now + .seconds(2)
+        while sh.flags & XenPCI.frontendActive != 0 && ContinuousClock.now < stop { usleep(50) }
+        if sh.flags & XenPCI.frontendActive != 0 { fatalError("xenstore: connected backend never answered") }
+    }
+    back.stop()
+    try? gs.endAccess(g); try? ev.unbind(p)
+    gs.close(); ev.close(); xs.close(); ts.close()
+    let leaks = hv.leaks()
+    if !leaks.isEmpty { fatalError("xenstore: leaks after stop: \(leaks)") }
+}
+
+// MARK: hide list
+
+func fuzzHideList(_ data: [UInt8]) {
+    let text = String(decoding: data, as: UTF8.self)
+    do {
+        let patterns = try parseHideList(text)
+        // What was parsed prints back to a list that parses to the same.
+        let again = try parseHideList(patterns.map(\.description).joined())
+        if again != patterns { fatalError("hide list: round trip changed \(patterns) into \(again)") }
+    } catch let e as HideListError {
+        if e.position < 0 || e.position > text.count { fatalError("hide list: position \(e.position) outside '\(text)'") }
+    } catch {
+        fatalError("hide list: unexpected error \(error)")
+    }
+}
+
+// MARK: frontend against a lying backend
+
+func fuzzFrontend(_ data: [UInt8]) {
+    // Layout: root_num\0root-0\0root-1\0 | replies: 9 bytes each (err i32, value u32, vector seed u8)
+    let head = fields(data, 4)
+    let replyBytes = Array(data.split(separator: 0, maxSplits: 3, omittingEmptySubsequences: false).last ?? [])
+    let hv = MockHypervisor()
+    let dom0 = hv.domain(0), guest = hv.domain(1)
+    let ts = try! dom0.openXenStore()
+    let b = "/local/domain/0/backend/pci/1/0", fe = "/local/domain/1/device/pci/0"
+    try! ts.transaction { t in
+        try ts.write(fe + "/backend", b, transaction: t)
+        try ts.write(fe + "/backend-id", "0", transaction: t)
+        try ts.write(fe + "/state", "1", transaction: t)
+        try ts.setPermissions(fe, [XenstorePermission(1, .none), XenstorePermission(0, .read)], transaction: t)
+        try ts.write(b + "/frontend", fe, transaction: t)
+        try ts.write(b + "/frontend-id", "1", transaction: t)
+        try ts.write(b + "/state", "2", transaction: t)
+        try ts.setPermissions(b, [XenstorePermission(0, .none), XenstorePermission(1, .read)], transaction: t)
+    }
+    let front = try! XPCIFrontend(hypervisor: guest, options: .init(requestTimeout: .milliseconds(20), connectTimeout: .milliseconds(120)))
+    try! front.attach()
+    // The lying backend: maps, binds, publishes fuzzed roots, answers every request from the fuzz stream.
+    let gt = try! dom0.openGrantTable(), ev = try! dom0.openEventChannels()
+    var mapping: GrantMapping?, port: EvtchnPort?
+    if let ref = (try? ts.readIfPresent(fe + "/pci-op-ref")).flatMap({ $0 }).flatMap(UInt32.init),
+       let rp = (try? ts.readIfPresent(fe + "/event-channel")).flatMap({ $0 }).flatMap(UInt32.init) {
+        mapping = try? gt.map(domain: 1, ref: ref, writable: true)
+        port = try? ev.bindInterdomain(remote: 1, remotePort: rp)
+    }
+    let stop = Flag()
+    let finished = DispatchSemaphore(value: 0)
+    var responder: Thread?
+    if let m = mapping, let port {
+        let sh = SharedPage(m.address)
+        responder = Thread {
+            var k = 0
+            while !stop.isSet {
+                guard (try? ev.wait(timeout: .milliseconds(5))) != nil else { continue }
+                try? ev.unmask(port)
+                guard sh.flags & XenPCI.frontendActive != 0 else { continue }
+                var op = xen_pci_op()
+                sh.snapshotRequest(into: &op)
+                if !replyBytes.isEmpty {
+                    func byte(_ i: Int) -> UInt8 { replyBytes[(k * 9 + i) % replyBytes.count] }
+                    op.err = Int32(bitPattern: UInt32(byte(0)) | UInt32(byte(1)) << 8 | UInt32(byte(2)) << 16 | UInt32(byte(3)) << 24)
+                    op.value = UInt32(byte(4)) | UInt32(byte(5)) << 8 | UInt32(byte(6)) << 16 | UInt32(byte(7)) << 24
+                    for n in 0..<XenPCI.maxMSIXVectors { op.setMSIXEntry(n, xen_msix_entry(vector: UInt16(byte(8)) &+ UInt16(n), entry: 0)) }
+                }
+                k += 1
+                sh.completeRequest(&op, msixVectors: XenPCI.maxMSIXVectors)
+                try? ev.notify(port)
+            }
+            finished.signal()
+        }
+        responder!.start()
+    }
+    try? ts.transaction { t in
+        if let n = head[0] { try ts.write(b + "/root_num", n, transaction: t) }
+        for i in 0..<2 { if let r = head[i + 1] { try ts.write(b + "/root-\(i)", r, transaction: t) } }
+        try ts.write(b + "/state", "4", transaction: t)
+    }
+    if (try? front.waitConnected(timeout: .milliseconds(150))) != nil {
+        for d in front.devices.prefix(2) {
+            _ = try? front.configRead(d.address, offset: 0, size: 2)
+            _ = try? front.enableMSIX(d.address, entries: [0, 1])
+            _ = try? front.enableMSI(d.address)
+        }
+    }
+    try? ts.write(b + "/state", "6")
+    try? front.detach()
+    stop.set()
+    if responder != nil { finished.wait() }
+    if let m = mapping { try? gt.unmap(m) }
+    if let p = port { try? ev.unbind(p) }
+    gt.close(); ev.close(); ts.close()
+    let leaks = hv.leaks()
+    if !leaks.isEmpty { fatalError("frontend: leaks after detach: \(leaks)") }
+}
+
+final class Flag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var v = false
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return v }
+    func set() { lock.lock(); v = true; lock.unlock() }
+}
