@@ -31,6 +31,8 @@ let package = Package(
         .executableTarget(
             name: "xenpci",
             dependencies: ["XenMock", "PCIBack", "XPCI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // libFuzzer harness (`make fuzz`); built normally it replays corpora.
+        .executableTarget(name: "xenpci-fuzz", dependencies: ["PCIBack", "XPCI", "XenMock"]),
         .testTarget(name: "XenPCIABITests", dependencies: ["XenPCIABI"]),
         .testTarget(name: "XenMockTests", dependencies: ["XenMock"]),
         .testTarget(name: "PCIModelTests", dependencies: ["PCIModel"]),
