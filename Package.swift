@@ -31,6 +31,8 @@ let package = Package(
         .executableTarget(
             name: "xenpci",
             dependencies: ["XenMock", "PCIBack", "XPCI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // issue 9: `make bench` (docs/PERFORMANCE.md); the C reference is bench/xenpci_ref.c.
+        .executableTarget(name: "xenpci-bench", dependencies: ["XenMock", "PCIBack", "XPCI"]),
         .testTarget(name: "XenPCIABITests", dependencies: ["XenPCIABI"]),
         .testTarget(name: "XenMockTests", dependencies: ["XenMock"]),
         .testTarget(name: "PCIModelTests", dependencies: ["PCIModel"]),

@@ -28,6 +28,10 @@ public final class XPCIFrontend: @unchecked Sendable {
         public var enableDecodeOnScan: Bool = true
         /// Upper bound accepted for the backend's `root_num`.
         public var maxRoots: Int = 256
+        /// Adaptive mode (issue 9, docs/PERFORMANCE.md): after notifying,
+        /// spin on the flag word this long before blocking on the event
+        /// channel. Zero (the default) blocks at once.
+        public var spinBeforeBlock: Duration = .zero
 
         public init(requestTimeout: Duration = .seconds(2), connectTimeout: Duration = .seconds(10),
                     instance: Int = 0, enableDecodeOnScan: Bool = true, maxRoots: Int = 256) {

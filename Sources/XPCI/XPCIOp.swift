@@ -26,6 +26,7 @@ extension XPCIFrontend {
         page.postRequest(op)
         do {
             try ev.notify(port)
+            if options.spinBeforeBlock > .zero { spinWhileActive(page, options.spinBeforeBlock) }
             let deadline = ContinuousClock.now + options.requestTimeout
             while page.flags & XenPCI.frontendActive != 0 {
                 let left = ContinuousClock.now.duration(to: deadline)
@@ -44,6 +45,17 @@ extension XPCIFrontend {
         let reply = page.readReply()
         if page.flags & XenPCI.backendActive != 0 { _ = xenpci_eventfd_signal(kickFD) }
         return reply
+    }
+
+    /// Adaptive mode: spin on bit 0 for at most `limit` (the clock is read
+    /// every 64 loads). The event the backend sends anyway is left for the
+    /// blocking path or the xenbus thread to take.
+    func spinWhileActive(_ page: SharedPage, _ limit: Duration) {
+        let end = ContinuousClock.now + limit
+        while true {
+            for _ in 0..<64 where page.flags & XenPCI.frontendActive == 0 { return }
+            if ContinuousClock.now >= end { return }
+        }
     }
 
     /// doOp plus statistics and the `err` check: one of the six values, and
