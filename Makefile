@@ -44,8 +44,10 @@ $(BUILD)/xenpci-ref: bench/xenpci_ref.c Headers/xenpci_abi.h
 	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -pthread -IHeaders bench/xenpci_ref.c -o $@
 
 bench: $(BUILD)/xenpci-ref
-	$(SWIFT) build -c release --scratch-path .build-release --product xenpci-bench
-	.build-release/release/xenpci-bench --reference $(BUILD)/xenpci-ref --json $(BUILD)/bench.json $(BENCH_ARGS)
+	@# The default scratch path: with --scratch-path, SwiftPM 6.3.1's incremental
+	@# release builds fail ("unknown build description").
+	$(SWIFT) build -c release --product xenpci-bench
+	.build/release/xenpci-bench --reference $(BUILD)/xenpci-ref --json $(BUILD)/bench.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) .build

@@ -248,10 +248,13 @@ public final class PCIBack {
     private func spinForRequest() -> Bool {
         let pages = lock.withLock { instances.values.compactMap { $0.connected ? $0.shared : nil } }
         let end = ContinuousClock.now + options.spinBeforeBlock
+        var n = 0
         while ContinuousClock.now < end {
-            for _ in 0..<16 {
+            for _ in 0..<256 {
                 for p in pages where p.flags & XenPCI.frontendActive != 0 { return true }
             }
+            n += 1
+            if n % 16 == 0 { sched_yield() } // the guest may be waiting for this CPU
         }
         return false
     }
