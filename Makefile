@@ -5,13 +5,14 @@ BUILD := build
 ABI_DIR := tools/abi-check
 TEST_DEPS := libxen-dev pciutils
 
-.PHONY: help deps build test abi-check demo clean
+.PHONY: help deps build test abi-check demo bench clean
 
 help:
 	@echo "make demo       run the backend and frontend on the mock hypervisor"
 	@echo "make test       install test dependencies (libxen-dev, pciutils), run abi-check and the test suite"
 	@echo "make abi-check  compare Headers/ with the system's Xen headers"
 	@echo "make build      build everything"
+	@echo "make bench      request-path benchmarks vs the C reference (docs/PERFORMANCE.md); BENCH_ARGS=--quick"
 
 deps:
 	@tools/deps.sh $(TEST_DEPS)
@@ -36,6 +37,17 @@ test: deps
 
 demo:
 	$(SWIFT) run -c release xenpci demo
+
+# issue 9: the C reference (bench/) and the Swift benchmarks, one invocation.
+$(BUILD)/xenpci-ref: bench/xenpci_ref.c Headers/xenpci_abi.h
+	@mkdir -p $(BUILD)
+	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -pthread -IHeaders bench/xenpci_ref.c -o $@
+
+bench: $(BUILD)/xenpci-ref
+	@# The default scratch path: with --scratch-path, SwiftPM 6.3.1's incremental
+	@# release builds fail ("unknown build description").
+	$(SWIFT) build -c release --product xenpci-bench
+	.build/release/xenpci-bench --reference $(BUILD)/xenpci-ref --json $(BUILD)/bench.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD) .build

@@ -33,6 +33,8 @@ let package = Package(
             dependencies: ["XenMock", "PCIBack", "XPCI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         // libFuzzer harness (`make fuzz`); built normally it replays corpora.
         .executableTarget(name: "xenpci-fuzz", dependencies: ["PCIBack", "XPCI", "XenMock"]),
+        // issue 9: `make bench` (docs/PERFORMANCE.md); the C reference is bench/xenpci_ref.c.
+        .executableTarget(name: "xenpci-bench", dependencies: ["XenMock", "PCIBack", "XPCI"]),
         .testTarget(name: "XenPCIABITests", dependencies: ["XenPCIABI"]),
         .testTarget(name: "XenMockTests", dependencies: ["XenMock"]),
         .testTarget(name: "PCIModelTests", dependencies: ["PCIModel"]),

@@ -23,6 +23,10 @@ public final class PCIBack {
         /// the guest's port is left masked for `floodPause`.
         public var spuriousLimit = 256
         public var floodPause: Duration = .milliseconds(20)
+        /// Adaptive mode (issue 9, docs/PERFORMANCE.md): before blocking in
+        /// poll, spin this long watching every connected guest's bit 0.
+        /// Zero (the default) blocks at once.
+        public var spinBeforeBlock: Duration = .zero
         public init() {}
     }
 
@@ -215,6 +219,7 @@ public final class PCIBack {
         var fds = [pollfd(fd: xs.fileDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: evtchn.fileDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
+        var served = false
         while true {
             var timeout: Int32 = -1
             lock.withLock {
@@ -223,13 +228,35 @@ public final class PCIBack {
                     timeout = left <= .zero ? 0 : Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
                 }
             }
+            // Adaptive mode: spin only after a round that served an event, so a
+            // guest that sets bit 0 without notifying cannot keep us spinning.
+            if served && options.spinBeforeBlock > .zero && timeout != 0 && spinForRequest() { timeout = 0 }
             _ = poll(&fds, 3, timeout)
             if lock.withLock({ stopping }) { break }
             while let e = xs.nextWatchEvent() { lock.withLock { watchFired(e) } }
-            while let p = try? evtchn.pending() { lock.withLock { handleEvent(p) } }
+            served = false
+            while let p = try? evtchn.pending() { lock.withLock { handleEvent(p) }; served = true }
             lock.withLock { unmaskDue() }
         }
         stopped.signal()
+    }
+
+    /// Adaptive mode: true as soon as a connected guest has bit 0 set
+    /// (its event is then taken from the handle as usual), false when the
+    /// spin ran out. Only the flag words are read, without the lock: pages
+    /// are unmapped on this thread only, so none goes away during the spin.
+    private func spinForRequest() -> Bool {
+        let pages = lock.withLock { instances.values.compactMap { $0.connected ? $0.shared : nil } }
+        let end = ContinuousClock.now + options.spinBeforeBlock
+        var n = 0
+        while ContinuousClock.now < end {
+            for _ in 0..<256 {
+                for p in pages where p.flags & XenPCI.frontendActive != 0 { return true }
+            }
+            n += 1
+            if n % 16 == 0 { sched_yield() } // the guest may be waiting for this CPU
+        }
+        return false
     }
 
     /// Serves whatever is pending without a thread: tests drive the backend

@@ -22,9 +22,13 @@ extension PCIBack {
         let op = withUnsafeMutablePointer(to: &i.c.pointee.op) { $0 }
         sh.snapshotRequest(into: op)
         let nvec = dispatch(i, op)
+        // Unmasked before the reply is published (issue 9): unmasking after
+        // the notify met the woken frontend taking its event under the same
+        // event channel lock, a futex wait and wake per request. The next
+        // request can only follow the reply, so no event is lost either way.
+        try? evtchn.unmask(port)
         sh.completeRequest(op, msixVectors: nvec)
         do { try evtchn.notify(port) } catch { emit(.error(domid, "notify port \(port): \(error)")) }
-        try? evtchn.unmask(port)
     }
 
     /// XSA-332: a guest that floods events without requests gets its port

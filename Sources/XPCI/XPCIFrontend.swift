@@ -28,6 +28,10 @@ public final class XPCIFrontend: @unchecked Sendable {
         public var enableDecodeOnScan: Bool = true
         /// Upper bound accepted for the backend's `root_num`.
         public var maxRoots: Int = 256
+        /// Adaptive mode (issue 9, docs/PERFORMANCE.md): after notifying,
+        /// spin on the flag word this long before blocking on the event
+        /// channel. Zero (the default) blocks at once.
+        public var spinBeforeBlock: Duration = .zero
 
         public init(requestTimeout: Duration = .seconds(2), connectTimeout: Duration = .seconds(10),
                     instance: Int = 0, enableDecodeOnScan: Bool = true, maxRoots: Int = 256) {
@@ -221,14 +225,25 @@ public final class XPCIFrontend: @unchecked Sendable {
     func xenbusThread() {
         defer { threadDone.signal() }
         guard let store = xs, let ev = evtchn else { return }
+        // Issue 9 (docs/PERFORMANCE.md): while requests are in flight every
+        // reply is an event the requester takes itself; waking here for each
+        // one and queueing on opLock cost two context switches and a futex
+        // wake per request. So when the event channel fires during a request
+        // this thread stands aside: it leaves the port out of its poll set for
+        // up to `standAside`, then looks again. An AER request is not delayed
+        // by it: a requester that sees bit 2 kicks this thread.
+        let standAside: Duration = .milliseconds(10)
+        var aside = false
         while !shutdownRequested {
-            guard let ready = try? pollAny([store.fileDescriptor, ev.fileDescriptor, kickFD], timeout: nil) else { break }
+            let fds = [store.fileDescriptor, aside ? -1 : ev.fileDescriptor, kickFD]
+            guard let ready = try? pollAny(fds, timeout: aside ? standAside : nil) else { break }
             if ready[2] { xenpci_eventfd_drain(kickFD) }
             if shutdownRequested { break }
             while let e = store.nextWatchEvent() {
                 if e.token == watchToken { backendChanged(readBackendState()) }
             }
-            if ready[1] || ready[2] { serviceEvents() }
+            if ready[2] { serviceEvents(); aside = false }
+            else if ready[1] || aside { aside = !serviceEvents(unlessBusy: true) }
         }
     }
 

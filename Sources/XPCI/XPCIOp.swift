@@ -26,6 +26,7 @@ extension XPCIFrontend {
         page.postRequest(op)
         do {
             try ev.notify(port)
+            if options.spinBeforeBlock > .zero { spinWhileActive(page, options.spinBeforeBlock) }
             let deadline = ContinuousClock.now + options.requestTimeout
             while page.flags & XenPCI.frontendActive != 0 {
                 let left = ContinuousClock.now.duration(to: deadline)
@@ -44,6 +45,21 @@ extension XPCIFrontend {
         let reply = page.readReply()
         if page.flags & XenPCI.backendActive != 0 { _ = xenpci_eventfd_signal(kickFD) }
         return reply
+    }
+
+    /// Adaptive mode: spin on bit 0 for at most `limit` (the clock is read
+    /// every 256 loads, and the CPU offered to others every 4096, in case the
+    /// backend waits for this very CPU). The event the backend sends anyway
+    /// is left for the blocking path or the xenbus thread to take.
+    func spinWhileActive(_ page: SharedPage, _ limit: Duration) {
+        let end = ContinuousClock.now + limit
+        var n = 0
+        while true {
+            for _ in 0..<256 where page.flags & XenPCI.frontendActive == 0 { return }
+            if ContinuousClock.now >= end { return }
+            n += 1
+            if n % 16 == 0 { sched_yield() }
+        }
     }
 
     /// doOp plus statistics and the `err` check: one of the six values, and
@@ -166,17 +182,21 @@ extension XPCIFrontend {
     /// requester saw bit 2: with no request in flight (opLock), take the
     /// pending event; if the backend posted an AER request, answer it outside
     /// the lock (the handler may issue config requests).
-    func serviceEvents() {
-        opLock.lock()
-        guard let page, let ev = evtchn, sc.pointee.sc_evtchn != 0 else { opLock.unlock(); return }
+    /// With `unlessBusy`, returns false at once when a request is in flight
+    /// (its requester takes the event; issue 9).
+    @discardableResult
+    func serviceEvents(unlessBusy: Bool = false) -> Bool {
+        if unlessBusy { guard opLock.try() else { return false } } else { opLock.lock() }
+        guard let page, let ev = evtchn, sc.pointee.sc_evtchn != 0 else { opLock.unlock(); return true }
         let port = sc.pointee.sc_evtchn
         if let p = try? ev.pending() { try? ev.unmask(p) }
         let aer = page.flags & XenPCI.backendActive != 0 ? page.snapshotAER() : nil
         opLock.unlock()
-        guard let aer else { return }
+        guard let aer else { return true }
         let result = handleAER(aer)
         page.completeAER(err: result.rawValue)
         try? ev.notify(port)
+        return true
     }
 
     /// Linux pcifront_common_process: find the device's handler and call it.
