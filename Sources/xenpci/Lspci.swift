@@ -97,7 +97,7 @@ struct LspciFormatter {
         let num = "\(hex(v, 4)):\(hex(d, 4))"
         if numeric == 1 { return num }
         let text: String
-        if let vn = ids?.vendorName(v) { text = "\(vn) \(ids?.deviceName(v, d) ?? "Device \(hex(d, 4))")" }
+        if let vn = ids?.vendorName(v) { text = "\(vn) \(ids?.deviceName(v, d) ?? (numeric == 2 ? "Device" : "Device \(hex(d, 4))"))" }
         else { text = numeric == 2 ? "Device" : "Device \(num)" }
         return numeric == 2 ? "\(text) [\(num)]" : text
     }

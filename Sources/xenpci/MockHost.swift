@@ -178,4 +178,6 @@ final class MockHost: HostControls {
     func backendStatistics() -> [DeviceStatistics] { back.statistics() }
     func listing() -> [ClaimedDeviceInfo] { back.listing() }
     func xenstore(under path: String) -> String { hv.dumpXenstore(under: path) }
+    func addQuirk(_ q: PCIQuirk) throws { try back.addQuirk(q) }
+    func setPermissive(_ a: PCIAddress, _ on: Bool) throws { try back.setPermissive(a, on) }
 }

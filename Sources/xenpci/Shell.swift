@@ -13,6 +13,8 @@ protocol HostControls: AnyObject {
     func backendStatistics() -> [DeviceStatistics]
     func listing() -> [ClaimedDeviceInfo]
     func xenstore(under path: String) -> String
+    func addQuirk(_ q: PCIQuirk) throws
+    func setPermissive(_ a: PCIAddress, _ on: Bool) throws
 }
 
 /// The commands a user types or pipes in, over any `XPCIFrontend`: lspci,
@@ -42,6 +44,9 @@ final class Shell {
         hotremove HOSTBDF              dom0: take it back (xl pci-detach)
         aer HOSTBDF [detected|mmio|slotreset|resume] [normal|frozen|failure]
                                        dom0: report a PCIe error to the guest's AER handler
+        quirk [DDDD:]BB:SS.F-REG:SIZE:MASK
+                                       dom0: let the guest write MASK bits of one more register (as 'stats' suggests)
+        permissive HOSTBDF on|off      dom0: pass unhandled registers through (cleared when the device leaves the guest)
         stats [--json]                 per device: ops, errors, refused writes with their quirk line, timeouts
         list [--json]                  dom0: claimed devices, /kern/xen/pci style
         xenstore [PATH]                dom0: the store under PATH (default the PCI directories)
@@ -94,6 +99,12 @@ final class Shell {
         case "hotremove", "hot-remove": try hotplug(add: false, args)
         case "aer": try aer(args)
         case "stats": try stats(args)
+        case "quirk":
+            guard args.count == 1 else { throw CLIError.usage("usage: quirk [DDDD:]BB:SS.F-REG:SIZE:MASK") }
+            try needHost("quirk").addQuirk(try PCIQuirk(parsing: args[0]))
+        case "permissive":
+            guard args.count == 2, args[1] == "on" || args[1] == "off" else { throw CLIError.usage("usage: permissive HOSTBDF on|off") }
+            try needHost("permissive").setPermissive(try Self.address(args[0]), args[1] == "on")
         case "list": try list(args)
         case "xenstore": try xenstore(args)
         case "bench": try bench(args)

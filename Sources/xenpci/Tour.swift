@@ -10,6 +10,9 @@ enum Tour {
         let listing = host.listing()
         let writable = devs.first { d in !(listing.first { $0.guestAddress == d.address }?.readOnly ?? true) } ?? first
         let s = { (f: PCIFunction) in f.address.shortDescription }
+        // A dword past every capability (lists of at most 0x18 bytes each): no field covers it.
+        let end = writable.capabilities.map { $0.offset + 0x18 }.max() ?? 0x40
+        let spare = "0x" + hex((end + 3) & ~3, 3)
         var out = [
             "# numbers only, as pciutils prints them",
             "lspci -n",
@@ -18,8 +21,15 @@ enum Tour {
             "lspci -x -s \(s(first))",
             "# setpci-style access: the command register, then a write the backend drops",
             "read \(s(writable)) COMMAND",
-            "write \(s(writable)) 0x40 4 12345678",
+            "write \(s(writable)) \(spare) 4 12345678",
         ]
+        if let h = listing.first(where: { $0.guestAddress == writable.address }), !h.readOnly {
+            out += ["# the quirk line 'stats' suggests lets exactly that register through",
+                    "stats",
+                    "quirk \(h.address)-\(spare):4:0xffffffff",
+                    "write \(s(writable)) \(spare) 4 12345678",
+                    "read \(s(writable)) \(spare) 4"]
+        }
         if let m = devs.first(where: { $0.msix != nil }) {
             out += ["msix enable \(s(m)) 2", "msix disable \(s(m))"]
         } else if let m = devs.first(where: { $0.msi != nil }) {
