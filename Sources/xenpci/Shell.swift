@@ -307,7 +307,7 @@ final class Shell {
 
     func list(_ args: [String]) throws {
         let h = try needHost("list")
-        let j = try Self.jsonFlag(args, "list")
+        let j = try Self.jsonFlag(args, "list") || json
         let l = h.listing()
         console.out(j ? jsonLine(l.map(ClaimedJSON.init)) : l.map(\.text).joined())
     }
