@@ -83,8 +83,10 @@ struct Demo: ParsableCommand {
         let shell = Shell(frontend: front, host: host, console: console, json: json)
         var status: Int32 = 0
         do {
-            console.err("[dom1 xpci]    the guest's bus:")
-            try shell.lspci([])
+            if script == nil {
+                console.err("[dom1 xpci]    the guest's bus:")
+                try shell.lspci([])
+            }
             if let input {
                 status = shell.run(source: input.name, interactive: input.interactive, echo: !input.interactive && !json, next: input.next)
             } else {

@@ -70,7 +70,7 @@ final class Shell {
             let words = Self.words(line)
             guard let cmd = words.first else { continue }
             if cmd == "quit" || cmd == "exit" { return interactive ? CLIError.ok : status }
-            if echo { console.out("xenpci> " + line.trimmingCharacters(in: .whitespaces)) }
+            if echo { console.err("xenpci> " + line.trimmingCharacters(in: .whitespaces)) } // as sh -x: stdout stays the output
             do {
                 try execute(words)
             } catch {

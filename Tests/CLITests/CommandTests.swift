@@ -52,7 +52,7 @@ import XPCI
         guard let r = try xenpci(Self.demo + ["--hide", "(00:03.0)", "--script", "-"], input: "lspci -n\n\(line)\nlspci\n") else { return }
         expectOneLine(r, status, what)
         #expect(r.errorLines.first?.hasPrefix("xenpci: stdin:2: ") == true)
-        #expect(r.stdout.components(separatedBy: "xenpci> ").count == 3, "the script stops at the failing line")
+        #expect(r.stderr.components(separatedBy: "xenpci> ").count == 3, "the script stops at the failing line")
         #expect(r.stderr.contains("leaks: none"), "torn down cleanly")
     }
 
@@ -120,7 +120,7 @@ import XPCI
         let j = try xenpci(Self.demo + ["--json", "--hide", "(00:03.0)", "--script", "-"], input: "lspci\nstats\nlist\nread 00:00.0 0 4\n")!
         #expect(j.status == 0, "\(j.stderr)")
         let lines = j.stdout.split(separator: "\n")
-        #expect(lines.count == 5, "the initial listing and one line per command: \(lines)")
+        #expect(lines.count == 4, "one line per command: \(lines)")
         for l in lines { #expect((try? JSONSerialization.jsonObject(with: Data(l.utf8))) != nil, "not JSON: \(l)") }
 
         let list = try xenpci(["list", "--fixtures", "Tests/Fixtures/qemu-q35", "--json"])!
@@ -144,7 +144,8 @@ import XPCI
         guard let r = try xenpci(Self.demo + ["--tour"]) else { return }
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.errorLines.isEmpty, "\(r.errorLines)")
-        #expect(r.stdout.contains("xenpci> quirk 0000:00:01.0-0x040:4:0xffffffff"))
+        #expect(r.stderr.contains("xenpci> quirk 0000:00:01.0-0x040:4:0xffffffff"))
+        #expect(r.stdout.hasPrefix("00:00.0 VGA compatible controller"), "the guest's bus first")
         #expect(r.stdout.contains("12345678\n"), "the quirk let the write through")
     }
 
@@ -234,5 +235,20 @@ import XPCI
         #expect(dump.contains("/vdev-0 = \"0000:00:00.00\""))
         #expect(dump.contains("/root_num = \"1\""))
         #expect(rig.host.xenstore(under: "/local/domain/1/device/pci/0").contains("/magic = \"7\""))
+    }
+}
+
+@Suite struct ManualTests {
+    static let pages = ["xenpci.8", "xenpci-pciback.4", "xenpci-xpci.4"]
+
+    @Test("the manual pages are clean mdoc with a SECURITY CONSIDERATIONS section", arguments: pages)
+    func lint(_ page: String) throws {
+        let path = repoRoot + "/man/" + page
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        #expect(text.contains(".Sh SECURITY CONSIDERATIONS"))
+        #expect(text.contains(".Dt "))
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/mandoc") else { print("skipped: mandoc is not installed"); return }
+        let r = try run("/usr/bin/mandoc", ["-Tlint", "-W", "warning", path])
+        #expect(r.status == 0 && r.stderr.isEmpty && r.stdout.isEmpty, "\(r.stdout)\(r.stderr)")
     }
 }
