@@ -41,6 +41,7 @@ let package = Package(
         .testTarget(name: "PCIBackTests", dependencies: ["PCIBack", "XenMock"]),
         .testTarget(name: "XPCITests", dependencies: ["XPCI", "XenMock"]),
         .testTarget(name: "PairTests", dependencies: ["PCIBack", "XPCI", "XenMock"]),
+        .testTarget(name: "CLITests", dependencies: ["xenpci", "PCIBack", "XPCI", "XenMock"]),
     ],
     // Swift 5 mode: the drivers share raw pointers into memory another domain
     // writes, which the Swift 6 Sendable checker cannot reason about; the C

@@ -417,6 +417,19 @@ final class ConfigMediation {
         }
     }
 
+    /// A read-only device (a host driver owns it): a whole-BAR or ROM write
+    /// is taken, since those registers are virtual (sizing); every other
+    /// write is refused and counted. Nothing reaches the hardware.
+    func writeVirtualOnly(_ offset: Int, _ size: Int, _ value: UInt32) -> PCIOpError {
+        let idx = fieldAt[offset]
+        if idx >= 0, case .bar(let i) = fields[Int(idx)].kind, fields[Int(idx)].offset == offset, size == 4 {
+            barWrite(i, value, partial: false)
+            return .success
+        }
+        refuse(offset, size, value, denied: true)
+        return .accessDenied
+    }
+
     /// Sets or clears MSI/MSI-X enable in hardware, for the op path.
     func setEnable(_ id: PCICapID, _ on: Bool) throws {
         guard let c = capability(id) else { return }

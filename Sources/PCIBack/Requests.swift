@@ -103,7 +103,9 @@ extension PCIBack {
 
     private func configWrite(_ d: ClaimedDevice, _ offset: Int32, _ size: Int32, _ value: UInt32) -> PCIOpError {
         guard validAccess(d, offset, size) else { return .invalidOffset }
-        if d.readOnly { return .accessDenied }
+        // A host driver owns it: only the virtual BAR/ROM registers take writes
+        // (so a guest can size them); nothing reaches the hardware.
+        if d.readOnly { return d.mediation.writeVirtualOnly(Int(offset), Int(size), value) }
         do { return try d.mediation.write(Int(offset), Int(size), value & ConfigMediation.ones(Int(size))) } catch {
             emit(.error(d.guest, "\(d.address): \(error)"))
             return .opFailed

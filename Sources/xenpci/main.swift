@@ -1,7 +1,21 @@
 import ArgumentParser
-import XenMock
+import Foundation
 
-struct XenPCICommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "xenpci", abstract: "Xen PCI pass-through: pciback and xpci in Swift")
+// ArgumentParser reports its own usage errors. Everything the command finds
+// itself (bad BDF, hide list, offset, size, value, unknown device, missing
+// permission, no Xen, a driver's error) is one line with a sysexits(3) status.
+var command: ParsableCommand
+do {
+    command = try XenPCICommand.parseAsRoot()
+} catch {
+    XenPCICommand.exit(withError: error)
 }
-XenPCICommand.main()
+do {
+    try command.run()
+} catch let e as ExitCode {
+    exit(e.rawValue)
+} catch {
+    let e = CLIError.from(error)
+    FileHandle.standardError.write(Data("xenpci: \(e.message)\n".utf8))
+    exit(e.status)
+}

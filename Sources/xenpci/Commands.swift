@@ -1,0 +1,233 @@
+import ArgumentParser
+import Foundation
+import PCIBack
+import XenHypervisor
+import XenMock
+import XPCI
+
+struct XenPCICommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "xenpci",
+        abstract: "Xen PCI pass-through: pciback(4) and xpci(4) in Swift",
+        discussion: "See xenpci(8), xenpci-pciback(4) and xenpci-xpci(4).",
+        subcommands: [Demo.self, List.self, Frontend.self, Backend.self, Attach.self, Detach.self])
+}
+
+enum HypervisorKind: String, ExpressibleByArgument, CaseIterable { case mock, xen }
+
+/// Options shared by the commands that take devices from a tree.
+struct DeviceOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Take devices from this sysfs-shaped fixture tree.", valueName: "DIR"))
+    var fixtures: String?
+    @Option(name: .long, help: ArgumentHelp("This machine's sysfs root (default /sys; without readable PCI devices, the committed fixtures are used).", valueName: "ROOT"))
+    var sysfs: String?
+    @Option(name: .long, help: ArgumentHelp("Devices to claim, pciback.hide syntax: (BB:SS.F)(DDDD:BB:SS.F)(BB:SS.*) (default: every function but bridges).", valueName: "LIST"))
+    var hide: String?
+    @Option(name: .long, help: ArgumentHelp("vpci (one virtual root, default) or passthrough (real addresses).", valueName: "TOPOLOGY"))
+    var topology: String = "vpci"
+
+    /// Validates what a parser cannot: one line per problem, before anything starts.
+    func validated() throws -> PCIBack.Topology {
+        guard let t = PCIBack.Topology(rawValue: topology) else { throw CLIError.usage("--topology '\(topology)': expected vpci or passthrough") }
+        if let h = hide { _ = try parseHideList(h) }
+        return t
+    }
+}
+
+/// Lines from a script file, `-` (standard input) or standard input.
+struct LineInput {
+    var name: String
+    var interactive: Bool
+    var next: () -> String?
+
+    static func open(script: String?) throws -> LineInput {
+        if let s = script, s != "-" {
+            guard FileManager.default.fileExists(atPath: s) else { throw CLIError(message: "--script \(s): no such file", status: CLIError.noInput) }
+            guard let text = try? String(contentsOfFile: s, encoding: .utf8) else { throw CLIError.permission("--script \(s): cannot be read (permission denied or not UTF-8)") }
+            var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            if lines.last == "" { lines.removeLast() }
+            var i = 0
+            return LineInput(name: s, interactive: false) { defer { i += 1 }; return i < lines.count ? lines[i] : nil }
+        }
+        return LineInput(name: "stdin", interactive: script == nil && isatty(STDIN_FILENO) == 1) { readLine(strippingNewline: true) }
+    }
+}
+
+struct Demo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run pciback and xpci on the mock hypervisor, then a shell on the guest's bus.",
+        discussion: "dom0 claims this machine's PCI devices (read-only where a host driver owns them; in-memory snapshots, never the hardware) or the committed fixtures, dom1's frontend attaches, the xenbus states are shown as they change, and the guest's bus is printed. Commands come from --script, --tour or standard input; 'help' lists them.")
+
+    @OptionGroup var devices: DeviceOptions
+    @Option(name: .long, help: ArgumentHelp("Run the commands in FILE ('-': standard input) instead of an interactive shell; stop at the first failing one.", valueName: "FILE"))
+    var script: String?
+    @Flag(name: .long, help: "Run a short built-in tour of the shell's commands.")
+    var tour = false
+    @Flag(name: .long, help: "Listings as JSON (one line each) on standard output; events stay on standard error.")
+    var json = false
+
+    func run() throws {
+        let topology = try devices.validated()
+        let input = tour ? nil : try LineInput.open(script: script)
+        let status = try runDemo(console: .standard, topology: topology, input: input)
+        if status != 0 { throw ExitCode(status) }
+    }
+
+    /// The whole demo; returns the exit status. Tests call this.
+    func runDemo(console: Console, topology: PCIBack.Topology, input: LineInput?) throws -> Int32 {
+        let source = try DeviceSource.choose(fixtures: devices.fixtures, sysfs: devices.sysfs, console: console)
+        console.err("xenpci demo: mock hypervisor with dom0 (pciback) and dom1 (xpci); devices from \(source.kind == .host ? "this machine" : "fixtures") at \(source.root)")
+        let host = try MockHost(source: source, topology: topology, console: console)
+        try host.start(hide: devices.hide)
+        guard let front = host.front else { return CLIError.failed }
+        let shell = Shell(frontend: front, host: host, console: console, json: json)
+        var status: Int32 = 0
+        do {
+            if script == nil {
+                console.err("[dom1 xpci]    the guest's bus:")
+                try shell.lspci([])
+            }
+            if let input {
+                status = shell.run(source: input.name, interactive: input.interactive, echo: !input.interactive && !json, next: input.next)
+            } else {
+                var lines = Tour.lines(front: front, host: host)[...]
+                // The tour shows refusals too (read-only devices): they do not fail it.
+                _ = shell.run(source: "tour", interactive: false, echo: !json, stopOnError: false) { lines.popFirst() }
+            }
+        } catch {
+            console.err("xenpci: \(CLIError.from(error).message)")
+            status = CLIError.from(error).status
+        }
+        let leaks = host.shutdown()
+        for l in leaks { console.err("[mock] leak: \(l)") }
+        guard leaks.isEmpty else {
+            console.err("xenpci: \(leaks.count) hypervisor resource(s) leaked")
+            return CLIError.software
+        }
+        console.err("[mock] frontend detached, backend stopped, devices released; leaks: none")
+        return status
+    }
+}
+
+struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the devices pciback claims, as NetBSD's /kern/xen/pci/<BDF> shows them.")
+    @OptionGroup var devices: DeviceOptions
+    @Option(help: "mock (claim from the device tree in this process) or xen.")
+    var hypervisor: HypervisorKind = .mock
+    @Flag(help: "One line of JSON.")
+    var json = false
+
+    func run() throws {
+        let topology = try devices.validated()
+        if hypervisor == .xen { _ = try openXenHypervisor() }
+        let console = Console.standard
+        let source = try DeviceSource.choose(fixtures: devices.fixtures, sysfs: devices.sysfs, console: console)
+        let host = try MockHost(source: source, topology: topology, console: Console(out: { _ in }, err: { _ in }))
+        defer { _ = host.shutdown() }
+        try host.claim(hide: devices.hide)
+        let l = host.listing()
+        console.out(json ? jsonLine(l.map(ClaimedJSON.init)) : l.map(\.text).joined())
+    }
+}
+
+struct Frontend: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Attach xpci to the backend and run the shell on the guest's bus (in a Xen guest).")
+    @Option(help: "xen (the mock hypervisor exists only inside 'xenpci demo').")
+    var hypervisor: HypervisorKind = .xen
+    @Option(help: ArgumentHelp("Commands from FILE ('-': standard input).", valueName: "FILE"))
+    var script: String?
+    @Option(help: "device/pci/<instance> (default 0).")
+    var instance: Int = 0
+    @Flag(help: "Listings as JSON.")
+    var json = false
+
+    func run() throws {
+        guard instance >= 0 else { throw CLIError.usage("--instance \(instance) is negative") }
+        let input = try LineInput.open(script: script)
+        guard hypervisor == .xen else {
+            throw CLIError.usage("frontend: the mock hypervisor lives inside one process; 'xenpci demo' runs the frontend and this shell on it")
+        }
+        let hv = try openXenHypervisor()
+        let front = try XPCIFrontend(hypervisor: hv, options: .init(instance: instance))
+        try front.attach()
+        defer { try? front.detach() }
+        try front.waitConnected()
+        let shell = Shell(frontend: front, host: nil, console: .standard, json: json)
+        let status = shell.run(source: input.name, interactive: input.interactive, echo: false, next: input.next)
+        if status != 0 { throw ExitCode(status) }
+    }
+}
+
+struct Backend: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run pciback until SIGINT or SIGTERM, printing xenbus state changes.",
+        discussion: "On the mock hypervisor the backend claims the device tree and offers it to dom1, whose frontend is not started: use 'xenpci demo' for both.")
+    @OptionGroup var devices: DeviceOptions
+    @Option(help: "mock or xen.")
+    var hypervisor: HypervisorKind = .mock
+
+    func run() throws {
+        let topology = try devices.validated()
+        if hypervisor == .xen { _ = try openXenHypervisor() }
+        let console = Console.standard
+        let source = try DeviceSource.choose(fixtures: devices.fixtures, sysfs: devices.sysfs, console: console)
+        let host = try MockHost(source: source, topology: topology, console: console)
+        try host.start(hide: devices.hide, frontend: false)
+        console.err("[dom0 pciback] running; SIGINT or SIGTERM stops it")
+        waitForTermination()
+        console.err("[dom0 pciback] stopping")
+        let leaks = host.shutdown()
+        for l in leaks { console.err("[mock] leak: \(l)") }
+        if !leaks.isEmpty { throw ExitCode(CLIError.software) }
+        console.err("[dom0 pciback] stopped; devices released; leaks: none")
+    }
+}
+
+/// Blocks until SIGINT or SIGTERM.
+func waitForTermination() {
+    let done = DispatchSemaphore(value: 0)
+    let sources = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
+        signal(sig, SIG_IGN)
+        let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+        s.setEventHandler { done.signal() }
+        s.resume()
+        return s
+    }
+    done.wait()
+    sources.forEach { $0.cancel() }
+}
+
+/// What `attach` and `detach` take: `xl pci-attach` / `xl pci-detach`.
+struct ToolstackArguments: ParsableArguments {
+    @Option(help: "xen (on the mock, use 'hotadd' and 'hotremove' inside 'xenpci demo').")
+    var hypervisor: HypervisorKind = .xen
+    @Argument(help: "The guest's domain id.") var domid: String
+    @Argument(help: "The host function, [DDDD:]BB:SS.F.") var bdf: String
+}
+
+struct Attach: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Hot-add a host PCI function to a running guest (as xl pci-attach).")
+    @OptionGroup var target: ToolstackArguments
+    func run() throws { try toolstackCommand(target.hypervisor, target.domid, target.bdf, add: true) }
+}
+
+struct Detach: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Hot-remove a PCI function from a running guest (as xl pci-detach).")
+    @OptionGroup var target: ToolstackArguments
+    func run() throws { try toolstackCommand(target.hypervisor, target.domid, target.bdf, add: false) }
+}
+
+func toolstackCommand(_ kind: HypervisorKind, _ domidText: String, _ bdf: String, add: Bool) throws {
+    guard let dom = DomID(domidText), dom > 0, dom < 0x7FF0 else { throw CLIError.usage("domain id '\(domidText)' is not a guest domain (1...32751)") }
+    let a = try PCIAddress(parsing: bdf)
+    guard kind == .xen else {
+        throw CLIError.usage("\(add ? "attach" : "detach"): the mock hypervisor lives inside one process; use '\(add ? "hotadd" : "hotremove")' inside 'xenpci demo'")
+    }
+    let hv = try openXenHypervisor()
+    let xs = try hv.openXenStore()
+    defer { xs.close() }
+    let t = Toolstack(xenstore: xs, backendDomain: try hv.domid())
+    if add { try t.hotAdd(dom, a) } else { try t.hotRemove(dom, a) }
+}

@@ -1,0 +1,183 @@
+import Foundation
+import PCIBack
+import PCIModel
+import XenMock
+import XPCI
+
+/// One machine on the mock hypervisor: dom0 runs pciback on devices from a
+/// `DeviceSource`, a toolstack writes xenstore as libxl does, and dom1 runs
+/// xpci. State changes are printed as they happen. This is `xenpci demo`.
+final class MockHost: HostControls {
+    let hv = MockHypervisor()
+    let guest: DomID = 1
+    let console: Console
+    let source: DeviceSource
+    let back: PCIBack
+    let toolstack: Toolstack
+    private let toolstackXS: XenStore
+    private(set) var front: XPCIFrontend?
+    private var devices: [PCIAddress: SysfsPCIDevice] = [:]
+    private var stopped = false
+
+    /// Opens the backend's handles in dom0; nothing runs until `start`.
+    init(source: DeviceSource, topology: PCIBack.Topology, console: Console) throws {
+        self.console = console
+        self.source = source
+        let dom0 = hv.domain(0)
+        _ = hv.domain(guest, name: "guest1")
+        var o = PCIBack.Options()
+        o.topology = topology
+        o.allowHostDriverReadOnly = true
+        o.aerTimeout = .seconds(5)
+        back = try PCIBack(hypervisor: dom0, options: o)
+        do { toolstackXS = try dom0.openXenStore() } catch { back.stop(); throw error }
+        toolstack = Toolstack(xenstore: toolstackXS)
+        back.onEvent = { [unowned self] e in self.show(e) }
+    }
+
+    func show(_ e: PCIBack.Event) {
+        let tag = "[dom0 pciback]"
+        switch e {
+        case .backendState(let d, let s): console.err("\(tag) backend/pci/\(d)/0 state \(s) (\(s.rawValue))")
+        case .frontendState: break // the frontend reports its own
+        case .exported(let d, let h, let g): console.err("\(tag) exported \(h) to dom\(d) as \(g)")
+        case .unexported(let d, let h):
+            let ro = back.listing().first { $0.address == h }?.readOnly ?? false
+            console.err("\(tag) took \(h) back from dom\(d)\(ro ? " (read-only: never written)" : ": reset, golden state restored")")
+        case .connected(let d, let p): console.err("\(tag) dom\(d) connected: shared page mapped, event channel port \(p)")
+        case .disconnected(let d): console.err("\(tag) dom\(d) disconnected")
+        case .error(let d, let m): console.err("\(tag) \(d.map { "dom\($0): " } ?? "")\(m)")
+        }
+    }
+
+    func show(_ e: XPCIEvent) {
+        let tag = "[dom1 xpci]   "
+        switch e {
+        case .stateChanged(let fe, _):
+            if lastFront != fe { console.err("\(tag) device/pci/0 state \(fe) (\(fe.rawValue))") }
+            lastFront = fe
+        case .deviceAdded(let f): console.err("\(tag) found \(f.address.shortDescription) \(hex(f.vendorID, 4)):\(hex(f.deviceID, 4)) class \(hex(f.classCode >> 8, 4))")
+        case .deviceRemoved(let a): console.err("\(tag) removed \(a.shortDescription)")
+        case .aer(let r, let res): console.err("\(tag) AER \(r.command) on \(r.address.shortDescription) (channel \(r.channelState)): answered \(res)")
+        case .error(let err): console.err("\(tag) \(err)")
+        }
+    }
+    private var lastFront: XenState?
+
+    /// Claims the devices: the hide list, or every function but bridges.
+    /// Nothing stays claimed when one of them cannot be.
+    func claim(hide: String?) throws {
+        devices = try source.scan(console: console)
+        let chosen: [PCIAddress]
+        if let h = hide {
+            chosen = try back.claim(hideList: h, from: source.addresses) { a in
+                guard let d = self.devices[a] else { throw CLIError.failure("\(a): no such device") }
+                return d
+            }
+        } else {
+            chosen = try source.defaultSelection(devices)
+            var done: [PCIAddress] = []
+            do {
+                for a in chosen { try back.claim(devices[a]!); done.append(a) }
+            } catch {
+                for a in done { try? back.release(a) }
+                throw error
+            }
+        }
+        guard !chosen.isEmpty else { throw CLIError.failure("no device to export (the hide list selects none)") }
+    }
+
+    /// Claims the devices, starts the backend, creates the guest's xenbus
+    /// directories, and (unless `frontend` is false) attaches the frontend
+    /// and waits until it is Connected. On failure everything is undone.
+    func start(hide: String?, frontend: Bool = true) throws {
+        do {
+            try claim(hide: hide)
+            for i in back.listing() where i.readOnly {
+                console.err("[dom0 pciback] \(i.address): host driver '\(i.driver ?? "?")' owns it: exported read-only")
+            }
+            try back.start()
+            try toolstack.create(guest, name: "guest1", devices: back.listing().map(\.address))
+            guard frontend else { return }
+            let f = try XPCIFrontend(hypervisor: hv.domain(guest), options: .init(requestTimeout: .seconds(2), connectTimeout: .seconds(10)))
+            f.onEvent = { [unowned self, unowned f] e in
+                if case .deviceAdded(let fn) = e { f.setAERHandler(fn.address) { r in r.command == .errorDetected ? .canRecover : .recovered } }
+                self.show(e)
+            }
+            front = f
+            try f.attach()
+            try f.waitConnected()
+        } catch {
+            _ = shutdown()
+            throw error
+        }
+    }
+
+    /// Detaches the frontend, stops the backend, closes the toolstack:
+    /// returns whatever the hypervisor still holds (must be empty).
+    func shutdown() -> [String] {
+        guard !stopped else { return hv.leaks() }
+        stopped = true
+        if let f = front {
+            do { try f.detach() } catch { console.err("[dom1 xpci]    detach: \(error)") }
+        }
+        toolstack.destroy(guest)
+        back.stop()
+        toolstackXS.close()
+        return hv.leaks()
+    }
+
+    // MARK: HostControls
+
+    func hostAddress(ofGuest a: PCIAddress) -> PCIAddress? {
+        back.listing().first { $0.guest == guest && $0.guestAddress == a }?.address
+    }
+
+    /// `xl pci-attach`: claims the function first when pciback does not
+    /// hold it yet (`xl pci-assignable-add`), then waits for the guest.
+    func hotAdd(_ host: PCIAddress) throws -> PCIAddress {
+        guard let f = front else { throw CLIError.failure("no frontend") }
+        if !back.listing().contains(where: { $0.address == host }) {
+            guard let d = devices[host] else { throw CLIError.failure("hot-add \(host): no such device on this host") }
+            try back.claim(d)
+        }
+        try toolstack.hotAdd(guest, host)
+        return try waitFor("hot-add of \(host)") {
+            guard f.state == .connected, let g = self.back.listing().first(where: { $0.address == host })?.guestAddress,
+                  f.device(g) != nil else { return nil }
+            return g
+        }
+    }
+
+    /// `xl pci-detach`: the guest drops it, pciback resets it.
+    func hotRemove(_ host: PCIAddress) throws -> PCIAddress {
+        guard let f = front else { throw CLIError.failure("no frontend") }
+        guard let g = back.listing().first(where: { $0.address == host })?.guestAddress else {
+            throw CLIError.failure("hot-remove \(host): not assigned to dom\(guest)")
+        }
+        try toolstack.hotRemove(guest, host)
+        return try waitFor("hot-remove of \(host)") {
+            f.state == .connected && f.device(g) == nil && self.back.listing().first(where: { $0.address == host })?.guest == nil ? g : nil
+        }
+    }
+
+    private func waitFor<T>(_ what: String, timeout: Duration = .seconds(5), _ cond: () -> T?) throws -> T {
+        let end = ContinuousClock.now + timeout
+        while ContinuousClock.now < end {
+            if let v = cond() { return v }
+            usleep(2000)
+        }
+        if let v = cond() { return v }
+        throw CLIError.failure("\(what): the guest did not finish within \(timeout) (frontend \(front?.state.description ?? "gone"))")
+    }
+
+    func raiseAER(_ host: PCIAddress, _ cmd: PCIOpCommand, channel: PCIBack.ChannelState) throws -> Int32 {
+        try back.raiseAER(host, cmd, channel: channel, timeout: .seconds(5))
+    }
+
+    func backendStatistics() -> [DeviceStatistics] { back.statistics() }
+    func listing() -> [ClaimedDeviceInfo] { back.listing() }
+    func xenstore(under path: String) -> String { hv.dumpXenstore(under: path) }
+    func addQuirk(_ q: PCIQuirk) throws { try back.addQuirk(q) }
+    func setPermissive(_ a: PCIAddress, _ on: Bool) throws { try back.setPermissive(a, on) }
+}

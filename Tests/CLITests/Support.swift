@@ -1,0 +1,92 @@
+import Foundation
+import Testing
+@testable import xenpci
+import PCIBack
+import PCIModel
+import XPCI
+
+let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+let q35 = repoRoot + "/Tests/Fixtures/qemu-q35"
+let hostVirtio = repoRoot + "/Tests/Fixtures/host-virtio"
+
+/// The pciutils lspci, when installed (`make deps` installs it).
+let realLspci: String? = ["/usr/bin/lspci", "/usr/sbin/lspci", "/bin/lspci", "/sbin/lspci"].first { FileManager.default.isExecutableFile(atPath: $0) }
+
+/// Whether this machine has PCI devices whose whole config space we can read.
+let hostSysfsUsable: Bool = (try? DeviceSource.open("/sys", kind: .host)).map { s in !s.addresses.isEmpty && (try? s.checkReadable()) != nil } ?? false
+
+/// The built command (swift build --build-tests builds it next to the tests).
+let xenpciBinary: String? = {
+    let candidates = [repoRoot + "/.build/debug/xenpci"] +
+        ((try? FileManager.default.contentsOfDirectory(atPath: repoRoot + "/.build")) ?? []).map { repoRoot + "/.build/\($0)/debug/xenpci" }
+    return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
+}()
+
+struct RunResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+    var stderrLines: [String] { stderr.split(separator: "\n").map(String.init) }
+    /// The lines the command itself wrote as errors (events are prefixed with "[").
+    var errorLines: [String] { stderrLines.filter { $0.hasPrefix("xenpci:") || $0.hasPrefix("Error:") } }
+}
+
+/// Runs a program with `input` on its standard input.
+@discardableResult
+func run(_ exe: String, _ args: [String], input: String = "", prefix: [String] = []) throws -> RunResult {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: prefix.first ?? exe)
+    p.arguments = prefix.isEmpty ? args : Array(prefix.dropFirst()) + [exe] + args
+    p.currentDirectoryURL = URL(fileURLWithPath: repoRoot)
+    let out = Pipe(), err = Pipe(), inp = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    p.standardInput = inp
+    try p.run()
+    inp.fileHandleForWriting.write(Data(input.utf8))
+    try inp.fileHandleForWriting.close()
+    // Read both pipes while it runs, so a full pipe never blocks it.
+    var o = Data(), e = Data()
+    let g = DispatchGroup()
+    g.enter(); DispatchQueue.global().async { o = out.fileHandleForReading.readDataToEndOfFile(); g.leave() }
+    g.enter(); DispatchQueue.global().async { e = err.fileHandleForReading.readDataToEndOfFile(); g.leave() }
+    p.waitUntilExit()
+    g.wait()
+    return RunResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+}
+
+/// A function as lspci sees it from its config bytes alone.
+func function(root: String, _ a: PCIAddress) throws -> PCIFunction {
+    let data = try #require(FileManager.default.contents(atPath: "\(root)/bus/pci/devices/\(a)/config"))
+    return PCIFunction(address: a, config: ConfigSpace(bytes: Array(data)))
+}
+
+func options(_ args: String...) throws -> LspciOptions { try LspciOptions(parsing: args) }
+
+/// A demo host on `source` with a shell whose output is captured.
+final class DemoRig {
+    let transcript = Transcript()
+    let host: MockHost
+    let shell: Shell
+
+    init(fixtures: String? = q35, topology: PCIBack.Topology = .vpci, hide: String? = nil) throws {
+        let c = transcript.console
+        let source = try fixtures.map { try DeviceSource.open($0, kind: .fixtures) } ?? DeviceSource.open("/sys", kind: .host)
+        host = try MockHost(source: source, topology: topology, console: c)
+        try host.start(hide: hide)
+        shell = Shell(frontend: host.front!, host: host, console: c)
+    }
+
+    /// Runs one shell line; returns what it printed on stdout.
+    func output(_ line: String) throws -> String {
+        let before = transcript.stdout.count
+        try shell.execute(Shell.words(line))
+        return String(transcript.stdout.dropFirst(before))
+    }
+
+    /// Stops everything; nothing may leak.
+    func finish(sourceLocation: SourceLocation = #_sourceLocation) {
+        let leaks = host.shutdown()
+        #expect(leaks.isEmpty, "leaks: \(leaks)", sourceLocation: sourceLocation)
+    }
+}
