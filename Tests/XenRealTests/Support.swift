@@ -85,7 +85,11 @@ final class Xenstored: @unchecked Sendable {
             socket = s
             reason = "xenstored \(value("XENSTORED") ?? "") at \(s)"
             xenstoredPid = pid
-            atexit { if xenstoredPid > 0 { kill(xenstoredPid, SIGTERM) } }
+            xenstoredWork = work.path
+            atexit {
+                if xenstoredPid > 0 { kill(xenstoredPid, SIGTERM) }
+                if let w = xenstoredWork { try? FileManager.default.removeItem(atPath: w) }
+            }
         } else if r.status == 2 {
             socket = nil
             reason = lines.first { $0.hasPrefix("SKIP: ") }.map { String($0.dropFirst(6)) } ?? r.output
@@ -103,3 +107,4 @@ final class Xenstored: @unchecked Sendable {
 }
 
 nonisolated(unsafe) var xenstoredPid: pid_t = 0
+nonisolated(unsafe) var xenstoredWork: String?
