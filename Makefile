@@ -5,7 +5,7 @@ BUILD := build
 ABI_DIR := tools/abi-check
 TEST_DEPS := libxen-dev pciutils
 
-.PHONY: help deps build test abi-check demo man bench clean
+.PHONY: help deps build test abi-check xenlib-check demo man bench clean
 
 help:
 	@echo "make demo       run the backend and frontend on the mock hypervisor, then a tour of the shell"
@@ -13,6 +13,7 @@ help:
 	@echo "make man        check and render the manual pages into build/man/*.txt"
 	@echo "make test       install test dependencies (libxen-dev, pciutils), run abi-check and the test suite"
 	@echo "make abi-check  compare Headers/ with the system's Xen headers"
+	@echo "make xenlib-check  compare our Xen library prototypes with the system's headers"
 	@echo "make build      build everything"
 	@echo "make bench      request-path benchmarks vs the C reference (docs/PERFORMANCE.md); BENCH_ARGS=--quick"
 
@@ -32,8 +33,17 @@ abi-check:
 	@$(MAKE) --no-print-directory $(BUILD)/abi-check
 	@$(BUILD)/abi-check
 
+$(BUILD)/xenlib-check: tools/xenlib-check/xenlib_check.c Headers/xenpci_xenlibs.h
+	@mkdir -p $(BUILD)
+	$(CC) -std=gnu11 -Wall -Wextra -Werror -IHeaders tools/xenlib-check/xenlib_check.c -o $@
+
+xenlib-check:
+	@test -f /usr/include/xenstore.h || { echo "xenlib-check: /usr/include/xenstore.h missing: run 'make deps' (libxen-dev)" >&2; exit 1; }
+	@$(MAKE) --no-print-directory $(BUILD)/xenlib-check
+	@$(BUILD)/xenlib-check
+
 test: deps
-	@$(MAKE) --no-print-directory abi-check
+	@$(MAKE) --no-print-directory abi-check xenlib-check
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 

@@ -21,16 +21,19 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
-        .target(name: "CXenPCI", path: ".", sources: ["CShims/CXenPCI"], publicHeadersPath: "Headers"),
+        .target(name: "CXenPCI", path: ".", sources: ["CShims/CXenPCI"], publicHeadersPath: "Headers",
+                linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "XenPCIABI", dependencies: ["CXenPCI"]),
         .target(name: "XenHypervisor", dependencies: ["XenPCIABI"]),
         .target(name: "PCIModel", dependencies: ["XenPCIABI"]),
         .target(name: "XenMock", dependencies: ["XenHypervisor"]),
         .target(name: "PCIBack", dependencies: ["XenHypervisor", "PCIModel"]),
         .target(name: "XPCI", dependencies: ["XenHypervisor", "PCIModel"]),
+        // The real Xen libraries, dlopen()ed by soname at run time (never linked).
+        .target(name: "XenReal", dependencies: ["XenHypervisor"]),
         .executableTarget(
             name: "xenpci",
-            dependencies: ["XenMock", "PCIBack", "XPCI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["XenMock", "XenReal", "PCIBack", "XPCI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         // libFuzzer harness (`make fuzz`); built normally it replays corpora.
         .executableTarget(name: "xenpci-fuzz", dependencies: ["PCIBack", "XPCI", "XenMock"]),
         // issue 9: `make bench` (docs/PERFORMANCE.md); the C reference is bench/xenpci_ref.c.
@@ -42,6 +45,7 @@ let package = Package(
         .testTarget(name: "XPCITests", dependencies: ["XPCI", "XenMock"]),
         .testTarget(name: "PairTests", dependencies: ["PCIBack", "XPCI", "XenMock"]),
         .testTarget(name: "CLITests", dependencies: ["xenpci", "PCIBack", "XPCI", "XenMock"]),
+        .testTarget(name: "XenRealTests", dependencies: ["XenReal", "XenMock"]),
     ],
     // Swift 5 mode: the drivers share raw pointers into memory another domain
     // writes, which the Swift 6 Sendable checker cannot reason about; the C

@@ -1,11 +1,16 @@
 import XenHypervisor
+import XenReal
 
-// The real-Xen binding plugs in here: this file is replaced by the one that
-// opens libxenstore, libxenevtchn, libxengnttab and privcmd.
-
-/// The hypervisor of the domain this process runs in, through Xen's own
-/// libraries. Throws one line saying why when it cannot be opened.
+/// The real Xen binding (Sources/XenReal): the libraries are loaded by
+/// soname and the host is probed. When Xen is not usable the error is one
+/// line naming exactly what is missing, with dlerror()'s text for a library.
 func openXenHypervisor() throws -> Hypervisor {
-    throw CLIError(message: "no Xen: the real Xen binding is not built in yet (use 'xenpci demo' for the mock hypervisor)",
-                   status: CLIError.unavailable)
+    do { return try XenDomain.open() } catch {
+        throw CLIError(message: "no Xen: \(error)", status: CLIError.unavailable)
+    }
+}
+
+/// For `--hypervisor auto`: nil when Xen is usable, else why not.
+func xenUnavailableReason() -> String? {
+    do { _ = try XenDomain.open(); return nil } catch { return "\(error)" }
 }

@@ -1,0 +1,2 @@
+@_exported import XenPCIABI
+@_exported import XenHypervisor

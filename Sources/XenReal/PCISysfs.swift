@@ -1,0 +1,76 @@
+import Foundation
+import XenHypervisor
+
+/// What the toolstack reads about a host PCI function from Linux sysfs
+/// (`/sys/bus/pci/devices/<BDF>/{resource,irq,config}`). The root is a
+/// parameter so tests can point it at a fixture tree.
+public struct PCISysfs: Sendable {
+    public var root: String
+    public init(root: String = "/sys/bus/pci/devices") { self.root = root }
+
+    /// One line of `resource`: start, end (inclusive) and IORESOURCE flags.
+    public struct Resource: Equatable, Sendable {
+        public var start: UInt64
+        public var end: UInt64
+        public var flags: UInt64
+        public init(start: UInt64, end: UInt64, flags: UInt64) { self.start = start; self.end = end; self.flags = flags }
+        public var size: UInt64 { end >= start ? end - start + 1 : 0 }
+        /// IORESOURCE_IO (an I/O port range); otherwise memory.
+        public var isIO: Bool { flags & 0x100 != 0 }
+    }
+
+    func path(_ d: PCIAddress, _ file: String) -> String { "\(root)/\(d)/\(file)" }
+
+    /// The first seven lines of `resource`: BARs 0-5 and the ROM, as libxl
+    /// reads them (unused ones are all zero).
+    public func resources(_ d: PCIAddress) throws -> [Resource] {
+        let p = path(d, "resource")
+        guard let text = try? String(contentsOfFile: p, encoding: .utf8) else {
+            throw XenError(errno == 0 ? ENOENT : errno, "read", p)
+        }
+        return try text.split(separator: "\n").prefix(7).map { line in
+            let f = line.split(separator: " ").map { UInt64($0.hasPrefix("0x") ? $0.dropFirst(2) : $0[...], radix: 16) }
+            guard f.count >= 3, let s = f[0], let e = f[1], let fl = f[2] else {
+                throw XenError(EINVAL, "parse", "\(p): '\(line)'")
+            }
+            return Resource(start: s, end: e, flags: fl)
+        }
+    }
+
+    /// The legacy interrupt (GSI) of the function; 0 when it has none.
+    public func irq(_ d: PCIAddress) throws -> UInt32 {
+        let p = path(d, "irq")
+        guard let text = try? String(contentsOfFile: p, encoding: .utf8) else { throw XenError(ENOENT, "read", p) }
+        guard let v = UInt32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw XenError(EINVAL, "parse", "\(p): '\(text)'")
+        }
+        return v
+    }
+
+    /// The host physical address of the MSI-X table: the BAR named by the
+    /// capability's BIR plus its offset.
+    public func msixTableAddress(_ d: PCIAddress) throws -> UInt64 {
+        let p = path(d, "config")
+        guard let data = FileManager.default.contents(atPath: p), data.count >= 0x40 else {
+            throw XenError(ENOENT, "read", "\(p) (the MSI-X table address comes from config space)")
+        }
+        let c = [UInt8](data)
+        func u32(_ o: Int) -> UInt32 { UInt32(c[o]) | UInt32(c[o + 1]) << 8 | UInt32(c[o + 2]) << 16 | UInt32(c[o + 3]) << 24 }
+        guard c[0x06] & 0x10 != 0 else { throw XenError(ENODEV, "msix", "\(d) has no capability list") }
+        var ptr = Int(c[0x34] & 0xFC), hops = 0
+        while ptr >= 0x40, ptr + 8 <= c.count, hops < 48 {
+            if c[ptr] == 0x11 {
+                let t = u32(ptr + 4)
+                let bir = Int(t & 7), offset = UInt64(t & ~7)
+                let res = try resources(d)
+                guard bir < 6, bir < res.count, res[bir].start != 0, !res[bir].isIO else {
+                    throw XenError(EINVAL, "msix", "\(d): MSI-X table in BAR \(bir), which is not a memory BAR")
+                }
+                return res[bir].start + offset
+            }
+            ptr = Int(c[ptr + 1] & 0xFC)
+            hops += 1
+        }
+        throw XenError(ENODEV, "msix", "\(d) has no MSI-X capability")
+    }
+}

@@ -1,0 +1,95 @@
+import CXenPCI
+import Foundation
+import XenHypervisor
+
+/// Event channels through libxenevtchn (Linux: /dev/xen/evtchn). A port read
+/// from the device stays masked until `unmask`, which is the contract of
+/// `EventChannels`. The fd is made non-blocking so `pending()` never waits.
+public final class XenEventChannels: EventChannels, @unchecked Sendable {
+    private var handle: OpaquePointer?
+    private let lock = NSLock()
+    private var bound: Set<EvtchnPort> = []
+    public let fileDescriptor: Int32
+
+    public init() throws {
+        try XenLibrary.evtchn.load()
+        errno = 0
+        guard let h = xenpci_evtchn.xenevtchn_open!(nil, 0) else {
+            throw XenError(lastErrno(), "xenevtchn_open", "(/dev/xen/evtchn)")
+        }
+        let fd = xenpci_evtchn.xenevtchn_fd!(h)
+        let flags = fd >= 0 ? fcntl(fd, F_GETFL) : -1
+        if fd < 0 || flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 {
+            let e = lastErrno()
+            _ = xenpci_evtchn.xenevtchn_close!(h)
+            throw XenError(e, "xenevtchn_fd", "making the event channel device non-blocking")
+        }
+        handle = h
+        fileDescriptor = fd
+    }
+
+    deinit { close() }
+
+    private func h(_ op: String, _ what: String) throws -> OpaquePointer {
+        guard let h = lock.withLock({ handle }) else { throw XenError(EBADF, op, "\(what): handle closed") }
+        return h
+    }
+
+    public func allocateUnbound(remote: DomID) throws -> EvtchnPort {
+        let h = try h("xenevtchn_bind_unbound_port", "for dom\(remote)")
+        let p = try xenCall("xenevtchn_bind_unbound_port", "for dom\(remote)") {
+            xenpci_evtchn.xenevtchn_bind_unbound_port!(h, UInt32(remote))
+        }
+        lock.withLock { _ = bound.insert(EvtchnPort(p)) }
+        return EvtchnPort(p)
+    }
+
+    public func bindInterdomain(remote: DomID, remotePort: EvtchnPort) throws -> EvtchnPort {
+        let what = "dom\(remote) port \(remotePort)"
+        let h = try h("xenevtchn_bind_interdomain", what)
+        let p = try xenCall("xenevtchn_bind_interdomain", what) {
+            xenpci_evtchn.xenevtchn_bind_interdomain!(h, UInt32(remote), remotePort)
+        }
+        lock.withLock { _ = bound.insert(EvtchnPort(p)) }
+        return EvtchnPort(p)
+    }
+
+    public func notify(_ port: EvtchnPort) throws {
+        let h = try h("xenevtchn_notify", "port \(port)")
+        try xenCall("xenevtchn_notify", "port \(port)") { xenpci_evtchn.xenevtchn_notify!(h, port) }
+    }
+
+    public func pending() throws -> EvtchnPort? {
+        let h = try h("xenevtchn_pending", "")
+        while true {
+            errno = 0
+            let p = xenpci_evtchn.xenevtchn_pending!(h)
+            if p >= 0 { return EvtchnPort(p) }
+            let e = lastErrno()
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return nil }
+            throw XenError(e, "xenevtchn_pending")
+        }
+    }
+
+    public func unmask(_ port: EvtchnPort) throws {
+        let h = try h("xenevtchn_unmask", "port \(port)")
+        try xenCall("xenevtchn_unmask", "port \(port)") { xenpci_evtchn.xenevtchn_unmask!(h, port) }
+    }
+
+    public func unbind(_ port: EvtchnPort) throws {
+        let h = try h("xenevtchn_unbind", "port \(port)")
+        try xenCall("xenevtchn_unbind", "port \(port)") { xenpci_evtchn.xenevtchn_unbind!(h, port) }
+        lock.withLock { _ = bound.remove(port) }
+    }
+
+    public func close() {
+        let (h, ports): (OpaquePointer?, Set<EvtchnPort>) = lock.withLock {
+            defer { handle = nil; bound = [] }
+            return (handle, bound)
+        }
+        guard let h else { return }
+        for p in ports.sorted() { _ = xenpci_evtchn.xenevtchn_unbind!(h, p) }
+        _ = xenpci_evtchn.xenevtchn_close!(h)
+    }
+}
