@@ -30,10 +30,12 @@ let package = Package(
         .target(name: "PCIBack", dependencies: ["XenHypervisor", "PCIModel"]),
         .target(name: "XPCI", dependencies: ["XenHypervisor", "PCIModel"]),
         // The real Xen libraries, dlopen()ed by soname at run time (never linked).
-        .target(name: "XenReal", dependencies: ["XenHypervisor"]),
+        // What libxl does for PCI pass-through, over any XenStore: the demo and `xenpci attach`.
+        .target(name: "XenToolstack", dependencies: ["XenHypervisor"]),
+        .target(name: "XenReal", dependencies: ["XenHypervisor", "XenToolstack"]),
         .executableTarget(
             name: "xenpci",
-            dependencies: ["XenMock", "XenReal", "PCIBack", "XPCI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["XenMock", "XenReal", "XenToolstack", "PCIBack", "XPCI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         // libFuzzer harness (`make fuzz`); built normally it replays corpora.
         .executableTarget(name: "xenpci-fuzz", dependencies: ["PCIBack", "XPCI", "XenMock"]),
         // issue 9: `make bench` (docs/PERFORMANCE.md); the C reference is bench/xenpci_ref.c.
@@ -45,7 +47,7 @@ let package = Package(
         .testTarget(name: "XPCITests", dependencies: ["XPCI", "XenMock"]),
         .testTarget(name: "PairTests", dependencies: ["PCIBack", "XPCI", "XenMock"]),
         .testTarget(name: "CLITests", dependencies: ["xenpci", "PCIBack", "XPCI", "XenMock"]),
-        .testTarget(name: "XenRealTests", dependencies: ["XenReal", "XenMock"]),
+        .testTarget(name: "XenRealTests", dependencies: ["XenReal", "XenToolstack", "XenMock"]),
     ],
     // Swift 5 mode: the drivers share raw pointers into memory another domain
     // writes, which the Swift 6 Sendable checker cannot reason about; the C

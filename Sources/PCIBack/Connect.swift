@@ -19,9 +19,10 @@ extension PCIBack {
             fatal(i, "\(p)/num_devs '\(numText)' is not a decimal count of at most \(Self.maxDevices)")
             return
         }
-        for n in 0..<Int(num) where i.exported[n] == nil {
+        for n in 0..<Int(num) {
             let st = (try? xs.readIfPresent(p + "/state-\(n)")) ?? nil
             if st == XenState.closing.xenstoreValue || st == XenState.closed.xenstoreValue { continue }
+            if let h = hostAddress(i, n), i.exported[h] != nil { continue } // a reconnect: still ours
             export(i, n)
         }
         publish(i)
@@ -51,8 +52,13 @@ extension PCIBack {
         d.guest = i.domid
         d.guestAddress = vaddr
         i.link(d)
-        i.exported[n] = d
+        i.exported[host] = d
         emit(.exported(i.domid, host: host, guest: vaddr))
+    }
+
+    /// The host address in `dev-N`, when it is well formed.
+    func hostAddress(_ i: Instance, _ n: Int) -> PCIAddress? {
+        ((try? xs.readIfPresent(i.backendPath + "/dev-\(n)")) ?? nil).flatMap(XSValue.hostAddress)
     }
 
     /// vpci: functions of one physical slot share a virtual slot on root
@@ -74,9 +80,12 @@ extension PCIBack {
     func publish(_ i: Instance) {
         let roots = computeRoots(i)
         let p = i.backendPath
+        // Where each exported device stands now in the (possibly compacted) dev-N list.
+        let num = ((try? xs.readIfPresent(p + "/num_devs")) ?? nil).flatMap { XSValue.decimal($0, max: Self.maxDevices) } ?? 0
+        let slots = (0..<Int(num)).compactMap { n in hostAddress(i, n).flatMap { h in i.exported[h].map { (n, $0) } } }
         do {
             try xs.transaction { t in
-                for (n, d) in i.exported {
+                for (n, d) in slots {
                     try xs.write(p + "/vdev-\(n)", d.guestAddress!.vdevString, transaction: t)
                     try xs.write(p + "/state-\(n)", XenState.initialised.xenstoreValue, transaction: t)
                 }
@@ -164,10 +173,10 @@ extension PCIBack {
         for n in 0..<Int(num) {
             guard let st = (try? xs.readIfPresent(p + "/state-\(n)")) ?? nil, let s = XenState(xenstore: st) else { continue }
             switch s {
-            case .initialising where i.exported[n] == nil:
+            case .initialising where hostAddress(i, n).map({ i.exported[$0] == nil }) ?? true:
                 export(i, n)
             case .closing:
-                if i.exported[n] != nil { unexport(i, n) }
+                if let h = hostAddress(i, n) { unexport(i, h) }
                 try? xs.write(p + "/state-\(n)", XenState.closed.xenstoreValue)
             default:
                 break
@@ -180,8 +189,8 @@ extension PCIBack {
 
     /// Takes a device away from its guest: MSI off, pirqs unmapped, reset,
     /// golden state, permissive and quirks cleared (XSA-302/306).
-    func unexport(_ i: Instance, _ n: Int) {
-        guard let d = i.exported.removeValue(forKey: n) else { return }
+    func unexport(_ i: Instance, _ host: PCIAddress) {
+        guard let d = i.exported.removeValue(forKey: host) else { return }
         releaseInterrupts(i, d)
         do { try d.quiesce() } catch { emit(.error(i.domid, "\(d.address): reset at release: \(error)")) }
         i.unlink(d)
@@ -216,7 +225,7 @@ extension PCIBack {
     /// The guest or its backend directory is gone: release everything.
     func destroy(_ i: Instance) {
         disconnect(i)
-        for n in i.exported.keys.sorted() { unexport(i, n) }
+        for h in i.exported.keys.sorted() { unexport(i, h) }
         try? xs.unwatch(i.frontendPath + "/state", token: "front:\(i.domid)")
         instances[i.domid] = nil
     }

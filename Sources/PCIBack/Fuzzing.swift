@@ -19,7 +19,7 @@ extension PCIBack {
             let i = Instance(domid: 0x7FEE, backendPath: "/fuzz", frontendPath: "/fuzz")
             d.guest = i.domid
             d.guestAddress = PCIAddress(bus: 0, device: 0, function: 0)
-            i.exported[0] = d
+            i.exported[d.address] = d
             i.link(d)
             defer { releaseInterrupts(i, d); i.unlink(d) }
 

@@ -15,8 +15,9 @@ final class Instance {
     var mapping: GrantMapping?
     var port: EvtchnPort?
     var setUp = false            // devices exported and roots published
-    /// dev-N index -> the device exported from it.
-    var exported: [Int: ClaimedDevice] = [:]
+    /// Host address -> the device exported from it. Keyed by address, not by
+    /// `dev-N` index: the toolstack compacts the `*-N` keys after a removal.
+    var exported: [PCIAddress: ClaimedDevice] = [:]
     var roots: [PCIRoot] = []
     // Flood control (XSA-332).
     var spuriousInWindow = 0

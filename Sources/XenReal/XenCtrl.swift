@@ -1,6 +1,7 @@
 import CXenPCI
 import Foundation
 import XenHypervisor
+import XenToolstack
 
 /// A libxenctrl handle (/dev/xen/privcmd): the dom0 calls of PCI
 /// pass-through. Errors carry the call's name and its arguments.
@@ -152,3 +153,6 @@ public final class XenInterruptRouting: InterruptRouting, @unchecked Sendable {
         for m in all { try? ctrl.unmapPirq(guest: m.guest, pirq: m.pirq) }
     }
 }
+
+/// libxenctrl is the real provider of the toolstack's pass-through grants.
+extension XenCtrl: PassthroughPermissions {}

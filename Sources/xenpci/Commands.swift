@@ -2,6 +2,8 @@ import ArgumentParser
 import Foundation
 import PCIBack
 import XenHypervisor
+import XenToolstack
+import XenReal
 import XenMock
 import XPCI
 
@@ -204,7 +206,7 @@ struct ToolstackArguments: ParsableArguments {
     @Option(help: "xen (on the mock, use 'hotadd' and 'hotremove' inside 'xenpci demo').")
     var hypervisor: HypervisorKind = .xen
     @Argument(help: "The guest's domain id.") var domid: String
-    @Argument(help: "The host function, [DDDD:]BB:SS.F.") var bdf: String
+    @Argument(help: "The host functions, [DDDD:]BB:SS.F ...") var bdf: [String]
 }
 
 struct Attach: ParsableCommand {
@@ -219,15 +221,19 @@ struct Detach: ParsableCommand {
     func run() throws { try toolstackCommand(target.hypervisor, target.domid, target.bdf, add: false) }
 }
 
-func toolstackCommand(_ kind: HypervisorKind, _ domidText: String, _ bdf: String, add: Bool) throws {
+func toolstackCommand(_ kind: HypervisorKind, _ domidText: String, _ bdfs: [String], add: Bool) throws {
     guard let dom = DomID(domidText), dom > 0, dom < 0x7FF0 else { throw CLIError.usage("domain id '\(domidText)' is not a guest domain (1...32751)") }
-    let a = try PCIAddress(parsing: bdf)
+    guard !bdfs.isEmpty else { throw CLIError.usage("\(add ? "attach" : "detach"): give at least one PCI function") }
+    let devices = try bdfs.map { try PCIAddress(parsing: $0) }
     guard kind == .xen else {
         throw CLIError.usage("\(add ? "attach" : "detach"): the mock hypervisor lives inside one process; use '\(add ? "hotadd" : "hotremove")' inside 'xenpci demo'")
     }
     let hv = try openXenHypervisor()
     let xs = try hv.openXenStore()
     defer { xs.close() }
-    let t = Toolstack(xenstore: xs, backendDomain: try hv.domid())
-    if add { try t.hotAdd(dom, a) } else { try t.hotRemove(dom, a) }
+    // libxl's grants for PV pass-through go through libxenctrl.
+    let ctrl: XenCtrl
+    do { ctrl = try XenCtrl() } catch { throw CLIError(message: "no Xen: libxenctrl: \(error)", status: CLIError.unavailable) }
+    let t = XenToolstack(xenstore: xs, permissions: ctrl, backendDomid: try hv.domid())
+    if add { try t.attach(domid: dom, devices: devices) } else { try t.detach(domid: dom, devices: devices) }
 }

@@ -2,6 +2,7 @@ import Foundation
 import PCIBack
 import PCIModel
 import XenMock
+import XenToolstack
 import XPCI
 
 /// One machine on the mock hypervisor: dom0 runs pciback on devices from a
@@ -13,7 +14,7 @@ final class MockHost: HostControls {
     let console: Console
     let source: DeviceSource
     let back: PCIBack
-    let toolstack: Toolstack
+    let toolstack: XenToolstack
     private let toolstackXS: XenStore
     private(set) var front: XPCIFrontend?
     private var devices: [PCIAddress: SysfsPCIDevice] = [:]
@@ -31,7 +32,8 @@ final class MockHost: HostControls {
         o.aerTimeout = .seconds(5)
         back = try PCIBack(hypervisor: dom0, options: o)
         do { toolstackXS = try dom0.openXenStore() } catch { back.stop(); throw error }
-        toolstack = Toolstack(xenstore: toolstackXS)
+        toolstack = XenToolstack(xenstore: toolstackXS, permissions: nil)
+        toolstack.timeout = .seconds(5)
         back.onEvent = { [unowned self] e in self.show(e) }
     }
 
@@ -97,7 +99,7 @@ final class MockHost: HostControls {
                 console.err("[dom0 pciback] \(i.address): host driver '\(i.driver ?? "?")' owns it: exported read-only")
             }
             try back.start()
-            try toolstack.create(guest, name: "guest1", devices: back.listing().map(\.address))
+            try toolstack.attach(domid: guest, devices: back.listing().map(\.address))
             guard frontend else { return }
             let f = try XPCIFrontend(hypervisor: hv.domain(guest), options: .init(requestTimeout: .seconds(2), connectTimeout: .seconds(10)))
             f.onEvent = { [unowned self, unowned f] e in
@@ -121,7 +123,7 @@ final class MockHost: HostControls {
         if let f = front {
             do { try f.detach() } catch { console.err("[dom1 xpci]    detach: \(error)") }
         }
-        toolstack.destroy(guest)
+        toolstack.destroy(domid: guest)
         back.stop()
         toolstackXS.close()
         return hv.leaks()
@@ -141,7 +143,10 @@ final class MockHost: HostControls {
             guard let d = devices[host] else { throw CLIError.failure("hot-add \(host): no such device on this host") }
             try back.claim(d)
         }
-        try toolstack.hotAdd(guest, host)
+        if try toolstack.exportedDevices(XenToolstack.backendPath(backend: 0, guest: guest)).contains(where: { $0.device == host }) {
+            throw CLIError.failure("hot-add \(host): already assigned to dom\(guest)")
+        }
+        try toolstack.attach(domid: guest, devices: [host])
         return try waitFor("hot-add of \(host)") {
             guard f.state == .connected, let g = self.back.listing().first(where: { $0.address == host })?.guestAddress,
                   f.device(g) != nil else { return nil }
@@ -155,7 +160,7 @@ final class MockHost: HostControls {
         guard let g = back.listing().first(where: { $0.address == host })?.guestAddress else {
             throw CLIError.failure("hot-remove \(host): not assigned to dom\(guest)")
         }
-        try toolstack.hotRemove(guest, host)
+        try toolstack.detach(domid: guest, devices: [host])
         return try waitFor("hot-remove of \(host)") {
             f.state == .connected && f.device(g) == nil && self.back.listing().first(where: { $0.address == host })?.guest == nil ? g : nil
         }

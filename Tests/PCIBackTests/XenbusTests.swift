@@ -98,6 +98,36 @@ struct XenbusTests {
         h.expectClean()
     }
 
+    @Test("after the toolstack compacts dev-N keys, a device added at a reused index is exported")
+    func compactedIndices() throws {
+        let (h, f) = try connected([Fixture.e1000, Fixture.virtioNet])
+        try h.claim(Fixture.ahci)
+        let b = h.be(1)
+        try h.hotRemove(1, index: 0)
+        try f.setState(.reconfiguring)
+        #expect(h.waitBackend(1, .reconfigured))
+        try f.setState(.connected)
+        #expect(h.waitBackend(1, .connected))
+        // libxl compacts: dev-1 moves to dev-0, num_devs drops to 1.
+        try h.toolstack.transaction { t in
+            for k in ["dev", "key", "opts", "state", "vdev"] {
+                let v = try h.toolstack.read(b + "/\(k)-1", transaction: t)
+                try h.toolstack.write(b + "/\(k)-0", v, transaction: t)
+                try h.toolstack.remove(b + "/\(k)-1", transaction: t)
+            }
+            try h.toolstack.write(b + "/num_devs", "1", transaction: t)
+        }
+        try h.hotAdd(1, Fixture.ahci)
+        try f.setState(.reconfiguring)
+        #expect(h.waitBackend(1, .reconfigured))
+        #expect(h.read(b + "/dev-1") == Fixture.ahci.description)
+        #expect(h.read(b + "/vdev-1") == "0000:00:00.02", "the added AHCI function (2) takes the free slot 0")
+        #expect(h.read(b + "/vdev-0") == "0000:00:01.00", "virtio keeps its slot")
+        #expect(try f.read(PCIAddress(bus: 0, device: 0, function: 2), 0, 2) == (.success, 0x8086))
+        f.close()
+        h.expectClean()
+    }
+
     @Test("missed Connected: the toolstack goes Reconfiguring before the frontend attached")
     func missedConnected() throws {
         let h = try Harness()

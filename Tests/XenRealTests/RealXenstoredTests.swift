@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import XenToolstack
 @testable import XenReal
 
 /// XenStoreConnection against a real xenstored (Xen 4.17's C daemon, run

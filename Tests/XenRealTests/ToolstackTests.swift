@@ -1,7 +1,8 @@
 import Foundation
 import Testing
 import XenMock
-@testable import XenReal
+@testable import XenToolstack
+import XenReal
 
 /// Records the libxenctrl calls the toolstack would make; can fail one.
 final class RecordingPermissions: PassthroughPermissions, @unchecked Sendable {

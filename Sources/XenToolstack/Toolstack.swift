@@ -14,8 +14,6 @@ public protocol PassthroughPermissions: AnyObject {
     func irqPermission(guest: DomID, pirq: UInt32, allow: Bool) throws
 }
 
-extension XenCtrl: PassthroughPermissions {}
-
 /// Per-device options, written to `opts-N` as libxl spells them.
 public struct PCIDeviceOptions: Equatable, Sendable {
     public enum RDMPolicy: String, Sendable { case strict, relaxed }
@@ -148,6 +146,14 @@ public final class XenToolstack {
     func deviceKeys(_ i: Int, _ d: PCIAddress, _ opts: PCIDeviceOptions) -> [(String, String)] {
         [("key-\(i)", d.description), ("dev-\(i)", d.description), ("opts-\(i)", opts.xenstoreValue),
          ("state-\(i)", XenState.initialising.xenstoreValue)]
+    }
+
+    /// `xl destroy`'s part for a guest that is gone or shutting down: both
+    /// directories are removed at once (the backend releases and resets the
+    /// devices when its directory goes). The grants die with the domain.
+    public func destroy(domid: DomID) {
+        try? xenstore.remove(Self.frontendPath(guest: domid))
+        try? xenstore.remove(Self.backendPath(backend: backendDomid, guest: domid))
     }
 
     // MARK: detach
