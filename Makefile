@@ -5,13 +5,14 @@ BUILD := build
 ABI_DIR := tools/abi-check
 TEST_DEPS := libxen-dev pciutils
 
-.PHONY: help deps build test abi-check demo clean
+.PHONY: help deps build test abi-check demo clean xen-test
 
 help:
 	@echo "make demo       run the backend and frontend on the mock hypervisor"
 	@echo "make test       install test dependencies (libxen-dev, pciutils), run abi-check and the test suite"
 	@echo "make abi-check  compare Headers/ with the system's Xen headers"
 	@echo "make build      build everything"
+	@echo "make xen-test   boot Xen 4.17 + Linux dom0 under QEMU and run the integration scenarios"
 
 deps:
 	@tools/deps.sh $(TEST_DEPS)
@@ -33,6 +34,9 @@ test: deps
 	@$(MAKE) --no-print-directory abi-check
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+
+xen-test:
+	@bash tools/xen-test/run.sh
 
 demo:
 	$(SWIFT) run -c release xenpci demo

@@ -15,8 +15,8 @@ OURS_HOTPLUG="0000:00:04.0"
 OURS_HIDE="(0000:00:06.*)(0000:00:04.0)"
 
 ev() { echo "EVIDENCE $XT_N: $*"; }
-note() { echo "  [s$XT_N $(cut -d' ' -f1 /proc/uptime)] $*"; }
-fail() { echo "FAIL-REASON: $*"; exit 1; }
+note() { echo "  [s$XT_N $(cut -d' ' -f1 /proc/uptime)] $*" >&2; }
+fail() { echo "FAIL-REASON: $*" >&2; exit 1; }
 
 # have_sub SUB...: fail unless every xenpci subcommand exists (never fake a pass).
 have_sub() {
@@ -64,7 +64,7 @@ EOF
     [ -n "$pci" ] && echo "pci = [ $pci ]" >> /tmp/xt/$name.cfg
     rm -f "$(guest_log $name)"
     note "xl create $name ($extra${pci:+; pci=$pci})"
-    xl create /tmp/xt/$name.cfg > /tmp/xt/$name.create 2>&1 || { cat /tmp/xt/$name.create; fail "xl create $name failed"; }
+    xl create /tmp/xt/$name.cfg > /tmp/xt/$name.create 2>&1 || { cat /tmp/xt/$name.create >&2; fail "xl create $name failed"; }
     xl domid "$name"
 }
 # wait_guest NAME REGEX TIMEOUT [FROMLINE]: wait for a console line of the

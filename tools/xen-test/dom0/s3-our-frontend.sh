@@ -11,17 +11,22 @@
 . /xt/lib.sh
 
 # norm: lspci -n / -v text -> one comparable line per fact.
-norm() {
-    awk '
-    function key(b) { sub(/^0000:/, "", b); return b }
-    /^([0-9a-f]{4}:)?[0-9a-f]{2}:[0-9a-f]{2}\.[0-7] [0-9a-f]{4}: [0-9a-f]{4}:[0-9a-f]{4}/ {
-        dev = key($1); $1 = ""; sub(/^ /, ""); print dev " id " $0; next }
-    /^([0-9a-f]{4}:)?[0-9a-f]{2}:[0-9a-f]{2}\.[0-7] / { dev = key($1); next }
-    /^[ \t]/ && dev != "" && /(Memory at|I\/O ports at|Expansion ROM at|Capabilities:)/ {
-        l = $0; gsub(/\[(virtual|disabled)\] ?/, "", l); gsub(/[ \t]+/, " ", l); sub(/^ /, "", l); sub(/ $/, "", l)
-        print dev " " l }
-    ' | LC_ALL=C sort -u
-}
+norm() (
+    set -f
+    dev=""
+    re_bdf='^(0000:)?([0-9a-f]{2}:[0-9a-f]{2}\.[0-7]) '
+    re_id='^[0-9a-f]{4}: [0-9a-f]{4}:[0-9a-f]{4}'
+    re_fact='(Memory at|I/O ports at|Expansion ROM at|Capabilities:)'
+    while IFS= read -r l; do
+        if [[ $l =~ $re_bdf ]]; then
+            dev=${BASH_REMATCH[2]}; rest=${l#"${BASH_REMATCH[0]}"}
+            if [[ $rest =~ $re_id ]]; then echo "$dev id $(echo $rest)"; dev=""; fi
+        elif [[ -n $dev && $l =~ ^[[:space:]] && $l =~ $re_fact ]]; then
+            l=${l//\[virtual\]/}; l=${l//\[disabled\]/}
+            echo "$dev $(echo $l)"
+        fi
+    done | LC_ALL=C sort -u
+)
 
 modprobe xen-pciback || fail "modprobe xen-pciback failed"
 for b in $LINUX_BDFS; do
@@ -48,8 +53,8 @@ else
 fi
 xl destroy $G
 norm < /tmp/xt/s3-ref.v > /tmp/xt/s3-ref.norm
-cat /tmp/xt/s3-ref.n >> /tmp/xt/s3-ref.norm.n
 [ -s /tmp/xt/s3-ref.norm ] || fail "run 1: empty lspci -v listing"
+while read -r l; do ev "guest lspci -v (Linux xen-pcifront): $l"; done < /tmp/xt/s3-ref.norm
 
 # ---- run 2: xenpci frontend in the guest
 G=xt-s3-ours
