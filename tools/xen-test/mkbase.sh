@@ -2,8 +2,8 @@
 # Base images of the Xen harness, from Debian packages only:
 #   build/xen-test/base/xen.elf          the hypervisor (multiboot ELF)
 #   build/xen-test/base/vmlinuz          the Linux kernel (dom0 and guests)
-#   build/xen-test/base/kroot/           the extracted kernel package (modules)
-#   build/xen-test/base/dom0root/        debootstrap minbase + Xen tools + modules
+#   build/xen-test/base/.kroot/          the extracted kernel package (modules)
+#   build/xen-test/base/.dom0root/       debootstrap minbase + Xen tools + modules
 #   build/xen-test/base/dom0-base.cpio.gz  that root as an initramfs
 # Cached: rebuilt only when this script or a package version changes.
 set -euo pipefail
@@ -29,17 +29,17 @@ rm -rf "$BASE"; mkdir -p "$BASE"
 
 # -- hypervisor and kernel
 XDEB=$(fetch "xen-hypervisor-$XENVER-amd64"); KDEB=$(fetch "$KPKG")
-mkdir -p "$BASE/xroot" "$BASE/kroot"
-dpkg -x "$XDEB" "$BASE/xroot"; dpkg -x "$KDEB" "$BASE/kroot"
+mkdir -p "$BASE/xroot" "$BASE/.kroot"
+dpkg -x "$XDEB" "$BASE/xroot"; dpkg -x "$KDEB" "$BASE/.kroot"
 zcat "$(ls "$BASE"/xroot/boot/xen-$XENVER*-amd64.gz | head -n1)" > "$BASE/xen.elf"
 rm -rf "$BASE/xroot"
-cp "$(ls "$BASE"/kroot/boot/vmlinuz-* | head -n1)" "$BASE/vmlinuz"
-KREL=$(basename "$(ls -d "$BASE"/kroot/lib/modules/*/ | head -n1)")
+cp "$(ls "$BASE"/.kroot/boot/vmlinuz-* | head -n1)" "$BASE/vmlinuz"
+KREL=$(basename "$(ls -d "$BASE"/.kroot/lib/modules/*/ | head -n1)")
 echo "$KREL" > "$BASE/krel"
-depmod -b "$BASE/kroot" "$KREL"   # the package ships no module index
+depmod -b "$BASE/.kroot" "$KREL"   # the package ships no module index
 
 # -- dom0 root
-R="$BASE/dom0root"
+R="$BASE/.dom0root"
 log "debootstrap ($INCLUDE)"
 timeout 1200 debootstrap --variant=minbase --include="$INCLUDE" bookworm "$R" "$MIRROR" > "$BASE/debootstrap.log" 2>&1 \
     || { tail -n 30 "$BASE/debootstrap.log" >&2; die "debootstrap failed"; }
@@ -55,7 +55,7 @@ rm -rf "$R/tmp/xdebs"
 chroot "$R" dpkg-query -W -f '${Package} ${Version}\n' | grep -E '^(xen|libxen)' > "$BASE/xen-versions"
 rm -rf "$R"/usr/share/doc/* "$R"/usr/share/man/* "$R"/usr/share/info/* "$R"/usr/share/locale/* \
        "$R"/var/cache/apt/*.bin "$R"/var/cache/apt/archives/*.deb "$R"/var/lib/apt/lists/* "$R"/usr/sbin/policy-rc.d
-copy_modules "$BASE/kroot" "$KREL" "$R" xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-pciback \
+copy_modules "$BASE/.kroot" "$KREL" "$R" xenfs xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-pciback \
     e1000 nvme virtio_pci virtio_net virtio_rng
 pack_cpio "$R" "$BASE/dom0-base.cpio.gz"
 echo "$KEY" > "$BASE/.stamp"

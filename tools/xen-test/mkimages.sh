@@ -18,7 +18,7 @@ if [ -f "$IMG/.stamp" ] && [ "$(cat "$IMG/.stamp")" = "$KEY" ] && [ -f "$IMG/dom
     exit 0
 fi
 t0=$(date +%s)
-R="$BASE/dom0root"
+R="$BASE/.dom0root"
 KREL=$(cat "$BASE/krel")
 rm -rf "$IMG"; mkdir -p "$IMG"
 strip -o "$IMG/xenpci" "$XENPCI"
@@ -50,17 +50,17 @@ if chroot "$R" ldd /usr/local/bin/xenpci | grep -q 'not found'; then
 fi
 
 # ---------------------------------------------------------------- guest
-G="$IMG/guest-root"
+G="$IMG/.guest-root"
 mkdir -p "$G"/{bin,sbin,usr/bin,usr/sbin,usr/local/bin,usr/share/misc,proc,sys,dev,tmp,run,etc}
 cp /bin/busybox "$G/bin/busybox"
 closure "$R" "$G" /usr/bin/lspci /usr/local/bin/xenpci /usr/bin/xenstore-read /usr/bin/xenstore-ls "${XENLIBS[@]}"
 cp "$R/usr/share/misc/pci.ids" "$G/usr/share/misc/" 2>/dev/null || cp -L "$R"/usr/share/misc/pci.ids "$G/usr/share/misc/" || true
-copy_modules "$BASE/kroot" "$KREL" "$G" xen-pcifront e1000 xen-evtchn xen-gntdev xen-gntalloc xenfs
+copy_modules "$BASE/.kroot" "$KREL" "$G" xen-pcifront e1000 xen-evtchn xen-gntdev xen-gntalloc xenfs
 cp "$XT/guest/init" "$G/init"; chmod 755 "$G/init"
 pack_cpio "$G" "$IMG/guest-initrd.gz"
 
 # ---------------------------------------------------------------- dom0 overlay
-O="$IMG/dom0-overlay"
+O="$IMG/.dom0-overlay"
 mkdir -p "$O/xt/guest" "$O/usr/local/bin"
 cp "$XT/dom0/init" "$O/init"; chmod 755 "$O/init"
 cp "$XT"/dom0/*.sh "$O/xt/"

@@ -22,7 +22,9 @@ fail() { echo "FAIL-REASON: $*" >&2; exit 1; }
 have_sub() {
     local s
     for s in "$@"; do
-        "$XENPCI" "$s" --help > /dev/null 2>&1 || fail "xenpci $s not available"
+        # ArgumentParser answers --help even for an unknown word: look for
+        # the subcommand's own usage line.
+        "$XENPCI" "$s" --help 2>&1 | grep -q "USAGE: xenpci $s" || fail "xenpci $s not available"
     done
 }
 
@@ -85,7 +87,9 @@ wait_guest() {
 guest_lines() { [ -f "$(guest_log "$1")" ] && tr -d '\r' < "$(guest_log "$1")" | wc -l || echo 0; }
 # guest_block NAME TAG: the lines between "@@XT TAG BEGIN" and "@@XT TAG END".
 guest_block() {
-    tr -d '\r' < "$(guest_log "$1")" | sed -n "/^@@XT $2 BEGIN/,/^@@XT $2 END/p" | sed '1d;$d'
+    # (kernel messages can land in the middle: drop printk lines)
+    tr -d '\r' < "$(guest_log "$1")" | sed -n "/^@@XT $2 BEGIN/,/^@@XT $2 END/p" | sed '1d;$d' \
+        | grep -vE '^\[ *[0-9]+\.[0-9]+\] '
 }
 guest_gone() { ! xl domid "$1" > /dev/null 2>&1; }
 
