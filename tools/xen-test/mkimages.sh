@@ -21,7 +21,7 @@ t0=$(date +%s)
 R="$BASE/.dom0root"
 KREL=$(cat "$BASE/krel")
 rm -rf "$IMG"; mkdir -p "$IMG"
-strip -o "$IMG/xenpci" "$XENPCI"
+strip -o "$IMG/xenpci" "$XENPCI" 2>/dev/null || cp "$XENPCI" "$IMG/xenpci"
 
 # closure ROOTDIR DEST FILE...: FILE (paths inside ROOTDIR) and the shared
 # libraries they need, resolved by ROOTDIR's own ldd, copied to DEST.
@@ -29,7 +29,7 @@ closure() {
     local root=$1 dest=$2 f l; shift 2
     for f in "$@"; do
         mkdir -p "$dest$(dirname "$f")"; cp -L "$root$f" "$dest$f"
-        chroot "$root" ldd "$f" 2>/dev/null | grep -o '/[^ ]*' | while read -r l; do
+        { chroot "$root" ldd "$f" 2>/dev/null || true; } | { grep -o '/[^ ]*' || true; } | while read -r l; do
             [ -e "$root$l" ] || continue
             mkdir -p "$dest$(dirname "$l")"; cp -L "$root$l" "$dest$l"
         done
@@ -45,7 +45,7 @@ done
 # xenpci runs inside the dom0 root's userland (same Debian release as the
 # build host): resolve its libraries there.
 mkdir -p "$R/usr/local/bin"; cp "$IMG/xenpci" "$R/usr/local/bin/xenpci"
-if chroot "$R" ldd /usr/local/bin/xenpci | grep -q 'not found'; then
+if chroot "$R" ldd /usr/local/bin/xenpci 2>&1 | grep -q 'not found'; then
     chroot "$R" ldd /usr/local/bin/xenpci >&2; die "xenpci needs libraries the dom0 root lacks"
 fi
 

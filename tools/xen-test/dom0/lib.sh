@@ -63,7 +63,9 @@ on_poweroff = "destroy"
 on_reboot = "destroy"
 on_crash = "destroy"
 EOF
-    [ -n "$pci" ] && echo "pci = [ $pci ]" >> /tmp/xt/$name.cfg
+    # Without pci= libxl creates the domain without an IOMMU context and no
+    # device can be assigned later: a guest for `xenpci attach` needs this.
+    [ -n "$pci" ] && echo "pci = [ $pci ]" >> /tmp/xt/$name.cfg || echo 'passthrough = "enabled"' >> /tmp/xt/$name.cfg
     rm -f "$(guest_log $name)"
     note "xl create $name ($extra${pci:+; pci=$pci})"
     xl create /tmp/xt/$name.cfg > /tmp/xt/$name.create 2>&1 || { cat /tmp/xt/$name.create >&2; fail "xl create $name failed"; }

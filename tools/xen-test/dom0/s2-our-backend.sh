@@ -56,8 +56,10 @@ ev "hot-remove: guest lspci -n now: ${l#@@XT lspci-change }"
 
 # guest shutdown: devices released and reset
 timeout 90 xl shutdown -w $G > /dev/null 2>&1 || fail "xl shutdown $G did not complete within 90 s"
-guest_gone $G || fail "guest still there after shutdown"
-sleep 5
+i=0; while ! guest_gone $G && [ $i -lt 60 ]; do sleep 1; i=$((i + 1)); done
+guest_gone $G || fail "guest still there 60 s after xl shutdown"
+wait_guest $G '^@@XT shutdown requested' 1 > /dev/null && ev "guest: orderly poweroff on xl shutdown"
+sleep 3
 for b in $OURS_BDFS $OURS_HOTPLUG; do
     [ "$(drv_of $b)" = none ] || fail "$b bound to $(drv_of $b) after the guest left"
     [ $(( $(cfg_word $b 4) & 4 )) = 0 ] || fail "$b: bus master still on after the guest left (not reset)"
