@@ -5,7 +5,7 @@ BUILD := build
 ABI_DIR := tools/abi-check
 TEST_DEPS := libxen-dev pciutils
 
-.PHONY: help deps build test abi-check xenlib-check demo man bench clean
+.PHONY: help deps build test abi-check xenlib-check demo man bench fuzz fuzz-replay xen-test clean
 
 help:
 	@echo "make demo       run the backend and frontend on the mock hypervisor, then a tour of the shell"
@@ -16,6 +16,7 @@ help:
 	@echo "make xenlib-check  compare our Xen library prototypes with the system's headers"
 	@echo "make build      build everything"
 	@echo "make bench      request-path benchmarks vs the C reference (docs/PERFORMANCE.md); BENCH_ARGS=--quick"
+	@echo "make xen-test   boot Xen 4.17 + Linux dom0 under QEMU and run the integration scenarios"
 
 deps:
 	@tools/deps.sh $(TEST_DEPS)
@@ -48,6 +49,9 @@ test: deps
 	$(SWIFT) test --skip-build
 
 DEMO_ARGS ?= --tour
+xen-test:
+	@bash tools/xen-test/run.sh
+
 demo:
 	$(SWIFT) run -c release xenpci demo $(DEMO_ARGS)
 
@@ -78,7 +82,6 @@ clean:
 	rm -rf $(BUILD) .build
 
 # Fuzzing (libFuzzer + ASan): FUZZ_SECONDS per target (default 60).
-.PHONY: fuzz fuzz-replay
 fuzz:
 	@tools/fuzz/run.sh
 

@@ -1,0 +1,148 @@
+# Helpers of the dom0 scenario scripts (sourced; bash). $XT_N = scenario number.
+XENPCI=/usr/local/bin/xenpci
+CONSOLE_DIR=/var/log/xen/console
+GUEST_KERNEL=/xt/guest/vmlinuz
+GUEST_INITRD=/xt/guest/initrd.gz
+PIDS=/tmp/xt/pids
+mkdir -p "$PIDS"
+
+# Devices (q35 addresses, see tools/xen-test/run.sh):
+#   00:03.0 e1000, 01:00.0 NVMe (behind the root port 00:05.0)  -> Linux xen-pciback
+#   00:06.0 e1000 + 00:06.1 virtio-rng (multi-function slot), 00:04.0 virtio-net -> our backend
+LINUX_BDFS="0000:00:03.0 0000:01:00.0"
+OURS_BDFS="0000:00:06.0 0000:00:06.1"
+OURS_HOTPLUG="0000:00:04.0"
+OURS_HIDE="(0000:00:06.*)(0000:00:04.0)"
+
+ev() { echo "EVIDENCE $XT_N: $*"; }
+note() { echo "  [s$XT_N $(cut -d' ' -f1 /proc/uptime)] $*" >&2; }
+fail() { echo "FAIL-REASON: $*" >&2; exit 1; }
+
+# have_sub SUB...: fail unless every xenpci subcommand exists (never fake a pass).
+have_sub() {
+    local s
+    for s in "$@"; do
+        # ArgumentParser answers --help even for an unknown word: look for
+        # the subcommand's own usage line.
+        "$XENPCI" "$s" --help 2>&1 | grep -q "USAGE: xenpci $s" || fail "xenpci $s not available"
+    done
+}
+
+# ------------------------------------------------------------------ sysfs
+sys_id() { # BDF -> "CCCC: VVVV:DDDD" as lspci -n prints it
+    local d=/sys/bus/pci/devices/$1
+    local c; c=$(cat $d/class)
+    echo "${c:2:4}: $(cut -c3- $d/vendor):$(cut -c3- $d/device)"
+}
+cfg_byte() { # BDF OFF -> byte value (decimal) of dom0's view of config space
+    od -An -tu1 -j "$2" -N1 "/sys/bus/pci/devices/$1/config" | tr -d ' '
+}
+cfg_word() { od -An -tu2 -j "$2" -N2 "/sys/bus/pci/devices/$1/config" | tr -d ' '; }
+cfg_dword() { od -An -tu4 -j "$2" -N4 "/sys/bus/pci/devices/$1/config" | tr -d ' '; }
+drv_of() { local l=/sys/bus/pci/devices/$1/driver; [ -L $l ] && basename "$(readlink $l)" || echo none; }
+bar0_size() { # BDF -> size of resource 0 (decimal)
+    local s e; read -r s e _ < <(head -n1 /sys/bus/pci/devices/$1/resource)
+    echo $(( e - s + 1 ))
+}
+
+# ------------------------------------------------------------------ guests
+guest_log() { echo "$CONSOLE_DIR/guest-$1.log"; }
+# guest_create NAME EXTRA [PCI...]: a PV guest from the harness' kernel and initrd.
+guest_create() {
+    local name=$1 extra=$2 pci="" b; shift 2
+    for b in "$@"; do pci="$pci${pci:+, }'$b'"; done
+    cat > /tmp/xt/$name.cfg <<EOF
+name = "$name"
+type = "pv"
+kernel = "$GUEST_KERNEL"
+ramdisk = "$GUEST_INITRD"
+extra = "console=hvc0 quiet $extra"
+memory = 512
+vcpus = 1
+on_poweroff = "destroy"
+on_reboot = "destroy"
+on_crash = "destroy"
+EOF
+    # Without pci= libxl creates the domain without an IOMMU context and no
+    # device can be assigned later: a guest for `xenpci attach` needs this.
+    [ -n "$pci" ] && echo "pci = [ $pci ]" >> /tmp/xt/$name.cfg || echo 'passthrough = "enabled"' >> /tmp/xt/$name.cfg
+    rm -f "$(guest_log $name)"
+    note "xl create $name ($extra${pci:+; pci=$pci})"
+    xl create /tmp/xt/$name.cfg > /tmp/xt/$name.create 2>&1 || { cat /tmp/xt/$name.create >&2; fail "xl create $name failed"; }
+    xl domid "$name"
+}
+# wait_guest NAME REGEX TIMEOUT [FROMLINE]: wait for a console line of the
+# guest matching REGEX (after line FROMLINE); prints it.
+wait_guest() {
+    local name=$1 re=$2 t=$3 from=${4:-0} log i=0 hit
+    log=$(guest_log "$name")
+    while [ $i -lt "$t" ]; do
+        if [ -f "$log" ]; then
+            hit=$(tail -n +$((from + 1)) "$log" | tr -d '\r' | grep -E -m1 -- "$re" || true)
+            [ -n "$hit" ] && { echo "$hit"; return 0; }
+        fi
+        xl domid "$name" > /dev/null 2>&1 || { sleep 1; hit=$(tail -n +$((from + 1)) "$log" 2>/dev/null | tr -d '\r' | grep -E -m1 -- "$re" || true); [ -n "$hit" ] && { echo "$hit"; return 0; }; return 2; }
+        sleep 1; i=$((i + 1))
+    done
+    return 1
+}
+guest_lines() { [ -f "$(guest_log "$1")" ] && tr -d '\r' < "$(guest_log "$1")" | wc -l || echo 0; }
+# guest_block NAME TAG: the lines between "@@XT TAG BEGIN" and "@@XT TAG END".
+guest_block() {
+    # (kernel messages can land in the middle: drop printk lines)
+    tr -d '\r' < "$(guest_log "$1")" | sed -n "/^@@XT $2 BEGIN/,/^@@XT $2 END/p" | sed '1d;$d' \
+        | grep -vE '^\[ *[0-9]+\.[0-9]+\] '
+}
+guest_gone() { ! xl domid "$1" > /dev/null 2>&1; }
+
+# ------------------------------------------------------------------ our backend
+backend_start() { # extra args
+    note "xenpci backend --hypervisor xen --hide '$OURS_HIDE' $*"
+    "$XENPCI" backend --hypervisor xen --hide "$OURS_HIDE" "$@" > /tmp/xt/backend.log 2>&1 &
+    echo $! > "$PIDS/backend.pid"
+    sleep 3
+    kill -0 "$(cat "$PIDS/backend.pid")" 2>/dev/null || { sed 's/^/  backend: /' /tmp/xt/backend.log; fail "xenpci backend exited at start"; }
+}
+backend_stop() { # SIGTERM; returns the exit code (fails after 20 s)
+    local pid i=0 rc
+    pid=$(cat "$PIDS/backend.pid" 2>/dev/null) || return 0
+    kill -TERM "$pid" 2>/dev/null
+    while kill -0 "$pid" 2>/dev/null && [ $i -lt 20 ]; do sleep 1; i=$((i + 1)); done
+    kill -0 "$pid" 2>/dev/null && { kill -KILL "$pid"; fail "xenpci backend still running 20 s after SIGTERM"; }
+    wait "$pid"; rc=$?
+    rm -f "$PIDS/backend.pid"
+    return $rc
+}
+# front_run SCRIPT-LINES...: one `xenpci frontend` session in dom0 running
+# the given commands; output on stdout; fails after 60 s.
+front_run() {
+    printf '%s\n' "$@" > /tmp/xt/front.script
+    timeout -k 5 60 "$XENPCI" frontend --hypervisor xen --script /tmp/xt/front.script
+}
+
+# ------------------------------------------------------------------ failure logs
+dump_one() { # SOURCE FILE LINES
+    [ -s "$2" ] || return 0
+    echo "XT-LOG $XT_N $1 BEGIN ($2, last $3 lines)"
+    tail -n "$3" "$2" | tr -d '\r'
+    echo "XT-LOG $XT_N $1 END"
+}
+dump_logs() {
+    local f
+    dmesg > /tmp/xt/dmesg.txt 2>&1; dump_one dom0-dmesg /tmp/xt/dmesg.txt 40
+    xl dmesg > /tmp/xt/xl-dmesg.txt 2>&1; dump_one xen-dmesg /tmp/xt/xl-dmesg.txt 40
+    dump_one xenpci-backend /tmp/xt/backend.log 40
+    for f in "$CONSOLE_DIR"/guest-*.log; do
+        [ -f "$f" ] && [ "$f" -nt /tmp/xt/s$XT_N.log.start ] && dump_one "guest:$(basename "$f" .log)" "$f" 60
+    done
+    xenstore-ls -f /local/domain/0/backend/pci > /tmp/xt/xs.txt 2>&1; dump_one xenstore-backend-pci /tmp/xt/xs.txt 40
+}
+cleanup_all() {
+    local p d
+    for p in "$PIDS"/*.pid; do
+        [ -f "$p" ] || continue
+        kill -TERM "$(cat "$p")" 2>/dev/null; sleep 1; kill -KILL "$(cat "$p")" 2>/dev/null
+        rm -f "$p"
+    done
+    for d in $(xl list | awk 'NR > 2 { print $2 }'); do xl destroy "$d" > /dev/null 2>&1; done
+}
