@@ -5,7 +5,7 @@ BUILD := build
 ABI_DIR := tools/abi-check
 TEST_DEPS := libxen-dev pciutils
 
-.PHONY: help deps build test abi-check xenlib-check demo man bench fuzz fuzz-replay xen-test clean
+.PHONY: help deps build test abi-check xenlib-check demo man bench fuzz fuzz-replay load xen-test clean
 
 help:
 	@echo "make demo       run the backend and frontend on the mock hypervisor, then a tour of the shell"
@@ -77,6 +77,11 @@ bench: $(BUILD)/xenpci-ref
 	@# release builds fail ("unknown build description").
 	$(SWIFT) build -c release --product xenpci-bench
 	.build/release/xenpci-bench --reference $(BUILD)/xenpci-ref --json $(BUILD)/bench.json $(BENCH_ARGS)
+
+# issue 8: 64 guests x 4 devices x 100,000 requests with hotplug and restarts.
+load:
+	$(SWIFT) build -c release --product xenpci-bench
+	.build/release/xenpci-bench --load $(LOAD_ARGS)
 
 clean:
 	rm -rf $(BUILD) .build

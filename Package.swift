@@ -39,7 +39,7 @@ let package = Package(
         // libFuzzer harness (`make fuzz`); built normally it replays corpora.
         .executableTarget(name: "xenpci-fuzz", dependencies: ["PCIBack", "XPCI", "XenMock"]),
         // issue 9: `make bench` (docs/PERFORMANCE.md); the C reference is bench/xenpci_ref.c.
-        .executableTarget(name: "xenpci-bench", dependencies: ["XenMock", "PCIBack", "XPCI"]),
+        .executableTarget(name: "xenpci-bench", dependencies: ["XenMock", "XenToolstack", "PCIBack", "XPCI"]),
         .testTarget(name: "XenPCIABITests", dependencies: ["XenPCIABI"]),
         .testTarget(name: "XenMockTests", dependencies: ["XenMock"]),
         .testTarget(name: "PCIModelTests", dependencies: ["PCIModel"]),

@@ -3,6 +3,7 @@ import PCIBack
 import PCIModel
 import XPCI
 import XenMock
+import XenToolstack
 
 /// One backend in dom0 and any number of frontends (dom1, dom2, ...) on the
 /// mock, with the toolstack's xenstore writes done as libxl does them (the
@@ -11,12 +12,14 @@ final class Rig {
     let hv = MockHypervisor()
     let back: PCIBack
     let ts: XenStore
+    let toolstack: XenToolstack
     let frontOptions: XPCIFrontend.Options
     private(set) var fronts: [XPCIFrontend] = []
 
     init(backOptions: PCIBack.Options = .init(), frontOptions: XPCIFrontend.Options = .init()) throws {
         let dom0 = hv.domain(0)
         ts = try dom0.openXenStore()
+        toolstack = XenToolstack(xenstore: ts, permissions: nil)
         back = try PCIBack(hypervisor: dom0, options: backOptions)
         self.frontOptions = frontOptions
         try back.start()
@@ -37,25 +40,7 @@ final class Rig {
     }
 
     func publish(_ g: DomID, _ addrs: [PCIAddress]) throws {
-        let b = "/local/domain/0/backend/pci/\(g)/0", f = "/local/domain/\(g)/device/pci/0"
-        try ts.transaction { t in
-            for (k, v) in [("backend", b), ("backend-id", "0"), ("state", "1")] { try ts.write(f + "/" + k, v, transaction: t) }
-            try ts.setPermissions(f, [XenstorePermission(g, .none), XenstorePermission(0, .read)], transaction: t)
-            for k in ["backend", "backend-id", "state"] {
-                try ts.setPermissions(f + "/" + k, [XenstorePermission(g, .none), XenstorePermission(0, .read)], transaction: t)
-            }
-            try ts.mkdir(b, transaction: t)
-            try ts.setPermissions(b, [XenstorePermission(0, .none), XenstorePermission(g, .read)], transaction: t)
-            for (k, v) in [("frontend", f), ("frontend-id", String(g)), ("online", "1"), ("num_devs", String(addrs.count))] {
-                try ts.write(b + "/" + k, v, transaction: t)
-            }
-            for (n, a) in addrs.enumerated() {
-                try ts.write(b + "/dev-\(n)", a.description, transaction: t)
-                try ts.write(b + "/opts-\(n)", "msitranslate=0,power_mgmt=0,permissive=0,rdm_policy=strict", transaction: t)
-                try ts.write(b + "/state-\(n)", "1", transaction: t)
-            }
-            try ts.write(b + "/state", "1", transaction: t)
-        }
+        try toolstack.attach(domid: g, devices: addrs)
     }
 
     func finish() {

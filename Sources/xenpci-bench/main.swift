@@ -52,6 +52,7 @@ struct Config {
     }
 }
 
+if CommandLine.arguments.dropFirst().first == "--load" { exit(runLoad(Array(CommandLine.arguments.dropFirst(2)))) }
 let cfg = Config(Array(CommandLine.arguments.dropFirst()))
 
 // MARK: results
