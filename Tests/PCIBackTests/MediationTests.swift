@@ -64,7 +64,7 @@ struct MediationTests {
         done(s)
     }
 
-    @Test("command: IO/MEM enable decode, clearing both stops mastering but never clears decode (XSA-120)")
+    @Test("XSA-120: command: IO/MEM enable decode, clearing both stops mastering but never clears decode")
     func commandRegister() throws {
         let s = try Self.setup()
         let hw = { UInt16(try s.dev.readConfig(4, 2)) }
@@ -271,7 +271,7 @@ struct MediationTests {
         #expect(s.dev.resetCount == 0, "a device the host uses is never reset")
     }
 
-    @Test("reset: golden state saved at claim and restored at release; bus mastering off (XSA-306)")
+    @Test("XSA-302/306: reset: golden state saved at claim and restored at release; bus mastering off")
     func goldenRestore() throws {
         let s = try Self.setup(Fixture.e1000, opts: "permissive=1")
         try s.dev.writeConfig(4, 2, 0x0007)

@@ -88,7 +88,7 @@ struct RequestTests {
         h.expectClean()
     }
 
-    @Test("MSI-X: nvec vectors out, entries untouched, value 0; refused when on, when MSI is on, with decode off, over 128, bad entries")
+    @Test("XSA-157: MSI-X: nvec vectors out, entries untouched, value 0; refused when on, when MSI is on, with decode off, over 128, bad entries")
     func msix() throws {
         let (h, f) = try connected([Fixture.virtioNet])
         let dev = try h.device(Fixture.virtioNet)
@@ -117,6 +117,59 @@ struct RequestTests {
         // XSA-157: MSI-X with memory decoding off.
         try dev.writeConfig(4, 2, try dev.readConfig(4, 2) & ~2)
         #expect(try f.send(msixOp(v00, entries: [0]))?.err == PCIOpError.opFailed.rawValue)
+        f.close()
+        h.expectClean()
+    }
+
+    @Test("XSA-157: random MSI/MSI-X op sequences follow the state machine and never leak or double-map pirqs")
+    func msiSequences() throws {
+        let (h, f) = try connected([Fixture.virtioNet, Fixture.ahci])
+        let virtio = try h.device(Fixture.virtioNet), ahci = try h.device(Fixture.ahci)
+        var rng = SystemRandomNumberGenerator()
+        // The model: which of MSI / MSI-X each device has on, and its pirq count.
+        var msixOn = false, msiOn = false, msixCount = 0
+        for step in 0..<400 {
+            let onVirtio = Bool.random(using: &rng)
+            let a = onVirtio ? v00 : PCIAddress(bus: 0, device: 1, function: 2) // AHCI is function 2; slot 1 here
+            let cmd = [PCIOpCommand.enableMSI, .disableMSI, .enableMSIX, .disableMSIX].randomElement(using: &rng)!
+            let n = Int.random(in: 1...4, using: &rng)
+            let op = cmd == .enableMSIX ? msixOp(a, entries: Array(0..<UInt16(n))) : xen_pci_op(command: cmd, address: a)
+            let r = try #require(try f.send(op))
+            let ok = r.err == 0
+            switch (cmd, onVirtio) {
+            case (.enableMSIX, true): #expect(ok == !msixOn, "step \(step)"); if ok { msixOn = true; msixCount = n }
+            case (.enableMSIX, false): #expect(!ok, "AHCI has no MSI-X")
+            case (.enableMSI, false): #expect(ok == !msiOn, "step \(step)"); if ok { msiOn = true }
+            case (.enableMSI, true): #expect(!ok, "virtio has no MSI")
+            case (.disableMSIX, true): #expect(ok); msixOn = false
+            case (.disableMSI, false): #expect(ok); msiOn = false
+            default: #expect(ok, "disabling what is off is harmless")
+            }
+            let pirqs = h.hv.leaks().filter { $0.contains("pirq") }.count
+            let want = (msiOn ? 1 : 0) + (msixOn ? msixCount : 0)
+            #expect(pirqs == want, "step \(step): \(pirqs) pirqs mapped, model says \(want)")
+            #expect((try virtio.readConfig(0x9A, 2) & 0x8000 != 0) == msixOn)
+            #expect((try ahci.readConfig(0x82, 2) & 1 != 0) == msiOn)
+        }
+        f.close()
+        h.expectClean()
+    }
+
+    @Test("XSA-302/306: a hot-removed device is quarantined: the former guest cannot reach it, it is reset, bus mastering off")
+    func quarantine() throws {
+        let (h, f) = try connected([Fixture.e1000, Fixture.virtioNet])
+        let dev = try h.device(Fixture.e1000)
+        #expect(try f.write(v00, 4, 2, 0x0006) == .success) // guest turns on memory and bus mastering
+        #expect(try dev.readConfig(4, 2) & 0x4 != 0)
+        let resets = dev.resetCount
+        try h.hotRemove(1, index: 0)
+        try f.setState(.reconfiguring)
+        #expect(h.waitBackend(1, .reconfigured))
+        #expect(try f.read(v00, 0, 4).0 == .devNotFound)
+        #expect(try f.write(v00, 4, 2, 0x0006) == .devNotFound)
+        #expect(dev.resetCount == resets + 1)
+        #expect(try dev.readConfig(4, 2) & 0x4 == 0, "no DMA from a released device")
+        #expect(h.back.listing().first { $0.address == Fixture.e1000 }?.guest == nil, "still held by pciback, owned by no guest")
         f.close()
         h.expectClean()
     }
