@@ -5,7 +5,7 @@ BUILD := build
 ABI_DIR := tools/abi-check
 TEST_DEPS := libxen-dev pciutils
 
-.PHONY: help deps build test abi-check xenlib-check demo man bench fuzz fuzz-replay load xen-test clean
+.PHONY: help deps build test abi-check xenlib-check demo man bench fuzz fuzz-replay load sanitize xen-test clean
 
 help:
 	@echo "make demo       run the backend and frontend on the mock hypervisor, then a tour of the shell"
@@ -77,6 +77,10 @@ bench: $(BUILD)/xenpci-ref
 	@# release builds fail ("unknown build description").
 	$(SWIFT) build -c release --product xenpci-bench
 	.build/release/xenpci-bench --reference $(BUILD)/xenpci-ref --json $(BUILD)/bench.json $(BENCH_ARGS)
+
+# The test suite under ThreadSanitizer and AddressSanitizer.
+sanitize:
+	@tools/sanitize.sh
 
 # issue 8: 64 guests x 4 devices x 100,000 requests with hotplug and restarts.
 load:

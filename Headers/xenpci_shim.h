@@ -34,6 +34,8 @@ void xenpci_complete_request(struct xen_pci_sharedinfo *sh, const struct xen_pci
 /* AER: snapshot and completion of aer_op, the same way. */
 void xenpci_snapshot_aer(const struct xen_pci_sharedinfo *sh, struct xen_pcie_aer_op *copy);
 void xenpci_post_aer(struct xen_pci_sharedinfo *sh, const struct xen_pcie_aer_op *op);
+/* Frontend: answer an AER request: store err, then clear XEN_PCIB_active (release). */
+void xenpci_complete_aer(struct xen_pci_sharedinfo *sh, int32_t err);
 
 void xenpci_barrier_full(void);
 

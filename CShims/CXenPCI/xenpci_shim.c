@@ -85,6 +85,12 @@ void xenpci_post_aer(struct xen_pci_sharedinfo *sh, const struct xen_pcie_aer_op
     xenpci_flags_set(sh, XEN_PCIB_active);
 }
 
+void xenpci_complete_aer(struct xen_pci_sharedinfo *sh, int32_t err)
+{
+    ((volatile struct xen_pcie_aer_op *)&sh->aer_op)->err = err;
+    xenpci_flags_clear(sh, XEN_PCIB_active);
+}
+
 #define ROW_T(t) { #t, NULL, 0, sizeof(struct t) }
 #define ROW_F(t, f) { #t, #f, offsetof(struct t, f), sizeof(((struct t *)0)->f) }
 

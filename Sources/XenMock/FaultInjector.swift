@@ -28,18 +28,31 @@ public final class FaultInjector: @unchecked Sendable {
         var times: Int           // failures left; Int.max = always
         var code: Int32
     }
+    // Its own lock: tests arm faults from their thread while the mock's
+    // calls check them under the hypervisor lock (always taken first).
+    private let lock = NSLock()
     private var rules: [Rule] = []
-    private(set) var counts: [MockOperation: Int] = [:]
-    private(set) public var injected = 0
-    var dropNotifications = 0
-    var dropAll = false
-    var delay: Duration?
+    private var counts: [MockOperation: Int] = [:]
+    private var injectedCount = 0
+    private var dropNotifications = 0
+    private var dropAll = false
+    private var delayBy: Duration?
+
+    private func locked<T>(_ body: () throws -> T) rethrows -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+
+    /// Faults injected so far.
+    public var injected: Int { locked { injectedCount } }
+    var delay: Duration? { locked { delayBy } }
 
     /// Fail the `nth` (1-based, counted from now) matching call of `op`,
     /// `times` times in a row (default once).
     public func fail(_ op: MockOperation, nth: Int = 1, errno code: Int32, domain: DomID? = nil, times: Int = 1) {
         precondition(nth >= 1)
-        rules.append(Rule(op: op, domain: domain, remainingBefore: nth - 1, times: times, code: code))
+        locked { rules.append(Rule(op: op, domain: domain, remainingBefore: nth - 1, times: times, code: code)) }
     }
 
     /// Every matching call fails until `reset`.
@@ -48,23 +61,25 @@ public final class FaultInjector: @unchecked Sendable {
     }
 
     /// Drop the next `count` event notifications (notify succeeds, nothing arrives).
-    public func dropEvents(_ count: Int) { dropNotifications += count }
-    public func dropAllEvents(_ on: Bool) { dropAll = on }
+    public func dropEvents(_ count: Int) { locked { dropNotifications += count } }
+    public func dropAllEvents(_ on: Bool) { locked { dropAll = on } }
     /// Deliver every notification `by` later (nil: at once).
-    public func delayEvents(by d: Duration?) { delay = d }
+    public func delayEvents(by d: Duration?) { locked { delayBy = d } }
 
-    public func reset() { rules.removeAll(); dropNotifications = 0; dropAll = false; delay = nil }
+    public func reset() { locked { rules.removeAll(); dropNotifications = 0; dropAll = false; delayBy = nil } }
 
-    public func count(_ op: MockOperation) -> Int { counts[op, default: 0] }
+    public func count(_ op: MockOperation) -> Int { locked { counts[op, default: 0] } }
 
     /// Called with the mock's lock held.
     func check(_ op: MockOperation, domain: DomID, _ detail: String) throws {
+        lock.lock()
+        defer { lock.unlock() }
         counts[op, default: 0] += 1
         for i in rules.indices where rules[i].op == op && (rules[i].domain == nil || rules[i].domain == domain) {
             if rules[i].remainingBefore > 0 { rules[i].remainingBefore -= 1; continue }
             guard rules[i].times > 0 else { continue }
             if rules[i].times != .max { rules[i].times -= 1 }
-            injected += 1
+            injectedCount += 1
             let code = rules[i].code
             rules.removeAll { $0.times == 0 }
             throw XenError(code, op.rawValue, detail.isEmpty ? "(injected fault)" : "\(detail) (injected fault)")
@@ -73,6 +88,8 @@ public final class FaultInjector: @unchecked Sendable {
 
     /// Called with the lock held for each notification: false = drop it.
     func shouldDeliver() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
         if dropAll { return false }
         if dropNotifications > 0 { dropNotifications -= 1; return false }
         return true

@@ -40,12 +40,7 @@ public struct SharedPage: @unchecked Sendable {
     public func postAER(_ op: xen_pcie_aer_op) { withUnsafePointer(to: op) { xenpci_post_aer(pointer, $0) } }
 
     /// Frontend answering an AER request: only `err` is written, then bit 2 cleared.
-    public func completeAER(err: Int32) {
-        withUnsafeMutablePointer(to: &pointer.pointee.aer_op.err) { p in
-            UnsafeMutableRawPointer(p).storeBytes(of: err, as: Int32.self)
-        }
-        clearFlags(XenPCI.backendActive)
-    }
+    public func completeAER(err: Int32) { xenpci_complete_aer(pointer, err) }
 }
 
 extension xen_pci_op {

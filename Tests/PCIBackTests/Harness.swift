@@ -36,7 +36,9 @@ final class Harness {
     let toolstack: XenStore
     let back: PCIBack
     var opened: [PCIAddress: SysfsPCIDevice] = [:]
-    var events: [PCIBack.Event] = []
+    private var recorded: [PCIBack.Event] = []
+    /// Events so far (the backend's thread appends).
+    var events: [PCIBack.Event] { eventLock.lock(); defer { eventLock.unlock() }; return recorded }
     let eventLock = NSLock()
 
     init(options: PCIBack.Options = .init(), guests: [DomID] = [1], start: Bool = true) throws {
@@ -44,7 +46,7 @@ final class Harness {
         for g in guests { _ = hv.domain(g) }
         toolstack = try dom0.openXenStore()
         back = try PCIBack(hypervisor: dom0, options: options)
-        back.onEvent = { [unowned self] e in eventLock.lock(); events.append(e); eventLock.unlock() }
+        back.onEvent = { [unowned self] e in eventLock.lock(); recorded.append(e); eventLock.unlock() }
         if start { try back.start() }
     }
 

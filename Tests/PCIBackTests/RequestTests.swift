@@ -211,7 +211,9 @@ struct RequestTests {
         h.expectClean()
     }
 
-    @Test("XSA-155: the request is read once; a guest rewriting it meanwhile gets a reply consistent with one snapshot")
+    @Test("XSA-155: the request is read once; a guest rewriting it meanwhile gets a reply consistent with one snapshot",
+          .disabled(if: ProcessInfo.processInfo.environment["XENPCI_SANITIZER"] == "thread",
+                    "the guest thread races on the shared page on purpose; ThreadSanitizer would report the race it simulates"))
     func doubleFetch() throws {
         let (h, f) = try connected([Fixture.e1000])
         let dev = try h.device(Fixture.e1000)

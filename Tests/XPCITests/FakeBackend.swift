@@ -83,7 +83,9 @@ final class FakeBackend: @unchecked Sendable {
     /// Guest-visible address -> function (exported or waiting to be).
     var pool: [PCIAddress: FakeDevice]
     var exported: Set<PCIAddress> = []
-    var requests = 0
+    private var served = 0
+    /// Requests answered so far (read from the test thread, written by the backend's).
+    var requests: Int { lock.lock(); defer { lock.unlock() }; return served }
     var nextPirq: UInt32 = 40
 
     let xs: XenStore
@@ -91,7 +93,13 @@ final class FakeBackend: @unchecked Sendable {
     let gt: GrantTable
     var mapping: GrantMapping?
     var port: EvtchnPort = 0
-    var state: XenState = .initialising
+    private let stateLock = NSLock()
+    private var currentState: XenState = .initialising
+    /// The backend state it last wrote (read by tests while its thread runs).
+    var state: XenState {
+        get { stateLock.lock(); defer { stateLock.unlock() }; return currentState }
+        set { stateLock.lock(); currentState = newValue; stateLock.unlock() }
+    }
     let stopFD = xenpci_eventfd_open()
     var thread: Thread?
     let done = DispatchSemaphore(value: 0)
@@ -264,7 +272,7 @@ final class FakeBackend: @unchecked Sendable {
     func answer(_ req: xen_pci_op) -> xen_pci_op {
         lock.lock()
         defer { lock.unlock() }
-        requests += 1
+        served += 1
         var r = req
         r.value = 0
         func fail(_ e: PCIOpError) -> xen_pci_op { r.err = e.rawValue; return r }
