@@ -220,7 +220,9 @@ struct RequestTests {
         let vendor = try dev.readConfig(0, 4), rev = try dev.readConfig(8, 4)
         let stop = ManagedAtomicFlag()
         let page = f.page
+        let joined = DispatchSemaphore(value: 0)
         let t = Thread {
+            defer { joined.signal() }
             var flip = false
             while !stop.isSet {
                 page.pointer.pointee.op.offset = flip ? 0 : 8 // both valid: reply must match one
@@ -235,6 +237,7 @@ struct RequestTests {
                     "err \(r.err) value \(hex(r.value, 8))")
         }
         stop.set()
+        joined.wait() // the writer must be gone before the page is
         f.close()
         h.expectClean()
     }
