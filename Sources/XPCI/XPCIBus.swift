@@ -114,7 +114,13 @@ extension XPCIFrontend {
         var f = PCIFunction(address: a, config: config)
         f.bars = try sizeBARs(a, config)
         f.rom = try sizeROM(a, config)
-        if options.enableDecodeOnScan { try enableDecode(&f) }
+        if options.enableDecodeOnScan {
+            // Optional: a backend may refuse it (a function it exports
+            // read-only); the function is still usable, so it stays on the bus.
+            do { try enableDecode(&f) } catch XPCIError.backend(.accessDenied, let op, let at) {
+                emit(.error(.backend(.accessDenied, op: op, address: at)))
+            }
+        }
         return f
     }
 

@@ -43,6 +43,20 @@ struct BusTests {
         #expect(d.lspciDescription.contains("I/O ports at c000 [size=32]"))
     }
 
+    @Test("a backend refusing the decode enable (read-only export) does not take the function off the bus")
+    func decodeRefused() throws {
+        let rig = Rig()
+        defer { rig.finish() }
+        var behaviour = Behaviour()
+        behaviour.corrupt = { req, reply in
+            if req.cmd == PCIOpCommand.confWrite.rawValue && req.offset == Int32(PCIReg.command) { reply.err = PCIOpError.accessDenied.rawValue }
+        }
+        let (f, _) = try rig.connected(behaviour)
+        let d = try #require(f.device(addr("00:01.0")), "the function is listed although its decode enable was refused")
+        #expect(d.command & (PCICommand.io | PCICommand.memory) == 0)
+        #expect(d.bars.count == 3)
+    }
+
     @Test("enableDecodeOnScan off leaves the command register alone")
     func noDecode() throws {
         let rig = Rig()
