@@ -47,6 +47,7 @@ test: deps
 	@$(MAKE) --no-print-directory abi-check xenlib-check
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	@$(MAKE) --no-print-directory fuzz-replay
 
 DEMO_ARGS ?= --tour
 xen-test:

@@ -45,7 +45,7 @@ let package = Package(
         .testTarget(name: "PCIModelTests", dependencies: ["PCIModel"]),
         .testTarget(name: "PCIBackTests", dependencies: ["PCIBack", "XenMock"]),
         .testTarget(name: "XPCITests", dependencies: ["XPCI", "XenMock"]),
-        .testTarget(name: "PairTests", dependencies: ["PCIBack", "XPCI", "XenMock"]),
+        .testTarget(name: "PairTests", dependencies: ["PCIBack", "XPCI", "XenMock", "XenToolstack"]),
         .testTarget(name: "CLITests", dependencies: ["xenpci", "PCIBack", "XPCI", "XenMock"]),
         .testTarget(name: "XenRealTests", dependencies: ["XenReal", "XenToolstack", "XenMock"]),
     ],

@@ -13,7 +13,7 @@ public enum MockOperation: String, CaseIterable, Sendable {
     case grantMap = "gnttab map", grantUnmap = "gnttab unmap"
     case grantShare = "gntshr share", grantEndAccess = "gntshr end-access"
     case openXenStore = "open xenstore", openEventChannels = "open evtchn"
-    case openGrantTable = "open gnttab", openGrantSharing = "open gntshr"
+    case openGrantTable = "open gnttab", openGrantSharing = "open gntshr", openInterruptRouting = "open physdev"
     case pirqMap = "physdev map-pirq", pirqUnmap = "physdev unmap-pirq"
 }
 

@@ -3,19 +3,10 @@ import XenHypervisor
 
 /// One domain's event channel handle. Ports are numbered per domain from 1,
 /// lowest free first, as Xen allocates them.
-final class MockEventChannels: EventChannels, @unchecked Sendable {
-    unowned let hv: MockHypervisor
-    let id: Int
-    let dom: DomID
+final class MockEventChannels: MockHandle, EventChannels, @unchecked Sendable {
     private var ready: [EvtchnPort] = []
     private let signal = ReadySignal()
-    private var closed = false
 
-    init(hv: MockHypervisor, id: Int, dom: DomID) {
-        self.hv = hv
-        self.id = id
-        self.dom = dom
-    }
 
     var fileDescriptor: Int32 { signal.fd }
 

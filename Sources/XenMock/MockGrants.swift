@@ -3,17 +3,8 @@ import XenHypervisor
 
 /// Pages a domain shares (gntshr). Refs start at 8, as the first refs are
 /// reserved on real guests.
-final class MockGrantSharing: GrantSharing, @unchecked Sendable {
-    unowned let hv: MockHypervisor
-    let id: Int
-    let dom: DomID
-    private var closed = false
+final class MockGrantSharing: MockHandle, GrantSharing, @unchecked Sendable {
 
-    init(hv: MockHypervisor, id: Int, dom: DomID) {
-        self.hv = hv
-        self.id = id
-        self.dom = dom
-    }
 
     func share(with domain: DomID, writable: Bool) throws -> SharedGrant {
         try hv.locked {
@@ -57,17 +48,8 @@ final class MockGrantSharing: GrantSharing, @unchecked Sendable {
 }
 
 /// Foreign pages mapped by a domain (gnttab).
-final class MockGrantTable: GrantTable, @unchecked Sendable {
-    unowned let hv: MockHypervisor
-    let id: Int
-    let dom: DomID
-    private var closed = false
+final class MockGrantTable: MockHandle, GrantTable, @unchecked Sendable {
 
-    init(hv: MockHypervisor, id: Int, dom: DomID) {
-        self.hv = hv
-        self.id = id
-        self.dom = dom
-    }
 
     func map(domain: DomID, ref: GrantRef, writable: Bool) throws -> GrantMapping {
         try hv.locked {

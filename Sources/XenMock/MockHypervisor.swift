@@ -209,47 +209,34 @@ public final class MockDomain: Hypervisor, @unchecked Sendable {
 
     public func domid() throws -> DomID { id }
 
-    public func openXenStore() throws -> XenStore {
+    /// Opens a handle: the fault check first, then it is registered for the leak check.
+    private func open<H: MockHandle>(_ op: MockOperation, _ make: (MockHypervisor, Int, DomID) -> H,
+                                     _ register: (MockHypervisor, H) -> Void) throws -> H {
         try hypervisor.locked {
-            try hypervisor.faults.check(.openXenStore, domain: id, "")
-            let c = MockXenStore(hv: hypervisor, id: hypervisor.newHandleID(), dom: id)
-            hypervisor.connections[c.id] = c
-            return c
+            try hypervisor.faults.check(op, domain: id, "")
+            let h = make(hypervisor, hypervisor.newHandleID(), id)
+            register(hypervisor, h)
+            return h
         }
+    }
+
+    public func openXenStore() throws -> XenStore {
+        try open(.openXenStore, MockXenStore.init) { $0.connections[$1.id] = $1 }
     }
 
     public func openEventChannels() throws -> EventChannels {
-        try hypervisor.locked {
-            try hypervisor.faults.check(.openEventChannels, domain: id, "")
-            let h = MockEventChannels(hv: hypervisor, id: hypervisor.newHandleID(), dom: id)
-            hypervisor.evtchnHandles[h.id] = h
-            return h
-        }
+        try open(.openEventChannels, MockEventChannels.init) { $0.evtchnHandles[$1.id] = $1 }
     }
 
     public func openGrantTable() throws -> GrantTable {
-        try hypervisor.locked {
-            try hypervisor.faults.check(.openGrantTable, domain: id, "")
-            let h = MockGrantTable(hv: hypervisor, id: hypervisor.newHandleID(), dom: id)
-            hypervisor.gnttabHandles[h.id] = h
-            return h
-        }
-    }
-
-    public func openInterruptRouting() throws -> InterruptRouting {
-        try hypervisor.locked {
-            let h = MockInterruptRouting(hv: hypervisor, id: hypervisor.newHandleID(), dom: id)
-            hypervisor.routingHandles[h.id] = h
-            return h
-        }
+        try open(.openGrantTable, MockGrantTable.init) { $0.gnttabHandles[$1.id] = $1 }
     }
 
     public func openGrantSharing() throws -> GrantSharing {
-        try hypervisor.locked {
-            try hypervisor.faults.check(.openGrantSharing, domain: id, "")
-            let h = MockGrantSharing(hv: hypervisor, id: hypervisor.newHandleID(), dom: id)
-            hypervisor.gntshrHandles[h.id] = h
-            return h
-        }
+        try open(.openGrantSharing, MockGrantSharing.init) { $0.gntshrHandles[$1.id] = $1 }
+    }
+
+    public func openInterruptRouting() throws -> InterruptRouting {
+        try open(.openInterruptRouting, MockInterruptRouting.init) { $0.routingHandles[$1.id] = $1 }
     }
 }

@@ -2,17 +2,8 @@ import Foundation
 import XenHypervisor
 
 /// Pirqs handed out per guest, from 32 up, tracked for the leak check.
-final class MockInterruptRouting: InterruptRouting, @unchecked Sendable {
-    unowned let hv: MockHypervisor
-    let id: Int
-    let dom: DomID
-    private var closed = false
+final class MockInterruptRouting: MockHandle, InterruptRouting, @unchecked Sendable {
 
-    init(hv: MockHypervisor, id: Int, dom: DomID) {
-        self.hv = hv
-        self.id = id
-        self.dom = dom
-    }
 
     func mapMSI(device: PCIAddress, guest: DomID, count: Int, msix: Bool) throws -> [UInt32] {
         try hv.locked {

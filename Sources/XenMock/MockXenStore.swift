@@ -3,19 +3,10 @@ import XenHypervisor
 
 /// A xenstore connection of one domain. Relative paths resolve against the
 /// domain's home, `/local/domain/<id>`, as with xenstored.
-final class MockXenStore: XenStore, @unchecked Sendable {
-    unowned let hv: MockHypervisor
-    let id: Int
-    let dom: DomID
+final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
     private var queue: [XenstoreWatchEvent] = []
     private let signal = ReadySignal()
-    private var closed = false
 
-    init(hv: MockHypervisor, id: Int, dom: DomID) {
-        self.hv = hv
-        self.id = id
-        self.dom = dom
-    }
 
     var fileDescriptor: Int32 { signal.fd }
 

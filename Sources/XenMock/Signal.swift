@@ -26,3 +26,18 @@ final class ReadySignal {
 
     deinit { Foundation.close(fd) }
 }
+
+/// What every handle a domain opens has: its hypervisor, a number for the
+/// leak report, its domain, and whether it was closed (as a closed fd).
+class MockHandle: @unchecked Sendable {
+    unowned let hv: MockHypervisor
+    let id: Int
+    let dom: DomID
+    var closed = false
+
+    init(hv: MockHypervisor, id: Int, dom: DomID) {
+        self.hv = hv
+        self.id = id
+        self.dom = dom
+    }
+}

@@ -4,6 +4,7 @@ import PCIBack
 import PCIModel
 import XPCI
 import XenMock
+import XenToolstack
 
 /// One full life: connect, hot-add, hot-remove, frontend reconnect, teardown.
 /// Every step tolerates failure (a fault may break it); afterwards nothing
@@ -30,8 +31,9 @@ struct FaultScenario {
             for d in devs { do { try b.claim(d) } catch { note(error) } }
             try b.start()
         } catch { note(error) }
-        let pair = ToolstackWriter(ts: ts)
-        do { try pair.create(1, [e1000]) } catch { note(error) }
+        let toolstack = XenToolstack(xenstore: ts, permissions: nil)
+        toolstack.timeout = .milliseconds(500)
+        do { try toolstack.attach(domid: 1, devices: [e1000]) } catch { note(error) }
         var front: XPCIFrontend?
         do {
             let f = try XPCIFrontend(hypervisor: guest, options: .init(requestTimeout: .milliseconds(150), connectTimeout: .milliseconds(400)))
@@ -42,11 +44,11 @@ struct FaultScenario {
         } catch { note(error) }
         do {
             let added = PCIAddress(bus: 0, device: 1, function: 0)
-            try pair.hot(1, add: virtio)
+            try toolstack.attach(domid: 1, devices: [virtio])
             waitFor(.milliseconds(500)) { front?.device(added) != nil && front?.state == .connected }
             // MSI-X left on: teardown must unmap the pirqs.
             _ = try front?.enableMSIX(added, entries: [0, 1])
-            try pair.hot(1, remove: 0)
+            try toolstack.detach(domid: 1, devices: [e1000])
             waitFor(.milliseconds(500)) { front?.device(PCIAddress(bus: 0, device: 0, function: 0)) == nil && front?.state == .connected }
         } catch { note(error) }
         if let f = front {
@@ -62,42 +64,6 @@ struct FaultScenario {
         out.errors += events.value
         events.mutate { $0.removeAll() }
         return out
-    }
-}
-
-/// The toolstack's xenstore writes (as in PairTests), without expectations.
-struct ToolstackWriter {
-    let ts: XenStore
-    func create(_ g: DomID, _ addrs: [PCIAddress]) throws {
-        let b = "/local/domain/0/backend/pci/\(g)/0", f = "/local/domain/\(g)/device/pci/0"
-        try ts.transaction { t in
-            for (k, v) in [("backend", b), ("backend-id", "0"), ("state", "1")] { try ts.write(f + "/" + k, v, transaction: t) }
-            try ts.setPermissions(f, [XenstorePermission(g, .none), XenstorePermission(0, .read)], transaction: t)
-            try ts.mkdir(b, transaction: t)
-            try ts.setPermissions(b, [XenstorePermission(0, .none), XenstorePermission(g, .read)], transaction: t)
-            for (k, v) in [("frontend", f), ("frontend-id", String(g)), ("online", "1"), ("num_devs", String(addrs.count))] {
-                try ts.write(b + "/" + k, v, transaction: t)
-            }
-            for (n, a) in addrs.enumerated() {
-                try ts.write(b + "/dev-\(n)", a.description, transaction: t)
-                try ts.write(b + "/state-\(n)", "1", transaction: t)
-            }
-            try ts.write(b + "/state", "1", transaction: t)
-        }
-    }
-
-    func hot(_ g: DomID, add a: PCIAddress? = nil, remove index: Int? = nil) throws {
-        let b = "/local/domain/0/backend/pci/\(g)/0"
-        try ts.transaction { t in
-            if let a {
-                let n = Int(try ts.read(b + "/num_devs", transaction: t)) ?? 0
-                try ts.write(b + "/dev-\(n)", a.description, transaction: t)
-                try ts.write(b + "/state-\(n)", "1", transaction: t)
-                try ts.write(b + "/num_devs", String(n + 1), transaction: t)
-            }
-            if let index { try ts.write(b + "/state-\(index)", "5", transaction: t) }
-            try ts.write(b + "/state", "7", transaction: t)
-        }
     }
 }
 

@@ -4,6 +4,7 @@ import PCIBack
 import PCIModel
 import XPCI
 import XenMock
+import XenToolstack
 
 let fixtureRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .appendingPathComponent("Fixtures/qemu-q35").path
@@ -14,12 +15,15 @@ final class Pair {
     let hv = MockHypervisor()
     let back: PCIBack
     let ts: XenStore
+    let toolstack: XenToolstack
     var devices: [PCIAddress: SysfsPCIDevice] = [:]
     var fronts: [DomID: XPCIFrontend] = [:]
 
     init(_ addrs: [PCIAddress], options: PCIBack.Options = .init(), guests: [DomID: [PCIAddress]]? = nil) throws {
         let dom0 = hv.domain(0)
         ts = try dom0.openXenStore()
+        toolstack = XenToolstack(xenstore: ts, permissions: nil)
+        toolstack.timeout = .seconds(5)
         back = try PCIBack(hypervisor: dom0, options: options)
         for a in addrs {
             let d = try SysfsPCIDevice(root: fixtureRoot, address: a, inMemory: true)
@@ -40,41 +44,13 @@ final class Pair {
     var front: XPCIFrontend { fronts[1]! }
     func be(_ g: DomID) -> String { "/local/domain/0/backend/pci/\(g)/0" }
 
-    func create(_ g: DomID, _ addrs: [PCIAddress]) throws {
-        let b = be(g), f = "/local/domain/\(g)/device/pci/0"
-        try ts.transaction { t in
-            for (k, v) in [("backend", b), ("backend-id", "0"), ("state", "1")] { try ts.write(f + "/" + k, v, transaction: t) }
-            try ts.setPermissions(f, [XenstorePermission(g, .none), XenstorePermission(0, .read)], transaction: t)
-            for k in ["backend", "backend-id", "state"] {
-                try ts.setPermissions(f + "/" + k, [XenstorePermission(g, .none), XenstorePermission(0, .read)], transaction: t)
-            }
-            try ts.mkdir(b, transaction: t)
-            try ts.setPermissions(b, [XenstorePermission(0, .none), XenstorePermission(g, .read)], transaction: t)
-            for (k, v) in [("frontend", f), ("frontend-id", String(g)), ("online", "1"), ("num_devs", String(addrs.count))] {
-                try ts.write(b + "/" + k, v, transaction: t)
-            }
-            for (n, a) in addrs.enumerated() {
-                try ts.write(b + "/dev-\(n)", a.description, transaction: t)
-                try ts.write(b + "/opts-\(n)", "msitranslate=0,power_mgmt=0,permissive=0,rdm_policy=strict", transaction: t)
-                try ts.write(b + "/state-\(n)", "1", transaction: t)
-            }
-            try ts.write(b + "/state", "1", transaction: t)
-        }
-    }
+    /// libxl's part, as `xl create` with `pci=[...]` would do it.
+    func create(_ g: DomID, _ addrs: [PCIAddress]) throws { try toolstack.attach(domid: g, devices: addrs) }
 
-    func hot(_ g: DomID, add a: PCIAddress? = nil, remove index: Int? = nil) throws {
-        let b = be(g)
-        try ts.transaction { t in
-            if let a {
-                let n = Int(try ts.read(b + "/num_devs", transaction: t))!
-                try ts.write(b + "/dev-\(n)", a.description, transaction: t)
-                try ts.write(b + "/opts-\(n)", "permissive=0", transaction: t)
-                try ts.write(b + "/state-\(n)", "1", transaction: t)
-                try ts.write(b + "/num_devs", String(n + 1), transaction: t)
-            }
-            if let index { try ts.write(b + "/state-\(index)", "5", transaction: t) }
-            try ts.write(b + "/state", "7", transaction: t)
-        }
+    /// `xl pci-attach` / `xl pci-detach`: returns when the backend is Connected again.
+    func hot(_ g: DomID, add a: PCIAddress? = nil, remove r: PCIAddress? = nil) throws {
+        if let a { try toolstack.attach(domid: g, devices: [a]) }
+        if let r { try toolstack.detach(domid: g, devices: [r]) }
     }
 
     func backendState(_ g: DomID) -> String? { (try? ts.readIfPresent(be(g) + "/state")) ?? nil }
@@ -173,7 +149,7 @@ struct PairTests {
         #expect(waitUntil("connected again") { p.front.state == .connected && p.backendState(1) == "4" })
         #expect(p.front.device(PCIAddress(bus: 0, device: 1, function: 0))?.vendorID == 0x1af4)
         let resets = p.devices[e1000]!.resetCount
-        try p.hot(1, remove: 0)
+        try p.hot(1, remove: e1000)
         #expect(waitUntil("e1000 disappears") { p.front.devices.map(\.vendorID) == [0x1af4] })
         #expect(waitUntil("connected again") { p.front.state == .connected && p.backendState(1) == "4" })
         #expect(p.devices[e1000]!.resetCount == resets + 1)
