@@ -22,6 +22,20 @@ enum FuzzTarget: String, CaseIterable {
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 let e1000 = try! SysfsPCIDevice(root: repoRoot + "/Tests/Fixtures/qemu-q35", address: PCIAddress(bus: 0, device: 3, function: 0), inMemory: true)
 
+/// dom1's frontend and backend directories as a toolstack would write them,
+/// but with the backend keys given raw (fuzzed values included).
+func writeDirectories(_ ts: XenStore, backend keys: [(String, String)]) -> (backend: String, frontend: String) {
+    let b = "/local/domain/0/backend/pci/1/0", fe = "/local/domain/1/device/pci/0"
+    try! ts.transaction { t in
+        for (k, v) in [("backend", b), ("backend-id", "0"), ("state", "1")] { try ts.write(fe + "/" + k, v, transaction: t) }
+        try ts.setPermissions(fe, [XenstorePermission(1, .none), XenstorePermission(0, .read)], transaction: t)
+        try ts.mkdir(b, transaction: t)
+        try ts.setPermissions(b, [XenstorePermission(0, .none), XenstorePermission(1, .read)], transaction: t)
+        for (k, v) in [("frontend", fe), ("frontend-id", "1")] + keys { try ts.write(b + "/" + k, v, transaction: t) }
+    }
+    return (b, fe)
+}
+
 /// Splits input into fields at 0x00 bytes.
 func fields(_ data: [UInt8], _ n: Int) -> [String?] {
     var parts = data.split(separator: 0, maxSplits: n - 1, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
@@ -56,20 +70,8 @@ func fuzzXenstore(_ data: [UInt8]) {
     let back = try! PCIBack(hypervisor: dom0)
     try! back.claim(MemoryPCIDevice(copying: e1000, as: PCIAddress(bus: 0, device: 3, function: 0)))
     try! back.start()
-    let b = "/local/domain/0/backend/pci/1/0", fe = "/local/domain/1/device/pci/0"
-    try! ts.transaction { t in
-        try ts.write(fe + "/backend", b, transaction: t)
-        try ts.write(fe + "/backend-id", "0", transaction: t)
-        try ts.write(fe + "/state", "1", transaction: t)
-        try ts.setPermissions(fe, [XenstorePermission(1, .none), XenstorePermission(0, .read)], transaction: t)
-        try ts.write(b + "/frontend", fe, transaction: t)
-        try ts.write(b + "/frontend-id", "1", transaction: t)
-        try ts.write(b + "/num_devs", f[3] ?? "1", transaction: t)
-        try ts.write(b + "/dev-0", f[4] ?? "0000:00:03.0", transaction: t)
-        try ts.write(b + "/state-0", f[5] ?? "1", transaction: t)
-        try ts.write(b + "/opts-0", f[6] ?? "permissive=0", transaction: t)
-        try ts.write(b + "/state", "1", transaction: t)
-    }
+    let (b, fe) = writeDirectories(ts, backend: [("num_devs", f[3] ?? "1"), ("dev-0", f[4] ?? "0000:00:03.0"),
+                                                 ("state-0", f[5] ?? "1"), ("opts-0", f[6] ?? "permissive=0"), ("state", "1")])
     // The guest: a page, a port, and its three keys (fuzzed where given).
     let xs = try! guest.openXenStore(), gs = try! guest.openGrantSharing(), ev = try! guest.openEventChannels()
     let g = try! gs.share(with: 0, writable: true)
@@ -127,17 +129,7 @@ func fuzzFrontend(_ data: [UInt8]) {
     let hv = MockHypervisor()
     let dom0 = hv.domain(0), guest = hv.domain(1)
     let ts = try! dom0.openXenStore()
-    let b = "/local/domain/0/backend/pci/1/0", fe = "/local/domain/1/device/pci/0"
-    try! ts.transaction { t in
-        try ts.write(fe + "/backend", b, transaction: t)
-        try ts.write(fe + "/backend-id", "0", transaction: t)
-        try ts.write(fe + "/state", "1", transaction: t)
-        try ts.setPermissions(fe, [XenstorePermission(1, .none), XenstorePermission(0, .read)], transaction: t)
-        try ts.write(b + "/frontend", fe, transaction: t)
-        try ts.write(b + "/frontend-id", "1", transaction: t)
-        try ts.write(b + "/state", "2", transaction: t)
-        try ts.setPermissions(b, [XenstorePermission(0, .none), XenstorePermission(1, .read)], transaction: t)
-    }
+    let (b, fe) = writeDirectories(ts, backend: [("state", "2")])
     let front = try! XPCIFrontend(hypervisor: guest, options: .init(requestTimeout: .milliseconds(20), connectTimeout: .milliseconds(120)))
     try! front.attach()
     // The lying backend: maps, binds, publishes fuzzed roots, answers every request from the fuzz stream.
