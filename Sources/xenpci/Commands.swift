@@ -152,17 +152,25 @@ struct Frontend: ParsableCommand {
     var script: String?
     @Option(help: "device/pci/<instance> (default 0).")
     var instance: Int = 0
+    @Option(help: ArgumentHelp("How long to wait for the backend to connect (the bus scan included), in seconds.", valueName: "SECONDS"))
+    var timeout: Int = 60
+    @Option(help: ArgumentHelp("How long one request waits for the backend's reply, in seconds.", valueName: "SECONDS"))
+    var requestTimeout: Int = 10
     @Flag(help: "Listings as JSON.")
     var json = false
 
     func run() throws {
         guard instance >= 0 else { throw CLIError.usage("--instance \(instance) is negative") }
+        guard timeout > 0, requestTimeout > 0 else { throw CLIError.usage("--timeout and --request-timeout must be positive") }
         let input = try LineInput.open(script: script)
         guard hypervisor == .xen else {
             throw CLIError.usage("frontend: the mock hypervisor lives inside one process; 'xenpci demo' runs the frontend and this shell on it")
         }
         let hv = try openXenHypervisor()
-        let front = try XPCIFrontend(hypervisor: hv, options: .init(instance: instance))
+        // A whole bus is read while connecting: under emulation (QEMU TCG)
+        // that takes seconds, so the waits are longer than the library's.
+        let front = try XPCIFrontend(hypervisor: hv, options: .init(requestTimeout: .seconds(requestTimeout),
+                                                                    connectTimeout: .seconds(timeout), instance: instance))
         try front.attach()
         defer { try? front.detach() }
         try front.waitConnected()
