@@ -171,9 +171,11 @@ struct Frontend: ParsableCommand {
         // that takes seconds, so the waits are longer than the library's.
         let front = try XPCIFrontend(hypervisor: hv, options: .init(requestTimeout: .seconds(requestTimeout),
                                                                     connectTimeout: .seconds(timeout), instance: instance))
+        let t0 = ContinuousClock.now
         try front.attach()
         defer { try? front.detach() }
         try front.waitConnected()
+        Console.standard.err("[xpci] \(front.frontendPath) connected to \(front.backendPath) in \(ContinuousClock.now - t0): \(front.devices.count) function(s)")
         let shell = Shell(frontend: front, host: nil, console: .standard, json: json)
         let status = shell.run(source: input.name, interactive: input.interactive, echo: false, next: input.next)
         if status != 0 { throw ExitCode(status) }
