@@ -30,6 +30,8 @@ wait_guest $G '^@@XT net done' 60 > /dev/null || fail "the guest did not finish 
 net=$(tr -d '\r' < "$(guest_log $G)" | grep '^@@XT net if=' | grep 'driver=e1000' | head -n1)
 [ -n "$net" ] || fail "e1000 did not bind in the guest (no network interface)"
 ev "guest: ${net#@@XT net }"
+irq=$(tr -d '\r' < "$(guest_log $G)" | grep '^@@XT irq ' | head -n1)
+ev "guest interrupts after link up: ${irq#@@XT irq } (dom0 sysfs irq of $(echo $OURS_BDFS | cut -d' ' -f1): $(cat /sys/bus/pci/devices/$(echo $OURS_BDFS | cut -d' ' -f1)/irq))"
 if r=$(wait_guest $G '^@@XT rate ' 120); then
     echo "${r#@@XT rate }" > /tmp/xt/rate-ours
     ev "config reads through xenpci backend: ${r#@@XT rate }"
