@@ -43,8 +43,8 @@ struct RealXenPathTests {
         try back.claim(dev)
         var bytes = [UInt8](FileManager.default.contents(atPath: config)!)
         #expect(bytes[4] & 0x04 == 0, "bus master off after claim")
-        bytes[0x0C] = 0x10 // a guest's cache line write reached the file
-        FileManager.default.createFile(atPath: config, contents: Data(bytes))
+        try dev.writeConfig(0x0C, 1, 0x10) // a guest's cache line write reached the "hardware"
+        #expect([UInt8](FileManager.default.contents(atPath: config)!)[0x0C] == 0x10)
         try back.release(a)
         bytes = [UInt8](FileManager.default.contents(atPath: config)!)
         #expect(bytes[0x0C] == 0, "golden cache line back")
