@@ -23,13 +23,23 @@ final class XenBackendHost {
         back.onEvent = { [unowned self] e in self.console.err(describe(e, listing: self.back.listing())) }
     }
 
+    /// Functions this process enabled in dom0 (sysfs `enable`), disabled again at stop.
+    private var enabled: [PCIAddress] = []
+
     /// Claims what the hide list names (all of it, or nothing).
     func claim(hide: String) throws {
         let available = try listSysfsDevices(root: sysfsRoot)
-        let chosen = try back.claim(hideList: hide, from: available) { a in
-            try SysfsPCIDevice(root: self.sysfsRoot, address: a, inMemory: false)
+        let chosen: [PCIAddress]
+        do {
+            chosen = try back.claim(hideList: hide, from: available) { a in
+                self.enableInDom0(a)
+                return try SysfsPCIDevice(root: self.sysfsRoot, address: a, inMemory: false)
+            }
+        } catch {
+            disableInDom0()
+            throw error
         }
-        guard !chosen.isEmpty else { throw CLIError.failure("no device to export (the hide list selects none)") }
+        guard !chosen.isEmpty else { disableInDom0(); throw CLIError.failure("no device to export (the hide list selects none)") }
         for i in back.listing() {
             console.err("[dom0 pciback] claimed \(i.address) \(hex(i.vendorID, 4)):\(hex(i.deviceID, 4)) irq \(i.irq)\(i.driver.map { " (held by \($0))" } ?? "")")
         }
@@ -38,7 +48,40 @@ final class XenBackendHost {
     func start() throws { try back.start() }
 
     /// Guests told Closing, grants unmapped, ports unbound, devices reset and released.
-    func stop() { back.stop() }
+    func stop() {
+        back.stop()
+        disableInDom0()
+    }
+
+    /// What Linux's pciback gets from pci_enable_device() (at bind, and when
+    /// the guest turns decoding on): ACPI routes the function's INTx pin to
+    /// its GSI, dom0 sets that GSI up in Xen, and sysfs `irq` becomes the GSI
+    /// (before, it is the firmware's interrupt line: a legacy IRQ the pin is
+    /// not wired to). The toolstack maps that irq as the guest's pirq and the
+    /// interrupt line the guest reads is it. Only for a function no driver
+    /// holds (the kernel refuses otherwise; a stub driver enabled it itself).
+    private func enableInDom0(_ a: PCIAddress) {
+        let dir = "\(sysfsRoot)/bus/pci/devices/\(a)"
+        guard (try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/driver")) == nil,
+              (try? String(contentsOfFile: dir + "/enable", encoding: .utf8))?.hasPrefix("0") == true else { return }
+        if writeSysfs(dir + "/enable", "1") {
+            enabled.append(a)
+            let irq = (try? String(contentsOfFile: dir + "/irq", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+            console.err("[dom0 pciback] \(a): enabled in dom0 for its interrupt routing (irq \(irq))")
+        }
+    }
+
+    private func disableInDom0() {
+        for a in enabled.reversed() { _ = writeSysfs("\(sysfsRoot)/bus/pci/devices/\(a)/enable", "0") }
+        enabled = []
+    }
+
+    private func writeSysfs(_ path: String, _ value: String) -> Bool {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return write(fd, value, value.utf8.count) == value.utf8.count
+    }
 }
 
 /// One line for a backend event, as `xenpci demo` and `xenpci backend` print them.

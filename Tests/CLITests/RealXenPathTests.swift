@@ -51,6 +51,24 @@ struct RealXenPathTests {
         #expect(bytes[4] & 0x04 == 0)
     }
 
+    @Test("xen backend: a function no driver holds is enabled in dom0 while claimed (INTx routed to its GSI), disabled at stop")
+    func enabledWhileClaimed() throws {
+        let (root, _) = try treeWithoutReset()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let dir = root + "/bus/pci/devices/0000:00:06.0"
+        try "0\n".write(toFile: dir + "/enable", atomically: false, encoding: .utf8)
+        let t = Transcript()
+        let hv = MockHypervisor()
+        let host = try XenBackendHost(hypervisor: hv.domain(0), topology: .vpci, sysfsRoot: root, console: t.console)
+        try host.claim(hide: "(00:06.0)")
+        #expect(try String(contentsOfFile: dir + "/enable", encoding: .utf8).hasPrefix("1"))
+        #expect(t.stderr.contains("enabled in dom0 for its interrupt routing (irq 11)"), "\(t.stderr)")
+        try host.start()
+        host.stop()
+        #expect(try String(contentsOfFile: dir + "/enable", encoding: .utf8).hasPrefix("0"))
+        #expect(hv.leaks().isEmpty, "\(hv.leaks())")
+    }
+
     @Test("a guest that dies: its devices are released and its backend directory goes (no toolstack is left to remove it)")
     func deadGuestDirectory() throws {
         let t = Transcript()
