@@ -46,7 +46,7 @@ let package = Package(
         .testTarget(name: "PCIBackTests", dependencies: ["PCIBack", "XenMock"]),
         .testTarget(name: "XPCITests", dependencies: ["XPCI", "XenMock"]),
         .testTarget(name: "PairTests", dependencies: ["PCIBack", "XPCI", "XenMock", "XenToolstack"]),
-        .testTarget(name: "CLITests", dependencies: ["xenpci", "PCIBack", "XPCI", "XenMock"]),
+        .testTarget(name: "CLITests", dependencies: ["xenpci", "PCIBack", "PCIModel", "XPCI", "XenMock"]),
         .testTarget(name: "XenRealTests", dependencies: ["XenReal", "XenToolstack", "XenMock"]),
     ],
     // Swift 5 mode: the drivers share raw pointers into memory another domain

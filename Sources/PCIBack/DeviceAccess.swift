@@ -137,10 +137,19 @@ public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         resetCount += 1
         if memory != nil { memory = pristine; return }
+        // Linux has no `reset` file for a function without a reset method
+        // (no FLR, no PM reset, alone on a root bus: most devices of a
+        // virtual machine), and answers ENOTTY when every method declines.
+        // Linux's pciback then only restores the saved state; so do we
+        // (the caller writes the golden header back after this).
         let r = open(path + "/reset", O_WRONLY | O_CLOEXEC)
+        if r < 0 && errno == ENOENT { return }
         guard r >= 0 else { throw PCIBackError.hardware("\(address): no function reset (\(path)/reset: \(String(cString: strerror(errno))))") }
         defer { close(r) }
-        guard write(r, "1", 1) == 1 else { throw PCIBackError.hardware("\(address): reset failed: \(String(cString: strerror(errno)))") }
+        if write(r, "1", 1) != 1 {
+            if errno == ENOTTY { return }
+            throw PCIBackError.hardware("\(address): reset failed: \(String(cString: strerror(errno)))")
+        }
     }
 }
 

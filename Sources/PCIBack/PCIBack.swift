@@ -284,6 +284,10 @@ public final class PCIBack {
             for i in instances.values where (try? xs.readIfPresent("/local/domain/\(i.domid)/domid")) == nil {
                 emit(.error(i.domid, "dom\(i.domid) is gone: releasing its devices"))
                 destroy(i)
+                // What libxl does for the devices it created itself: the
+                // directory of a dead guest goes (a toolstack other than
+                // libxl, like `xenpci attach`, is not around to do it).
+                try? xs.remove("\(backendRoot)/\(i.domid)")
             }
             return
         }

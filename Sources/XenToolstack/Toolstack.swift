@@ -212,8 +212,10 @@ public final class XenToolstack {
 
     /// libxl's order: BAR I/O ports and memory, the INTx pirq and its irq
     /// permission, then IOMMU assignment. Returns how to undo each step.
+    /// A frontend in the backend's own domain (the loopback case) already
+    /// owns the device: nothing is granted or revoked.
     func grant(_ d: PCIAddress, to guest: DomID, opts: PCIDeviceOptions) throws -> [() -> Void] {
-        guard let p = permissions else { return [] }
+        guard let p = permissions, guest != backendDomid else { return [] }
         var undo: [() -> Void] = []
         do {
             for r in try sysfs.resources(d) where r.start != 0 && r.size != 0 {
@@ -247,7 +249,7 @@ public final class XenToolstack {
 
     /// The reverse of `grant`, every step tried (libxl logs and goes on).
     func revoke(_ d: PCIAddress, from guest: DomID) throws {
-        guard let p = permissions else { return }
+        guard let p = permissions, guest != backendDomid else { return }
         var firstError: Error?
         func attempt(_ body: () throws -> Void) { do { try body() } catch { firstError = firstError ?? error } }
         attempt {

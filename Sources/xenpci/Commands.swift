@@ -45,11 +45,21 @@ struct LineInput {
     static func open(script: String?) throws -> LineInput {
         if let s = script, s != "-" {
             guard FileManager.default.fileExists(atPath: s) else { throw CLIError(message: "--script \(s): no such file", status: CLIError.noInput) }
-            guard let text = try? String(contentsOfFile: s, encoding: .utf8) else { throw CLIError.permission("--script \(s): cannot be read (permission denied or not UTF-8)") }
-            var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-            if lines.last == "" { lines.removeLast() }
-            var i = 0
-            return LineInput(name: s, interactive: false) { defer { i += 1 }; return i < lines.count ? lines[i] : nil }
+            // Read a line at a time: FILE may be a FIFO whose writer waits for
+            // each answer before sending the next command.
+            guard let fp = fopen(s, "r") else { throw CLIError.permission("--script \(s): cannot be read (\(String(cString: strerror(errno))))") }
+            var done = false
+            return LineInput(name: s, interactive: false) {
+                guard !done else { return nil }
+                var buf: UnsafeMutablePointer<CChar>?
+                var cap = 0
+                defer { free(buf) }
+                let n = getline(&buf, &cap, fp)
+                guard n >= 0, let b = buf else { done = true; fclose(fp); return nil }
+                var line = String(decoding: UnsafeRawBufferPointer(start: b, count: n), as: UTF8.self)
+                if line.hasSuffix("\n") { line.removeLast() }
+                return line
+            }
         }
         return LineInput(name: "stdin", interactive: script == nil && isatty(STDIN_FILENO) == 1) { readLine(strippingNewline: true) }
     }
@@ -142,20 +152,30 @@ struct Frontend: ParsableCommand {
     var script: String?
     @Option(help: "device/pci/<instance> (default 0).")
     var instance: Int = 0
+    @Option(help: ArgumentHelp("How long to wait for the backend to connect (the bus scan included), in seconds.", valueName: "SECONDS"))
+    var timeout: Int = 60
+    @Option(help: ArgumentHelp("How long one request waits for the backend's reply, in seconds.", valueName: "SECONDS"))
+    var requestTimeout: Int = 10
     @Flag(help: "Listings as JSON.")
     var json = false
 
     func run() throws {
         guard instance >= 0 else { throw CLIError.usage("--instance \(instance) is negative") }
+        guard timeout > 0, requestTimeout > 0 else { throw CLIError.usage("--timeout and --request-timeout must be positive") }
         let input = try LineInput.open(script: script)
         guard hypervisor == .xen else {
             throw CLIError.usage("frontend: the mock hypervisor lives inside one process; 'xenpci demo' runs the frontend and this shell on it")
         }
         let hv = try openXenHypervisor()
-        let front = try XPCIFrontend(hypervisor: hv, options: .init(instance: instance))
+        // A whole bus is read while connecting: under emulation (QEMU TCG)
+        // that takes seconds, so the waits are longer than the library's.
+        let front = try XPCIFrontend(hypervisor: hv, options: .init(requestTimeout: .seconds(requestTimeout),
+                                                                    connectTimeout: .seconds(timeout), instance: instance))
+        let t0 = ContinuousClock.now
         try front.attach()
         defer { try? front.detach() }
         try front.waitConnected()
+        Console.standard.err("[xpci] \(front.frontendPath) connected to \(front.backendPath) in \(ContinuousClock.now - t0): \(front.devices.count) function(s)")
         let shell = Shell(frontend: front, host: nil, console: .standard, json: json)
         let status = shell.run(source: input.name, interactive: input.interactive, echo: false, next: input.next)
         if status != 0 { throw ExitCode(status) }
@@ -172,8 +192,8 @@ struct Backend: ParsableCommand {
 
     func run() throws {
         let topology = try devices.validated()
-        if hypervisor == .xen { _ = try openXenHypervisor() }
         let console = Console.standard
+        if hypervisor == .xen { return try runXen(topology: topology, console: console) }
         let source = try DeviceSource.choose(fixtures: devices.fixtures, sysfs: devices.sysfs, console: console)
         let host = try MockHost(source: source, topology: topology, console: console)
         try host.start(hide: devices.hide, frontend: false)
@@ -185,20 +205,57 @@ struct Backend: ParsableCommand {
         if !leaks.isEmpty { throw ExitCode(CLIError.software) }
         console.err("[dom0 pciback] stopped; devices released; leaks: none")
     }
+
+    /// On the real Xen: the host's own devices (sysfs, no snapshot), served
+    /// to whichever guests the toolstack gives them until SIGINT or SIGTERM.
+    func runXen(topology: PCIBack.Topology, console: Console) throws {
+        guard devices.fixtures == nil else { throw CLIError.usage("--fixtures: on Xen the backend serves this machine's devices (use --sysfs ROOT)") }
+        let hv = try openXenHypervisor()
+        guard let hide = devices.hide else {
+            throw CLIError.usage("--hide LIST is required with --hypervisor xen: name the functions to claim (they must have no host driver)")
+        }
+        // Signals are taken before anything is claimed, so a SIGTERM during
+        // start-up still releases everything.
+        let term = TerminationSignal()
+        let host = try XenBackendHost(hypervisor: hv, topology: topology, sysfsRoot: devices.sysfs ?? "/sys", console: console)
+        do {
+            try host.claim(hide: hide)
+            try host.start()
+        } catch {
+            host.stop()
+            throw error
+        }
+        console.err("[dom0 pciback] running on Xen as dom\((try? hv.domid()).map(String.init) ?? "?"); SIGINT or SIGTERM stops it")
+        term.wait()
+        console.err("[dom0 pciback] stopping")
+        host.stop()
+        console.err("[dom0 pciback] stopped; guests closed, grants unmapped, ports unbound, devices reset and released")
+    }
 }
 
 /// Blocks until SIGINT or SIGTERM.
-func waitForTermination() {
-    let done = DispatchSemaphore(value: 0)
-    let sources = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
-        signal(sig, SIG_IGN)
-        let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-        s.setEventHandler { done.signal() }
-        s.resume()
-        return s
+func waitForTermination() { TerminationSignal().wait() }
+
+/// SIGINT and SIGTERM, caught from creation on (a signal that arrives before
+/// `wait` is not lost).
+final class TerminationSignal {
+    private let done = DispatchSemaphore(value: 0)
+    private var sources: [DispatchSourceSignal] = []
+
+    init() {
+        sources = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
+            signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { [done] in done.signal() }
+            s.resume()
+            return s
+        }
     }
-    done.wait()
-    sources.forEach { $0.cancel() }
+
+    func wait() {
+        done.wait()
+        sources.forEach { $0.cancel() }
+    }
 }
 
 /// What `attach` and `detach` take: `xl pci-attach` / `xl pci-detach`.
@@ -222,7 +279,8 @@ struct Detach: ParsableCommand {
 }
 
 func toolstackCommand(_ kind: HypervisorKind, _ domidText: String, _ bdfs: [String], add: Bool) throws {
-    guard let dom = DomID(domidText), dom > 0, dom < 0x7FF0 else { throw CLIError.usage("domain id '\(domidText)' is not a guest domain (1...32751)") }
+    // Domain 0 is allowed: the loopback case, a frontend in the backend's own domain.
+    guard let dom = DomID(domidText), dom < 0x7FF0 else { throw CLIError.usage("domain id '\(domidText)' is not a domain (0...32751)") }
     guard !bdfs.isEmpty else { throw CLIError.usage("\(add ? "attach" : "detach"): give at least one PCI function") }
     let devices = try bdfs.map { try PCIAddress(parsing: $0) }
     guard kind == .xen else {

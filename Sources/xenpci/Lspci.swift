@@ -158,7 +158,11 @@ struct LspciFormatter {
             out.append("Expansion ROM at \(hex(r.base, 8)) [\(r.enabled ? "enabled" : "disabled")] [size=\(Self.sizeText(UInt64(r.size)))]")
         }
         for c in f.capabilities + f.extendedCapabilities {
-            out.append("Capabilities: [\(hex(c.offset, c.extended ? 3 : 2))] \(f.describe(c))")
+            var text = f.describe(c)
+            // pciutils names the PCIe capability's version only from -vv on
+            // (ls-caps.c cap_express): "Express Endpoint" at -v.
+            if text.hasPrefix("Express (v"), let r = text.range(of: ") ") { text = "Express " + text[r.upperBound...] }
+            out.append("Capabilities: [\(hex(c.offset, c.extended ? 3 : 2))] \(text)")
         }
         return out.map { "\t" + $0 }
     }

@@ -38,18 +38,8 @@ final class MockHost: HostControls {
     }
 
     func show(_ e: PCIBack.Event) {
-        let tag = "[dom0 pciback]"
-        switch e {
-        case .backendState(let d, let s): console.err("\(tag) backend/pci/\(d)/0 state \(s) (\(s.rawValue))")
-        case .frontendState: break // the frontend reports its own
-        case .exported(let d, let h, let g): console.err("\(tag) exported \(h) to dom\(d) as \(g)")
-        case .unexported(let d, let h):
-            let ro = back.listing().first { $0.address == h }?.readOnly ?? false
-            console.err("\(tag) took \(h) back from dom\(d)\(ro ? " (read-only: never written)" : ": reset, golden state restored")")
-        case .connected(let d, let p): console.err("\(tag) dom\(d) connected: shared page mapped, event channel port \(p)")
-        case .disconnected(let d): console.err("\(tag) dom\(d) disconnected")
-        case .error(let d, let m): console.err("\(tag) \(d.map { "dom\($0): " } ?? "")\(m)")
-        }
+        if case .frontendState = e { return } // the frontend reports its own
+        console.err(describe(e, listing: back.listing()))
     }
 
     func show(_ e: XPCIEvent) {

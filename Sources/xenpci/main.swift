@@ -14,6 +14,10 @@ do {
     try command.run()
 } catch let e as ExitCode {
     exit(e.rawValue)
+} catch where String(reflecting: type(of: error)).hasPrefix("ArgumentParser.") {
+    // A help or usage request that surfaces from run() (a command with
+    // subcommands and no run of its own): ArgumentParser prints it.
+    XenPCICommand.exit(withError: error)
 } catch {
     let e = CLIError.from(error)
     FileHandle.standardError.write(Data("xenpci: \(e.message)\n".utf8))

@@ -39,7 +39,7 @@ import XPCI
               ("read 00:00.0 0xq 4", 64, "offset '0xq'"),
               ("read 00:00.0 0x10000 4", 64, "offset '0x10000'"),
               ("read 00:00.0 0x40 3", 64, "size '3'"),
-              ("read 00:00.0 0x41 4", 64, "not aligned"),
+              ("read 00:00.0 0x41 4", 64, "invalid_offset: offset 0x41 is not aligned"),
               ("write 00:00.0 0x40 1 0x1ff", 64, "value 0x1ff does not fit in 1 byte"),
               ("write 00:00.0 0x40 4 zz", 64, "value 'zz'"),
               ("read 00:1e.0 0 4", 1, "00:1e.0: no such device"),
@@ -85,7 +85,7 @@ import XPCI
         expectOneLine(try xenpci(["attach", "1", "0000:00:03.0"])!, 69, "no Xen")
         expectOneLine(try xenpci(["detach", "1", "00:03.0"])!, 69, "no Xen")
         expectOneLine(try xenpci(["attach", "1", "00:3.9"])!, 64, "bad PCI address")
-        expectOneLine(try xenpci(["attach", "0", "00:03.0"])!, 64, "domain id '0'")
+        expectOneLine(try xenpci(["attach", "32752", "00:03.0"])!, 64, "domain id '32752'")
         expectOneLine(try xenpci(["frontend", "--hypervisor", "mock"])!, 64, "xenpci demo")
     }
 

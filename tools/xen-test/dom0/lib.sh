@@ -120,6 +120,34 @@ front_run() {
     timeout -k 5 60 "$XENPCI" frontend --hypervisor xen --script /tmp/xt/front.script
 }
 
+# A frontend session that stays connected: commands go through a FIFO (fd 7),
+# answers land in /tmp/xt/f.out.
+fifo_open() {
+    rm -f /tmp/xt/f.in; mkfifo /tmp/xt/f.in; : > /tmp/xt/f.out
+    "$XENPCI" frontend --hypervisor xen --script /tmp/xt/f.in > /tmp/xt/f.out 2>&1 &
+    echo $! > "$PIDS/front.pid"
+    exec 7> /tmp/xt/f.in
+}
+# fifo_ask N CMD...: send the commands, wait (30 s at most) for N more output
+# lines, print the new lines.
+fifo_ask() {
+    local n=$1 mark i=0; shift
+    mark=$(wc -l < /tmp/xt/f.out)
+    printf '%s\n' "$@" >&7
+    while [ $(( $(wc -l < /tmp/xt/f.out) - mark )) -lt "$n" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+    tail -n +$((mark + 1)) /tmp/xt/f.out
+}
+# fifo_close: end of script; the frontend must close and exit 0 within 20 s.
+fifo_close() {
+    local fp i=0 rc
+    exec 7>&-
+    fp=$(cat "$PIDS/front.pid")
+    while kill -0 "$fp" 2>/dev/null && [ $i -lt 20 ]; do sleep 1; i=$((i + 1)); done
+    kill -0 "$fp" 2>/dev/null && fail "frontend did not exit 20 s after the end of its script"
+    wait "$fp"; rc=$?; rm -f "$PIDS/front.pid"
+    [ $rc = 0 ] || fail "frontend exited with $rc: $(tail -n 3 /tmp/xt/f.out | tr '\n' ' ')"
+}
+
 # ------------------------------------------------------------------ failure logs
 dump_one() { # SOURCE FILE LINES
     [ -s "$2" ] || return 0

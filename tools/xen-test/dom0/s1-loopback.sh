@@ -15,7 +15,6 @@ for b in $OURS_BDFS $HOT; do
     [ -e /sys/bus/pci/devices/$b ] || fail "device $b missing in dom0"
     PRE_CL[$b]=$(cfg_byte $b 12); PRE_DRV[$b]=$(drv_of $b)
 done
-PRE_STATUS=$(cfg_word $E1000 6)
 
 backend_start
 "$XENPCI" attach 0 $OURS_BDFS > /tmp/xt/attach.log 2>&1 || { cat /tmp/xt/attach.log; fail "xenpci attach 0 $OURS_BDFS failed"; }
@@ -52,23 +51,28 @@ out=$(front_run "read $V 1 2" 2>&1)
 echo "$out" | grep -qiE 'invalid.?offset' || fail "read $V 1 2 (misaligned): expected invalid_offset, got: $(echo $out)"
 ev "read $V 1 2 -> $(echo $out)"
 
-# ---- mediated writes (§6)
-out=$(front_run "write $V 0 2 0x1234" "read $V 0 2" 2>&1)
-echo "$out" | grep -qi "8086" || fail "vendor id write not ignored: $(echo $out)"
-out=$(front_run "write $V 0x0c 1 0x10" "read $V 0x0c 1" 2>&1)
-echo "$out" | grep -qiE '(0x)?0*10\b' || fail "cache line write not read back: $(echo $out)"
-[ "$(cfg_byte $E1000 12)" = 16 ] || fail "cache line write did not reach the device (dom0 sees $(cfg_byte $E1000 12))"
+# ---- mediated writes (§6), checked on the hardware while the frontend is
+# connected (a frontend that closes gets its devices reset to the golden state)
+fifo_open
+out=$(fifo_ask 2 "write $V 0 2 0x1234" "read $V 0 2")
+echo "$out" | grep -qi "8086" || { fifo_close; fail "vendor id write not ignored: $(echo $out)"; }
+out=$(fifo_ask 1 "write $V 0x0c 1 0x10" "read $V 0x0c 1")
+echo "$out" | grep -qiE '(0x)?0*10\b' || { fifo_close; fail "cache line write not read back: $(echo $out)"; }
+[ "$(cfg_byte $E1000 12)" = 16 ] || { fifo_close; fail "cache line write did not reach the device (dom0 sees $(cfg_byte $E1000 12))"; }
 ev "vendor write ignored, cache line write reached the device"
 orig=$(cfg_dword $E1000 16); size=$(bar0_size $E1000)
 sz=$(printf '%08x' $(( (~(size - 1) & 0xffffffff) | (orig & 0xf) )))
-out=$(front_run "write $V 0x10 4 0xffffffff" "read $V 0x10 4" "write $V 0x10 4 $(printf 0x%08x $orig)" "read $V 0x10 4" 2>&1)
-echo "$out" | grep -qi "$sz" || fail "BAR0 sizing: expected $sz, got: $(echo $out)"
-echo "$out" | grep -qi "$(printf '%08x' $orig)" || fail "BAR0 not restored to $(printf '%08x' $orig): $(echo $out)"
-[ "$(cfg_dword $E1000 16)" = "$orig" ] || fail "BAR0 sizing reached the hardware"
+out=$(fifo_ask 2 "write $V 0x10 4 0xffffffff" "read $V 0x10 4")
+echo "$out" | grep -qi "$sz" || { fifo_close; fail "BAR0 sizing: expected $sz, got: $(echo $out)"; }
+[ "$(cfg_dword $E1000 16)" = "$orig" ] || { fifo_close; fail "BAR0 sizing reached the hardware"; }
+out=$(fifo_ask 1 "write $V 0x10 4 $(printf 0x%08x $orig)" "read $V 0x10 4")
+echo "$out" | grep -qi "$(printf '%08x' $orig)" || { fifo_close; fail "BAR0 not restored to $(printf '%08x' $orig): $(echo $out)"; }
 ev "BAR0 sizing reads $sz (size $size), hardware BAR untouched"
-front_run "write $V 6 2 0xffff" > /dev/null 2>&1
-[ "$(cfg_word $E1000 6)" = "$PRE_STATUS" ] || fail "status write reached the device"
-ev "status (RW1C) write dropped"
+st=$(cfg_word $E1000 6)
+out=$(fifo_ask 2 "write $V 6 2 0xffff" "read $V 6 2")
+[ "$(cfg_word $E1000 6)" = "$st" ] || { fifo_close; fail "status write reached the device"; }
+ev "status (RW1C) write dropped: $(echo $out)"
+fifo_close
 
 # ---- hot-add / hot-remove while connected (the script is a FIFO)
 rm -f /tmp/xt/f.in; mkfifo /tmp/xt/f.in

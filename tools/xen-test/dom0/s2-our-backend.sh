@@ -30,6 +30,11 @@ wait_guest $G '^@@XT net done' 60 > /dev/null || fail "the guest did not finish 
 net=$(tr -d '\r' < "$(guest_log $G)" | grep '^@@XT net if=' | grep 'driver=e1000' | head -n1)
 [ -n "$net" ] || fail "e1000 did not bind in the guest (no network interface)"
 ev "guest: ${net#@@XT net }"
+irq=$(tr -d '\r' < "$(guest_log $G)" | grep '^@@XT irq ' | head -n1)
+ev "guest interrupts after link up: ${irq#@@XT irq } (dom0 sysfs irq of $(echo $OURS_BDFS | cut -d' ' -f1): $(cat /sys/bus/pci/devices/$(echo $OURS_BDFS | cut -d' ' -f1)/irq))"
+# e1000_up() raises a link-status interrupt: INTx must reach the guest (pirq = GSI).
+n=$(echo "$irq" | sed -nE 's/^@@XT irq [^:]+: *[0-9]+: *([0-9]+) .*/\1/p')
+[ -n "$n" ] && [ "$n" -gt 0 ] || fail "no INTx interrupt reached the guest's e1000 after link up (${irq:-no report})"
 if r=$(wait_guest $G '^@@XT rate ' 120); then
     echo "${r#@@XT rate }" > /tmp/xt/rate-ours
     ev "config reads through xenpci backend: ${r#@@XT rate }"

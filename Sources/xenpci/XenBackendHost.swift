@@ -1,0 +1,101 @@
+import Foundation
+import PCIBack
+import PCIModel
+import XenHypervisor
+
+/// `xenpci backend --hypervisor xen`: pciback in this (control) domain on
+/// the real Xen, serving the host's own PCI functions through sysfs
+/// (`config`, `resource`, `reset`): every read and mediated write reaches the
+/// hardware. Only functions without a host driver (or held by a stub driver
+/// such as pciback or pci-stub) are claimed.
+final class XenBackendHost {
+    let back: PCIBack
+    let console: Console
+    let sysfsRoot: String
+
+    init(hypervisor: Hypervisor, topology: PCIBack.Topology, sysfsRoot: String, console: Console) throws {
+        self.console = console
+        self.sysfsRoot = sysfsRoot
+        var o = PCIBack.Options()
+        o.topology = topology
+        o.allowHostDriverReadOnly = false // a host driver's device is refused, never shared
+        back = try PCIBack(hypervisor: hypervisor, options: o)
+        back.onEvent = { [unowned self] e in self.console.err(describe(e, listing: self.back.listing())) }
+    }
+
+    /// Functions this process enabled in dom0 (sysfs `enable`), disabled again at stop.
+    private var enabled: [PCIAddress] = []
+
+    /// Claims what the hide list names (all of it, or nothing).
+    func claim(hide: String) throws {
+        let available = try listSysfsDevices(root: sysfsRoot)
+        let chosen: [PCIAddress]
+        do {
+            chosen = try back.claim(hideList: hide, from: available) { a in
+                self.enableInDom0(a)
+                return try SysfsPCIDevice(root: self.sysfsRoot, address: a, inMemory: false)
+            }
+        } catch {
+            disableInDom0()
+            throw error
+        }
+        guard !chosen.isEmpty else { disableInDom0(); throw CLIError.failure("no device to export (the hide list selects none)") }
+        for i in back.listing() {
+            console.err("[dom0 pciback] claimed \(i.address) \(hex(i.vendorID, 4)):\(hex(i.deviceID, 4)) irq \(i.irq)\(i.driver.map { " (held by \($0))" } ?? "")")
+        }
+    }
+
+    func start() throws { try back.start() }
+
+    /// Guests told Closing, grants unmapped, ports unbound, devices reset and released.
+    func stop() {
+        back.stop()
+        disableInDom0()
+    }
+
+    /// What Linux's pciback gets from pci_enable_device() (at bind, and when
+    /// the guest turns decoding on): ACPI routes the function's INTx pin to
+    /// its GSI, dom0 sets that GSI up in Xen, and sysfs `irq` becomes the GSI
+    /// (before, it is the firmware's interrupt line: a legacy IRQ the pin is
+    /// not wired to). The toolstack maps that irq as the guest's pirq and the
+    /// interrupt line the guest reads is it. Only for a function no driver
+    /// holds (the kernel refuses otherwise; a stub driver enabled it itself).
+    private func enableInDom0(_ a: PCIAddress) {
+        let dir = "\(sysfsRoot)/bus/pci/devices/\(a)"
+        guard (try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/driver")) == nil,
+              (try? String(contentsOfFile: dir + "/enable", encoding: .utf8))?.hasPrefix("0") == true else { return }
+        if writeSysfs(dir + "/enable", "1") {
+            enabled.append(a)
+            let irq = (try? String(contentsOfFile: dir + "/irq", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+            console.err("[dom0 pciback] \(a): enabled in dom0 for its interrupt routing (irq \(irq))")
+        }
+    }
+
+    private func disableInDom0() {
+        for a in enabled.reversed() { _ = writeSysfs("\(sysfsRoot)/bus/pci/devices/\(a)/enable", "0") }
+        enabled = []
+    }
+
+    private func writeSysfs(_ path: String, _ value: String) -> Bool {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return write(fd, value, value.utf8.count) == value.utf8.count
+    }
+}
+
+/// One line for a backend event, as `xenpci demo` and `xenpci backend` print them.
+func describe(_ e: PCIBack.Event, listing: @autoclosure () -> [ClaimedDeviceInfo]) -> String {
+    let tag = "[dom0 pciback]"
+    switch e {
+    case .backendState(let d, let s): return "\(tag) backend/pci/\(d)/0 state \(s) (\(s.rawValue))"
+    case .frontendState(let d, let s): return "\(tag) dom\(d) frontend state \(s) (\(s.rawValue))"
+    case .exported(let d, let h, let g): return "\(tag) exported \(h) to dom\(d) as \(g)"
+    case .unexported(let d, let h):
+        let ro = listing().first { $0.address == h }?.readOnly ?? false
+        return "\(tag) took \(h) back from dom\(d)\(ro ? " (read-only: never written)" : ": reset, golden state restored")"
+    case .connected(let d, let p): return "\(tag) dom\(d) connected: shared page mapped, event channel port \(p)"
+    case .disconnected(let d): return "\(tag) dom\(d) disconnected"
+    case .error(let d, let m): return "\(tag) \(d.map { "dom\($0): " } ?? "")\(m)"
+    }
+}
