@@ -19,6 +19,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         .target(name: "CXenPCI", path: ".", sources: ["CShims/CXenPCI"], publicHeadersPath: "Headers",
@@ -35,7 +36,8 @@ let package = Package(
         .target(name: "XenReal", dependencies: ["XenHypervisor", "XenToolstack"]),
         .executableTarget(
             name: "xenpci",
-            dependencies: ["XenMock", "XenReal", "XenToolstack", "PCIBack", "XPCI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["XenMock", "XenReal", "XenToolstack", "PCIBack", "XPCI", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Logging", package: "swift-log")]),
         // libFuzzer harness (`make fuzz`); built normally it replays corpora.
         .executableTarget(name: "xenpci-fuzz", dependencies: ["PCIBack", "XPCI", "XenMock"]),
         // issue 9: `make bench` (docs/PERFORMANCE.md); the C reference is bench/xenpci_ref.c.
@@ -46,7 +48,8 @@ let package = Package(
         .testTarget(name: "PCIBackTests", dependencies: ["PCIBack", "XenMock"]),
         .testTarget(name: "XPCITests", dependencies: ["XPCI", "XenMock"]),
         .testTarget(name: "PairTests", dependencies: ["PCIBack", "XPCI", "XenMock", "XenToolstack"]),
-        .testTarget(name: "CLITests", dependencies: ["xenpci", "PCIBack", "PCIModel", "XPCI", "XenMock"]),
+        .testTarget(name: "CLITests", dependencies: ["xenpci", "PCIBack", "PCIModel", "XPCI", "XenMock",
+                                                     .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "XenRealTests", dependencies: ["XenReal", "XenToolstack", "XenMock"]),
     ],
     // Swift 5 mode: the drivers share raw pointers into memory another domain

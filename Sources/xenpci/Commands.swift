@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import PCIBack
 import XenHypervisor
 import XenToolstack
@@ -217,7 +218,9 @@ struct Backend: ParsableCommand {
         // Signals are taken before anything is claimed, so a SIGTERM during
         // start-up still releases everything.
         let term = TerminationSignal()
-        let host = try XenBackendHost(hypervisor: hv, topology: topology, sysfsRoot: devices.sysfs ?? "/sys", console: console)
+        LoggingSystem.bootstrap(StreamLogHandler.standardError)
+        let host = try XenBackendHost(hypervisor: hv, topology: topology, sysfsRoot: devices.sysfs ?? "/sys")
+        let log = host.log
         do {
             try host.claim(hide: hide)
             try host.start()
@@ -225,11 +228,11 @@ struct Backend: ParsableCommand {
             host.stop()
             throw error
         }
-        console.err("[dom0 pciback] running on Xen as dom\((try? hv.domid()).map(String.init) ?? "?"); SIGINT or SIGTERM stops it")
+        log.info("running on Xen as dom\((try? hv.domid()).map(String.init) ?? "?"); SIGINT or SIGTERM stops it")
         term.wait()
-        console.err("[dom0 pciback] stopping")
+        log.info("stopping")
         host.stop()
-        console.err("[dom0 pciback] stopped; guests closed, grants unmapped, ports unbound, devices reset and released")
+        log.info("stopped; guests closed, grants unmapped, ports unbound, devices reset and released")
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import PCIBack
 import PCIModel
 import XenHypervisor
@@ -10,17 +11,22 @@ import XenHypervisor
 /// such as pciback or pci-stub) are claimed.
 final class XenBackendHost {
     let back: PCIBack
-    let console: Console
+    /// The daemon logs through swift-log (stderr by default; a service
+    /// manager or another LogHandler takes it from there).
+    let log: Logger
     let sysfsRoot: String
 
-    init(hypervisor: Hypervisor, topology: PCIBack.Topology, sysfsRoot: String, console: Console) throws {
-        self.console = console
+    init(hypervisor: Hypervisor, topology: PCIBack.Topology, sysfsRoot: String, log: Logger = Logger(label: "xenpci.pciback")) throws {
+        self.log = log
         self.sysfsRoot = sysfsRoot
         var o = PCIBack.Options()
         o.topology = topology
         o.allowHostDriverReadOnly = false // a host driver's device is refused, never shared
         back = try PCIBack(hypervisor: hypervisor, options: o)
-        back.onEvent = { [unowned self] e in self.console.err(describe(e, listing: self.back.listing())) }
+        back.onEvent = { [unowned self] e in
+            let line = describe(e, listing: self.back.listing())
+            if case .error = e { self.log.error("\(line)") } else { self.log.info("\(line)") }
+        }
     }
 
     /// Functions this process enabled in dom0 (sysfs `enable`), disabled again at stop.
@@ -41,7 +47,7 @@ final class XenBackendHost {
         }
         guard !chosen.isEmpty else { disableInDom0(); throw CLIError.failure("no device to export (the hide list selects none)") }
         for i in back.listing() {
-            console.err("[dom0 pciback] claimed \(i.address) \(hex(i.vendorID, 4)):\(hex(i.deviceID, 4)) irq \(i.irq)\(i.driver.map { " (held by \($0))" } ?? "")")
+            log.info("[dom0 pciback] claimed \(i.address) \(hex(i.vendorID, 4)):\(hex(i.deviceID, 4)) irq \(i.irq)\(i.driver.map { " (held by \($0))" } ?? "")")
         }
     }
 
@@ -67,7 +73,7 @@ final class XenBackendHost {
         if writeSysfs(dir + "/enable", "1") {
             enabled.append(a)
             let irq = (try? String(contentsOfFile: dir + "/irq", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
-            console.err("[dom0 pciback] \(a): enabled in dom0 for its interrupt routing (irq \(irq))")
+            log.info("[dom0 pciback] \(a): enabled in dom0 for its interrupt routing (irq \(irq))")
         }
     }
 
@@ -97,5 +103,20 @@ func describe(_ e: PCIBack.Event, listing: @autoclosure () -> [ClaimedDeviceInfo
     case .connected(let d, let p): return "\(tag) dom\(d) connected: shared page mapped, event channel port \(p)"
     case .disconnected(let d): return "\(tag) dom\(d) disconnected"
     case .error(let d, let m): return "\(tag) \(d.map { "dom\($0): " } ?? "")\(m)"
+    }
+}
+
+/// A swift-log handler that writes to a `Console` (tests capture it).
+struct ConsoleLogHandler: LogHandler {
+    let console: Console
+    var logLevel: Logger.Level = .info
+    var metadata: Logger.Metadata = [:]
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
+             file: String, function: String, line: UInt) {
+        console.err("\(level) \(message)")
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Testing
 @testable import xenpci
 import PCIBack
@@ -59,7 +60,8 @@ struct RealXenPathTests {
         try "0\n".write(toFile: dir + "/enable", atomically: false, encoding: .utf8)
         let t = Transcript()
         let hv = MockHypervisor()
-        let host = try XenBackendHost(hypervisor: hv.domain(0), topology: .vpci, sysfsRoot: root, console: t.console)
+        let host = try XenBackendHost(hypervisor: hv.domain(0), topology: .vpci, sysfsRoot: root,
+                                      log: Logger(label: "test") { _ in ConsoleLogHandler(console: t.console) })
         try host.claim(hide: "(00:06.0)")
         #expect(try String(contentsOfFile: dir + "/enable", encoding: .utf8).hasPrefix("1"))
         #expect(t.stderr.contains("enabled in dom0 for its interrupt routing (irq 11)"), "\(t.stderr)")
