@@ -296,5 +296,8 @@ func toolstackCommand(_ kind: HypervisorKind, _ domidText: String, _ bdfs: [Stri
     let ctrl: XenCtrl
     do { ctrl = try XenCtrl() } catch { throw CLIError(message: "no Xen: libxenctrl: \(error)", status: CLIError.unavailable) }
     let t = XenToolstack(xenstore: xs, permissions: ctrl, backendDomid: try hv.domid())
+    // The guest must answer Reconfiguring; a loaded or emulated guest can take
+    // well over libxl's usual 10 s.
+    t.timeout = .seconds(30)
     if add { try t.attach(domid: dom, devices: devices) } else { try t.detach(domid: dom, devices: devices) }
 }
