@@ -26,7 +26,6 @@ extension PCIBack {
             export(i, n)
         }
         publish(i)
-        i.setUp = true
         setState(i, .initialised)
         if i.frontState == .initialised { attach(i) }
         if i.connected && i.state == .initialised { setState(i, .connected) }

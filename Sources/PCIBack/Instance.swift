@@ -14,7 +14,6 @@ final class Instance {
     var frontState: XenState = .unknown
     var mapping: GrantMapping?
     var port: EvtchnPort?
-    var setUp = false            // devices exported and roots published
     /// Host address -> the device exported from it. Keyed by address, not by
     /// `dev-N` index: the toolstack compacts the `*-N` keys after a removal.
     var exported: [PCIAddress: ClaimedDevice] = [:]
@@ -64,12 +63,5 @@ final class Instance {
         }
         d.pb.pointee.pb_guest_next.sle_next = nil
         d.pb.pointee.pbx_instance = nil
-    }
-
-    var linkedCount: Int {
-        var n = 0
-        var p = c.pointee.pbx_pb_pci_dev.slh_first
-        while let cur = p { n += 1; p = cur.pointee.pb_guest_next.sle_next }
-        return n
     }
 }

@@ -52,7 +52,7 @@ public final class MockHypervisor: @unchecked Sendable {
     var nextPirq: UInt32 = 32
 
     public init() {
-        tree.nodes_bootstrap()
+        tree.bootstrap()
     }
 
     /// A domain of this hypervisor; created (with `/local/domain/<id>` laid
@@ -189,7 +189,7 @@ public final class MockHypervisor: @unchecked Sendable {
 
 extension XenstoreTree {
     /// The skeleton every Xen host has.
-    mutating func nodes_bootstrap() {
+    mutating func bootstrap() {
         try! mkdir("/local/domain", dom: 0)
         try! mkdir("/tool", dom: 0)
         try! mkdir("/vm", dom: 0)
