@@ -115,8 +115,7 @@ struct ConsoleLogHandler: LogHandler {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
-    func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
-             file: String, function: String, line: UInt) {
-        console.err("\(level) \(message)")
+    func log(event: LogEvent) {
+        console.err("\(event.level) \(event.message)")
     }
 }
