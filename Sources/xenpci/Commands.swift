@@ -218,7 +218,7 @@ struct Backend: ParsableCommand {
         // Signals are taken before anything is claimed, so a SIGTERM during
         // start-up still releases everything.
         let term = TerminationSignal()
-        LoggingSystem.bootstrap(StreamLogHandler.standardError)
+        LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
         let host = try XenBackendHost(hypervisor: hv, topology: topology, sysfsRoot: devices.sysfs ?? "/sys")
         let log = host.log
         do {

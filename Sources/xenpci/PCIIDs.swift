@@ -17,7 +17,8 @@ final class PCIIDs: @unchecked Sendable {
     static let shared: PCIIDs? = {
         let env = ProcessInfo.processInfo.environment["PCI_IDS"]
         for p in (env.map { [$0] } ?? searchPath) {
-            if let text = try? String(contentsOfFile: p, encoding: .utf8) ?? String(contentsOfFile: p, encoding: .isoLatin1) {
+            // pci.ids is UTF-8; older copies are Latin-1.
+            if let text = (try? String(contentsOfFile: p, encoding: .utf8)) ?? (try? String(contentsOfFile: p, encoding: .isoLatin1)) {
                 return PCIIDs(parsing: text)
             }
         }
