@@ -1,3 +1,4 @@
+import Foundation
 import PCIModel
 
 /// Strict parsers for values read from xenstore: a guest or toolstack
@@ -21,17 +22,4 @@ enum XSValue {
     static func permissive(_ s: String) -> Bool {
         s.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces) == "permissive=1" }
     }
-}
-
-extension Substring {
-    func trimmingCharacters(in set: Set<Character>) -> Substring {
-        var s = self
-        while let f = s.first, set.contains(f) { s.removeFirst() }
-        while let l = s.last, set.contains(l) { s.removeLast() }
-        return s
-    }
-}
-
-extension Set where Element == Character {
-    static let whitespaces: Set<Character> = [" ", "\t"]
 }

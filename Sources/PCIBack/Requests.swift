@@ -194,7 +194,7 @@ extension PCIBack {
         guard [.aerDetected, .aerResume, .aerMMIO, .aerSlotReset].contains(cmd) else {
             throw PCIBackError.refused("\(cmd) is not an AER request")
         }
-        let (i, sh, port, vaddr): (Instance, SharedPage, EvtchnPort, PCIAddress) = try lock.withLock {
+        let (i, sh, port): (Instance, SharedPage, EvtchnPort) = try lock.withLock {
             guard let d = devices[host] else { throw PCIBackError.badDevice("\(host): not claimed by pciback") }
             guard let g = d.guest, let i = instances[g], let v = d.guestAddress else {
                 throw PCIBackError.notConnected("\(host): not exported to any guest")
@@ -214,9 +214,8 @@ extension PCIBack {
             i.aerPending = true
             i.aerDone = false
             sh.postAER(op)
-            return (i, sh, port, v)
+            return (i, sh, port)
         }
-        _ = vaddr
         defer { lock.withLock { i.aerPending = false } }
         try? evtchn.notify(port)
         let deadline = Date().addingTimeInterval(Double((timeout ?? options.aerTimeout).components.seconds) +

@@ -196,10 +196,11 @@ struct Backend: ParsableCommand {
         let console = Console.standard
         if hypervisor == .xen { return try runXen(topology: topology, console: console) }
         let source = try DeviceSource.choose(fixtures: devices.fixtures, sysfs: devices.sysfs, console: console)
+        let term = TerminationSignal() // before any thread starts: no signal is lost
         let host = try MockHost(source: source, topology: topology, console: console)
         try host.start(hide: devices.hide, frontend: false)
         console.err("[dom0 pciback] running; SIGINT or SIGTERM stops it")
-        waitForTermination()
+        term.wait()
         console.err("[dom0 pciback] stopping")
         let leaks = host.shutdown()
         for l in leaks { console.err("[mock] leak: \(l)") }
@@ -237,27 +238,24 @@ struct Backend: ParsableCommand {
 }
 
 /// Blocks until SIGINT or SIGTERM.
-func waitForTermination() { TerminationSignal().wait() }
-
 /// SIGINT and SIGTERM, caught from creation on (a signal that arrives before
 /// `wait` is not lost).
 final class TerminationSignal {
-    private let done = DispatchSemaphore(value: 0)
-    private var sources: [DispatchSourceSignal] = []
+    private var set = sigset_t()
 
+    /// Blocks SIGINT and SIGTERM in this thread and every thread started
+    /// after it, so a signal that comes early stays pending for `wait`
+    /// instead of being lost (a dispatch source is armed asynchronously).
     init() {
-        sources = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
-            signal(sig, SIG_IGN)
-            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            s.setEventHandler { [done] in done.signal() }
-            s.resume()
-            return s
-        }
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
     }
 
     func wait() {
-        done.wait()
-        sources.forEach { $0.cancel() }
+        var sig: Int32 = 0
+        _ = sigwait(&set, &sig)
     }
 }
 

@@ -19,7 +19,9 @@ func syntheticTree() throws -> (root: String, address: PCIAddress) {
     cs.write(0x44, 2, 0x0000)
     cs.write(0x50, 2, 0x6003); cs.write(0x52, 2, 0); cs.write(0x54, 4, 0) // VPD
     cs.write(0x60, 2, 0x0005); cs.write(0x62, 2, 0x0184) // MSI: 64-bit, per-vector mask, 4 vectors capable
-    FileManager.default.createFile(atPath: dir + "/config", contents: Data(cs.bytes))
+    guard FileManager.default.createFile(atPath: dir + "/config", contents: Data(cs.bytes)) else {
+        throw PCIBackError.badDevice("could not write the synthetic config space at \(dir)/config")
+    }
     for f in ["resource", "irq", "vendor", "device", "class"] {
         try FileManager.default.copyItem(atPath: src + "/" + f, toPath: dir + "/" + f)
     }
