@@ -27,6 +27,7 @@ struct xs_permissions;          /* libxenstore: see xenpci_xs_perm */
 struct xengntdev_handle;        /* libxengnttab: both gnttab and gntshr */
 struct xenevtchn_handle;        /* libxenevtchn */
 struct xc_interface_core;       /* libxenctrl */
+struct xencall_handle;          /* libxencall */
 struct xentoollog_logger;       /* libxentoollog: we always pass NULL */
 
 /* One xenstore permission entry, laid out as libxenstore's. */
@@ -167,13 +168,55 @@ struct xenpci_xenctrl_fns {
     xenpci_xc_deassign_device_fn *xc_deassign_device;
 };
 
+/* ---- libxencall.so.1 (dom0 only: the physdev ops libxenctrl has no call
+ * for: prepare/release MSI-X, and map_pirq with a PCI segment) ---- */
+typedef struct xencall_handle *xenpci_xencall_open_fn(struct xentoollog_logger *logger, unsigned open_flags);
+typedef int xenpci_xencall_close_fn(struct xencall_handle *xcall);
+typedef int xenpci_xencall2_fn(struct xencall_handle *xcall, unsigned int op, uint64_t arg1, uint64_t arg2);
+typedef void *xenpci_xencall_alloc_buffer_fn(struct xencall_handle *xcall, size_t size);
+typedef void xenpci_xencall_free_buffer_fn(struct xencall_handle *xcall, void *p);
+
+struct xenpci_xencall_fns {
+    xenpci_xencall_open_fn *xencall_open;
+    xenpci_xencall_close_fn *xencall_close;
+    xenpci_xencall2_fn *xencall2;
+    xenpci_xencall_alloc_buffer_fn *xencall_alloc_buffer;
+    xenpci_xencall_free_buffer_fn *xencall_free_buffer;
+};
+
+/* The physdev hypercall and the arguments we pass it, laid out as Xen's
+ * public/physdev.h (checked by xenlib-check). */
+#define XENPCI_HYPERVISOR_physdev_op 33
+#define XENPCI_PHYSDEVOP_map_pirq 13
+#define XENPCI_PHYSDEVOP_prepare_msix 30
+#define XENPCI_PHYSDEVOP_release_msix 31
+#define XENPCI_MAP_PIRQ_TYPE_MSI_SEG 3
+
+struct xenpci_physdev_map_pirq {
+    uint16_t domid;
+    int32_t type;
+    int32_t index;
+    int32_t pirq;
+    int32_t bus;                /* MSI_SEG: segment << 16 | bus */
+    int32_t devfn;
+    int32_t entry_nr;
+    uint64_t table_base;
+};
+
+struct xenpci_physdev_pci_device {
+    uint16_t seg;
+    uint8_t bus;
+    uint8_t devfn;
+};
+
 /* ---- the loader ---- */
 enum xenpci_xenlib {
     XENPCI_XENLIB_XENSTORE = 0,
     XENPCI_XENLIB_GNTTAB = 1,
     XENPCI_XENLIB_EVTCHN = 2,
     XENPCI_XENLIB_XENCTRL = 3,
-    XENPCI_XENLIB_COUNT = 4
+    XENPCI_XENLIB_XENCALL = 4,
+    XENPCI_XENLIB_COUNT = 5
 };
 
 /* The tables, filled by a successful load; all NULL before. */
@@ -181,6 +224,7 @@ extern struct xenpci_xenstore_fns xenpci_xenstore;
 extern struct xenpci_gnttab_fns xenpci_gnttab;
 extern struct xenpci_evtchn_fns xenpci_evtchn;
 extern struct xenpci_xenctrl_fns xenpci_xenctrl;
+extern struct xenpci_xencall_fns xenpci_xencall;
 
 /* Loads one library (first soname of its list that dlopen()s) and looks up
  * all of its functions. Idempotent and thread-safe. Returns 0, or -1 with a

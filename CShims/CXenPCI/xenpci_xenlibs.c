@@ -15,6 +15,7 @@ struct xenpci_xenstore_fns xenpci_xenstore;
 struct xenpci_gnttab_fns xenpci_gnttab;
 struct xenpci_evtchn_fns xenpci_evtchn;
 struct xenpci_xenctrl_fns xenpci_xenctrl;
+struct xenpci_xencall_fns xenpci_xencall;
 
 /* One symbol: its name and where its address goes (as a generic pointer
  * slot; all members of the tables are function pointers). */
@@ -56,11 +57,18 @@ static const struct sym xenctrl_syms[] = {
     SYM(xenpci_xenctrl_fns, xc_assign_device), SYM(xenpci_xenctrl_fns, xc_deassign_device),
 };
 
+static const struct sym xencall_syms[] = {
+    SYM(xenpci_xencall_fns, xencall_open), SYM(xenpci_xencall_fns, xencall_close),
+    SYM(xenpci_xencall_fns, xencall2), SYM(xenpci_xencall_fns, xencall_alloc_buffer),
+    SYM(xenpci_xencall_fns, xencall_free_buffer),
+};
+
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 static const char *const xenstore_sonames[] = { "libxenstore.so.4" };
 static const char *const gnttab_sonames[] = { "libxengnttab.so.1" };
 static const char *const evtchn_sonames[] = { "libxenevtchn.so.1" };
+static const char *const xencall_sonames[] = { "libxencall.so.1" };
 /* libxenctrl's soname carries the Xen release: 4.17 first (what we are
  * written against), then the other releases with the same calls. */
 static const char *const xenctrl_sonames[] = {
@@ -85,6 +93,8 @@ static const struct lib {
                                evtchn_syms, COUNT(evtchn_syms), &xenpci_evtchn, sizeof(xenpci_evtchn) },
     [XENPCI_XENLIB_XENCTRL] = { "libxenctrl", xenctrl_sonames, COUNT(xenctrl_sonames),
                                 xenctrl_syms, COUNT(xenctrl_syms), &xenpci_xenctrl, sizeof(xenpci_xenctrl) },
+    [XENPCI_XENLIB_XENCALL] = { "libxencall", xencall_sonames, COUNT(xencall_sonames),
+                                xencall_syms, COUNT(xencall_syms), &xenpci_xencall, sizeof(xenpci_xencall) },
 };
 
 static pthread_mutex_t load_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -203,3 +213,4 @@ _Static_assert(sizeof(struct xenpci_xenstore_fns) <= 16 * sizeof(void *), "xenst
 _Static_assert(sizeof(struct xenpci_gnttab_fns) <= 16 * sizeof(void *), "gnttab table too big");
 _Static_assert(sizeof(struct xenpci_evtchn_fns) <= 16 * sizeof(void *), "evtchn table too big");
 _Static_assert(sizeof(struct xenpci_xenctrl_fns) <= 16 * sizeof(void *), "xenctrl table too big");
+_Static_assert(sizeof(struct xenpci_xencall_fns) <= 16 * sizeof(void *), "xencall table too big");

@@ -15,6 +15,7 @@ final class ClaimedDevice {
     var guestAddress: PCIAddress?
     var msiPirqs: [UInt32] = []
     var msixPirqs: [UInt32] = []
+    var msixPrepared = false      // Xen knows its MSI-X table (prepare_msix)
     var ops: [PCIOpCommand: Int] = [:]
     var errors: [PCIOpError: Int] = [:]
 

@@ -100,14 +100,23 @@ final class ConfigMediation {
     private func buildBARs(type: UInt8) throws {
         let count = type == 0 ? 6 : type == 1 ? 2 : 0
         bars = Array(repeating: (0, 0, 0xF, nil), count: 7)
+        // A VF's BAR registers read 0: its values are the resources' start
+        // and type (as Linux's pciback gives them for every function).
+        let vf = dev.isVirtualFunction
+        func reg(_ i: Int) throws -> UInt32 {
+            guard vf else { return try dev.readConfig(PCIReg.bar0 + 4 * i, 4) }
+            guard i < dev.resources.count else { return 0 }
+            return Self.barRegister(dev.resources[i])
+        }
         var i = 0
         while i < count {
-            let raw = try dev.readConfig(PCIReg.bar0 + 4 * i, 4)
+            let raw = try reg(i)
             let flags = BARFlags(raw: raw)
             let size = i < dev.resources.count ? dev.resources[i].size : 0
             bars[i] = (raw, size, flags.mask, nil)
             if flags.is64Bit && i + 1 < count {
-                bars[i + 1] = (try dev.readConfig(PCIReg.bar0 + 4 * (i + 1), 4), size, 0, i)
+                let upper = vf ? UInt32(truncatingIfNeeded: dev.resources[i].start >> 32) : try reg(i + 1)
+                bars[i + 1] = (upper, size, 0, i)
                 i += 1
             }
             i += 1
@@ -116,6 +125,13 @@ final class ConfigMediation {
             let size = dev.resources.count > 6 ? dev.resources[6].size : 0
             bars[6] = (try dev.readConfig(rom, 4) & ~1, size, 0x7FF, nil)
         }
+    }
+
+    /// The low BAR register a resource stands for: its start and type bits.
+    static func barRegister(_ r: PCIResource) -> UInt32 {
+        guard r.size > 0 else { return 0 }
+        if r.isIO { return UInt32(truncatingIfNeeded: r.start) & ~0x3 | 0x1 }
+        return UInt32(truncatingIfNeeded: r.start) & ~0xF | (r.is64Bit ? 0x4 : 0) | (r.isPrefetch ? 0x8 : 0)
     }
 
     /// First instance of each handled capability; every capability's id/next

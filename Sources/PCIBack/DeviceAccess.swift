@@ -18,6 +18,21 @@ public protocol PCIDeviceAccess: AnyObject {
     var driver: String? { get }
     /// Counts of hardware accesses, for tests and `stats`.
     var accessCount: Int { get }
+    /// For an SR-IOV virtual function, its physical function: a VF's BAR
+    /// registers read 0 and its memory-decode bit is hard-wired to 0, so
+    /// BAR values come from `resources` and decode from the PF.
+    var physicalFunction: PCIDeviceAccess? { get }
+}
+
+extension PCIDeviceAccess {
+    public var physicalFunction: PCIDeviceAccess? { nil }
+    public var isVirtualFunction: Bool { physicalFunction != nil }
+
+    /// Memory decoding as Xen sees it for MSI-X: the PF's bit for a VF.
+    public func memoryDecodeEnabled() throws -> Bool {
+        let owner = physicalFunction ?? self
+        return UInt16(truncatingIfNeeded: try owner.readConfig(PCIReg.command, 2)) & PCICommand.memory != 0
+    }
 }
 
 /// One line of sysfs `resource`: start, end, flags.
@@ -59,6 +74,7 @@ public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
     public let resources: [PCIResource]
     public let irq: Int
     public let driver: String?
+    public let physicalFunction: PCIDeviceAccess?
     private let lock = NSLock()
     private var memory: ConfigSpace?
     private var pristine: ConfigSpace?
@@ -84,6 +100,17 @@ public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
             driver = d
         } else {
             driver = nil
+        }
+        // A VF's `physfn` link names its PF (fixture trees: a file holding the BDF).
+        let pf: String? = (try? fm.destinationOfSymbolicLink(atPath: path + "/physfn")).map { ($0 as NSString).lastPathComponent }
+            ?? text("physfn")?.trimmingCharacters(in: .whitespacesAndNewlines)
+        if let pf, !pf.isEmpty {
+            guard let a = try? PCIAddress(parsing: pf), a != address else {
+                throw PCIBackError.badDevice("\(address): \(path)/physfn names '\(pf)', not a PCI function")
+            }
+            physicalFunction = try SysfsPCIDevice(root: root, address: a, inMemory: inMemory)
+        } else {
+            physicalFunction = nil
         }
         if inMemory {
             guard let data = fm.contents(atPath: path + "/config"), data.count >= 64 else {

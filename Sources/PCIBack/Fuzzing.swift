@@ -21,7 +21,7 @@ extension PCIBack {
             d.guestAddress = PCIAddress(bus: 0, device: 0, function: 0)
             i.exported[d.address] = d
             i.link(d)
-            defer { releaseInterrupts(i, d); i.unlink(d) }
+            defer { releaseInterrupts(i, d); releaseMSIX(d); i.unlink(d) }
 
             let raw = UnsafeMutableRawPointer.allocate(byteCount: XenPCI.pageSize, alignment: XenPCI.pageSize)
             defer { raw.deallocate() }

@@ -10,6 +10,8 @@ public final class MemoryPCIDevice: PCIDeviceAccess, @unchecked Sendable {
     public let resources: [PCIResource]
     public let irq: Int
     public let driver: String? = nil
+    /// Set to model an SR-IOV virtual function.
+    public var physicalFunction: PCIDeviceAccess?
     private let lock = NSLock()
     private var config: ConfigSpace
     private let pristine: ConfigSpace

@@ -93,6 +93,9 @@ public final class PCIBack {
             guard devices[access.address] == nil else { throw PCIBackError.refused("\(access.address): already claimed") }
             let d = try ClaimedDevice(access, allowHostDriver: options.allowHostDriverReadOnly)
             devices[access.address] = d
+            do { try prepareMSIX(d) } catch {
+                emit(.error(nil, "\(d.address): prepare MSI-X: \(error) (retried when a guest enables MSI-X)"))
+            }
             return info(d)
         }
     }
@@ -131,6 +134,7 @@ public final class PCIBack {
             guard let d = devices[a] else { throw PCIBackError.badDevice("\(a): not claimed by pciback") }
             if let g = d.guest { throw PCIBackError.refused("\(a): exported to dom\(g); detach it from the guest first") }
             try d.quiesce()
+            releaseMSIX(d)
             devices[a] = nil
         }
     }
@@ -204,6 +208,7 @@ public final class PCIBack {
             }
             for d in devices.values.sorted(by: { $0.address < $1.address }) {
                 do { try d.quiesce() } catch { emit(.error(nil, "\(d.address): reset at shutdown: \(error)")) }
+                releaseMSIX(d)
             }
             devices.removeAll()
         }

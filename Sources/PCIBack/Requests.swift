@@ -117,10 +117,10 @@ extension PCIBack {
         guard !d.readOnly, d.mediation.capability(.msi) != nil, d.msiPirqs.isEmpty, d.msixPirqs.isEmpty,
               !d.mediation.isEnabled(.msi), !d.mediation.isEnabled(.msix) else { return (.opFailed, 0) }
         do {
-            let pirqs = try routing.mapMSI(device: d.address, guest: i.domid, count: 1, msix: false)
-            d.msiPirqs = pirqs
+            let pirq = try routing.mapMSI(device: d.address, guest: i.domid)
+            d.msiPirqs = [pirq]
             try d.mediation.setEnable(.msi, true)
-            return (.success, pirqs[0])
+            return (.success, pirq)
         } catch {
             emit(.error(i.domid, "\(d.address): enable MSI: \(error)"))
             releaseInterrupts(i, d)
@@ -140,24 +140,31 @@ extension PCIBack {
 
     /// `value` = nvec in (1...128, within the table), entries unique and in
     /// range; refused when MSI or MSI-X is on or memory decoding is off
-    /// (XSA-157). On success `value` is 0 (pcifront reads non-zero as error).
+    /// (the PF's for a VF; XSA-157). Exactly the entries asked for are
+    /// mapped, in order. On success `value` is 0 (pcifront reads non-zero as
+    /// error).
     private func enableMSIX(_ i: Instance, _ d: ClaimedDevice, _ op: UnsafeMutablePointer<xen_pci_op>) -> (PCIOpError, Int) {
         let nvec = Int(op.pointee.value)
         guard !d.readOnly, let cap = d.mediation.capability(.msix), (1...XenPCI.maxMSIXVectors).contains(nvec),
               d.msiPirqs.isEmpty, d.msixPirqs.isEmpty, !d.mediation.isEnabled(.msi), !d.mediation.isEnabled(.msix),
               let ctrl = try? d.access.readConfig(cap.offset + PCICapReg.msixFlags, 2),
-              let cmd = try? d.access.readConfig(PCIReg.command, 2), UInt16(cmd) & PCICommand.memory != 0
+              (try? d.access.memoryDecodeEnabled()) == true
         else { return (.opFailed, 0) }
         let tableSize = Int(UInt16(ctrl) & PCICapReg.msixFlagsTableSize) + 1
-        var seen = Set<UInt16>()
+        var entries: [UInt16] = []
         for n in 0..<nvec {
             let e = op.pointee.msixEntry(n).entry
-            guard Int(e) < tableSize, seen.insert(e).inserted else { return (.opFailed, 0) }
+            guard Int(e) < tableSize, !entries.contains(e) else { return (.opFailed, 0) }
+            entries.append(e)
         }
         do {
-            let pirqs = try routing.mapMSI(device: d.address, guest: i.domid, count: nvec, msix: true)
+            let base = try msixTableBAR(d, cap, tableSize)
+            if !d.msixPrepared { try prepareMSIX(d) }
+            let pirqs = try routing.mapMSIX(device: d.address, guest: i.domid, entries: entries, tableBase: base)
             d.msixPirqs = pirqs
-            guard pirqs.allSatisfy({ $0 <= UInt32(UInt16.max) }) else { throw PCIBackError.hardware("pirq above 65535") }
+            guard pirqs.count == nvec, pirqs.allSatisfy({ $0 <= UInt32(UInt16.max) }) else {
+                throw PCIBackError.hardware("pirqs \(pirqs) for \(nvec) vectors (each must fit 16 bits)")
+            }
             for (n, p) in pirqs.enumerated() {
                 var e = op.pointee.msixEntry(n)
                 e.vector = UInt16(p)
@@ -169,6 +176,46 @@ extension PCIBack {
             emit(.error(i.domid, "\(d.address): enable MSI-X: \(error)"))
             releaseInterrupts(i, d)
             return (.opFailed, 0)
+        }
+    }
+
+    /// The start of the memory BAR holding the MSI-X table (what Xen
+    /// compares with the BAR it reads), from the host's resources, which
+    /// also hold a VF's BARs; the table must lie inside it.
+    private func msixTableBAR(_ d: ClaimedDevice, _ cap: PCICapability, _ tableSize: Int) throws -> UInt64 {
+        let reg = try d.access.readConfig(cap.offset + PCICapReg.msixTable, 4)
+        let bir = Int(reg & 0x7), offset = UInt64(reg & ~0x7)
+        let res = d.access.resources
+        guard bir < 6, bir < res.count, res[bir].size > 0, !res[bir].isIO else {
+            throw PCIBackError.hardware("MSI-X table in BAR\(bir), which is not an assigned memory BAR")
+        }
+        guard offset + UInt64(tableSize) * 16 <= res[bir].size else {
+            throw PCIBackError.hardware("MSI-X table of \(tableSize) entries at 0x\(hex(offset, 1)) overruns BAR\(bir) (\(res[bir].size) bytes)")
+        }
+        return res[bir].start
+    }
+
+    /// Xen learns a function's MSI-X table only from dom0
+    /// (PHYSDEVOP_prepare_msix, as Linux's pciback does when it takes a
+    /// function); without it mapping a vector for a guest fails (ENODATA).
+    /// Xen reads the table's BAR with memory decoding on: a function's own
+    /// decode is turned on for the call if it was off (a VF's follows its PF).
+    func prepareMSIX(_ d: ClaimedDevice) throws {
+        guard !d.readOnly, !d.msixPrepared, d.mediation.capability(.msix) != nil else { return }
+        let a = d.access
+        let cmd = UInt16(truncatingIfNeeded: try a.readConfig(PCIReg.command, 2))
+        let turnOn = !a.isVirtualFunction && cmd & PCICommand.memory == 0
+        if turnOn { try a.writeConfig(PCIReg.command, 2, UInt32(cmd | PCICommand.memory)) }
+        defer { if turnOn { try? a.writeConfig(PCIReg.command, 2, UInt32(cmd)) } }
+        try routing.prepareMSIX(device: d.address)
+        d.msixPrepared = true
+    }
+
+    /// Undoes prepareMSIX once no vector is mapped (release, shutdown).
+    func releaseMSIX(_ d: ClaimedDevice) {
+        guard d.msixPrepared else { return }
+        do { try routing.releaseMSIX(device: d.address); d.msixPrepared = false } catch {
+            emit(.error(d.guest, "\(d.address): release MSI-X: \(error)"))
         }
     }
 

@@ -12,12 +12,28 @@ public protocol Hypervisor: AnyObject {
     func openInterruptRouting() throws -> InterruptRouting
 }
 
-/// Physical interrupt routing for pass-through (PHYSDEVOP map/unmap pirq):
-/// what a backend needs to give a guest MSI or MSI-X vectors of a host device.
+/// Physical interrupt routing for pass-through (PHYSDEVOP map/unmap pirq,
+/// prepare/release MSI-X): what a backend needs to give a guest MSI or MSI-X
+/// vectors of a host device.
+///
+/// Xen learns where a function's MSI-X table is only while dom0 owns the
+/// function; once the function is assigned to a guest, mapping an MSI-X
+/// vector fails (ENODATA) unless the table was registered beforehand with
+/// `prepareMSIX`, as Linux's pciback does when it takes a function.
 public protocol InterruptRouting: AnyObject {
-    /// Maps `count` vectors of `device` for `guest`; one pirq per vector.
-    func mapMSI(device: PCIAddress, guest: DomID, count: Int, msix: Bool) throws -> [UInt32]
+    /// Registers the MSI-X table of `device` with the hypervisor (at claim,
+    /// while dom0 owns the function, memory decoding on).
+    func prepareMSIX(device: PCIAddress) throws
+    /// Undoes `prepareMSIX`; every vector must have been unmapped first.
+    func releaseMSIX(device: PCIAddress) throws
+    /// Maps the single MSI vector of `device` for `guest`; returns its pirq.
+    func mapMSI(device: PCIAddress, guest: DomID) throws -> UInt32
+    /// Maps exactly the MSI-X table `entries` of `device` for `guest`, one
+    /// pirq per entry, in order. `tableBase` is the start of the BAR holding
+    /// the table (what Xen compares with the BAR it reads). All or nothing.
+    func mapMSIX(device: PCIAddress, guest: DomID, entries: [UInt16], tableBase: UInt64) throws -> [UInt32]
     func unmapPirq(_ pirq: UInt32, guest: DomID) throws
-    /// Unmaps every pirq still mapped through this handle.
+    /// Unmaps every pirq still mapped and releases every MSI-X table still
+    /// prepared through this handle.
     func close()
 }

@@ -15,6 +15,7 @@ public enum MockOperation: String, CaseIterable, Sendable {
     case openXenStore = "open xenstore", openEventChannels = "open evtchn"
     case openGrantTable = "open gnttab", openGrantSharing = "open gntshr", openInterruptRouting = "open physdev"
     case pirqMap = "physdev map-pirq", pirqUnmap = "physdev unmap-pirq"
+    case msixPrepare = "physdev prepare-msix", msixRelease = "physdev release-msix"
 }
 
 /// Fault injection: make the Nth call of an operation fail with a chosen

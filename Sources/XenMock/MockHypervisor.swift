@@ -47,7 +47,9 @@ public final class MockHypervisor: @unchecked Sendable {
 
     // pirqs (PCI platform)
     struct PirqKey: Hashable { var dom: DomID; var pirq: UInt32 }
-    var pirqs: [PirqKey: (handle: Int, what: String)] = [:]
+    var pirqs: [PirqKey: (handle: Int, vector: MockPirqVector)] = [:]
+    /// Functions whose MSI-X table a handle registered (prepare_msix).
+    var preparedMSIX: [PCIAddress: Int] = [:]
     var routingHandles: [Int: MockInterruptRouting] = [:]
     var nextPirq: UInt32 = 32
 
@@ -163,7 +165,10 @@ public final class MockHypervisor: @unchecked Sendable {
             for w in watches { out.append("dom\(connections[w.conn]?.dom ?? 0): xenstore watch '\(w.path)' token '\(w.token)' still registered") }
             for (id, t) in transactions.sorted(by: { $0.key < $1.key }) { out.append("dom\(t.dom): xenstore transaction \(id) still open") }
             for (k, p) in pirqs.sorted(by: { ($0.key.dom, $0.key.pirq) < ($1.key.dom, $1.key.pirq) }) {
-                out.append("dom\(k.dom): pirq \(k.pirq) (\(p.what)) still mapped")
+                out.append("dom\(k.dom): pirq \(k.pirq) (\(p.vector)) still mapped")
+            }
+            for (a, h) in preparedMSIX.sorted(by: { $0.key < $1.key }) {
+                out.append("dom\(routingHandles[h]?.dom ?? 0): MSI-X table of \(a) still prepared")
             }
             for c in connections.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(c.dom): xenstore connection #\(c.id) not closed") }
             for h in evtchnHandles.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(h.dom): event channel handle #\(h.id) not closed") }
@@ -173,6 +178,15 @@ public final class MockHypervisor: @unchecked Sendable {
             return out
         }
     }
+
+    /// Every pirq mapped for `guest` (all guests when nil), by pirq: what a
+    /// test checks to see which vectors a backend asked for.
+    public func pirqVectors(guest: DomID? = nil) -> [MockPirqVector] {
+        locked { pirqs.filter { guest == nil || $0.key.dom == guest }.map(\.value.vector).sorted { ($0.guest, $0.pirq) < ($1.guest, $1.pirq) } }
+    }
+
+    /// The functions whose MSI-X table is prepared.
+    public var preparedMSIXDevices: [PCIAddress] { locked { preparedMSIX.keys.sorted() } }
 
     /// A readable dump of the store, `xenstore-ls -f -p` style, for tests and the demo.
     public func dumpXenstore(under root: String = "/") -> String {

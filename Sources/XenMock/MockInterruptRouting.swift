@@ -1,24 +1,95 @@
 import Foundation
 import XenHypervisor
 
+/// One vector a backend mapped: what Xen would have programmed, so a test
+/// can check the entries and table base the backend asked for.
+public struct MockPirqVector: Equatable, Sendable, CustomStringConvertible {
+    public var guest: DomID
+    public var pirq: UInt32
+    public var device: PCIAddress
+    public var msix: Bool
+    /// The MSI-X table entry (0 for MSI).
+    public var entry: UInt16
+    /// The BAR base the backend named (0 for MSI).
+    public var tableBase: UInt64
+
+    public init(guest: DomID, pirq: UInt32, device: PCIAddress, msix: Bool, entry: UInt16, tableBase: UInt64) {
+        self.guest = guest; self.pirq = pirq; self.device = device; self.msix = msix; self.entry = entry; self.tableBase = tableBase
+    }
+
+    public var description: String {
+        msix ? "MSI-X of \(device) entry \(entry) for dom\(guest)" : "MSI of \(device) for dom\(guest)"
+    }
+}
+
 /// Pirqs handed out per guest, from 32 up, tracked for the leak check.
+/// Follows Xen 4.17's rules: an MSI-X vector can only be mapped for a
+/// function whose table was prepared (else ENODATA), a table is prepared
+/// once (else EBUSY) and released only with no vector left (else EBUSY).
 final class MockInterruptRouting: MockHandle, InterruptRouting, @unchecked Sendable {
 
+    func prepareMSIX(device: PCIAddress) throws {
+        try hv.locked {
+            let op = MockOperation.msixPrepare
+            guard !closed else { throw XenError(EBADF, op.rawValue, "\(device): handle closed") }
+            try hv.faults.check(op, domain: dom, "\(device)")
+            guard hv.preparedMSIX[device] == nil else { throw XenError(EBUSY, op.rawValue, "\(device): MSI-X table already prepared") }
+            hv.preparedMSIX[device] = id
+        }
+    }
 
-    func mapMSI(device: PCIAddress, guest: DomID, count: Int, msix: Bool) throws -> [UInt32] {
+    func releaseMSIX(device: PCIAddress) throws {
+        try hv.locked {
+            let op = MockOperation.msixRelease
+            try hv.faults.check(op, domain: dom, "\(device)")
+            guard hv.preparedMSIX[device] == id else { throw XenError(EBUSY, op.rawValue, "\(device): MSI-X table not prepared through this handle") }
+            guard !hv.pirqs.values.contains(where: { $0.vector.device == device && $0.vector.msix }) else {
+                throw XenError(EBUSY, op.rawValue, "\(device): MSI-X vectors still mapped")
+            }
+            hv.preparedMSIX[device] = nil
+        }
+    }
+
+    func mapMSI(device: PCIAddress, guest: DomID) throws -> UInt32 {
+        try map(device, guest, [MockPirqVector(guest: guest, pirq: 0, device: device, msix: false, entry: 0, tableBase: 0)])[0]
+    }
+
+    func mapMSIX(device: PCIAddress, guest: DomID, entries: [UInt16], tableBase: UInt64) throws -> [UInt32] {
+        let what = "MSI-X of \(device) for dom\(guest)"
+        let op = MockOperation.pirqMap.rawValue
+        guard (1...2048).contains(entries.count), Set(entries).count == entries.count else {
+            throw XenError(EINVAL, op, "\(what): entries \(entries)")
+        }
+        guard tableBase != 0 else { throw XenError(EINVAL, op, "\(what): table base 0 (the BAR is not assigned)") }
+        return try map(device, guest, entries.map { MockPirqVector(guest: guest, pirq: 0, device: device, msix: true, entry: $0, tableBase: tableBase) })
+    }
+
+    /// All or nothing, under the hypervisor lock.
+    private func map(_ device: PCIAddress, _ guest: DomID, _ vectors: [MockPirqVector]) throws -> [UInt32] {
         try hv.locked {
             let op = MockOperation.pirqMap
-            let what = "\(msix ? "MSI-X" : "MSI") of \(device) for dom\(guest)"
+            let what = "\(vectors[0].msix ? "MSI-X" : "MSI") of \(device) for dom\(guest)"
             guard !closed else { throw XenError(EBADF, op.rawValue, "\(what): handle closed") }
             try hv.faults.check(op, domain: dom, what)
             guard hv.domains[guest] != nil else { throw XenError(ESRCH, op.rawValue, "\(what): no such domain") }
-            guard (1...2048).contains(count) else { throw XenError(EINVAL, op.rawValue, "\(what): \(count) vectors") }
-            return (0..<count).map { n in
+            let mapped = hv.pirqs.values.map(\.vector).filter { $0.device == device }
+            if vectors[0].msix {
+                guard hv.preparedMSIX[device] != nil else {
+                    throw XenError(ENODATA, op.rawValue, "\(what): the MSI-X table was never prepared")
+                }
+                if let dup = vectors.first(where: { v in mapped.contains { $0.msix && $0.entry == v.entry } }) {
+                    throw XenError(EEXIST, op.rawValue, "\(what): entry \(dup.entry) already mapped")
+                }
+            } else if mapped.contains(where: { !$0.msix }) {
+                throw XenError(EEXIST, op.rawValue, "\(what): already mapped")
+            }
+            return vectors.map { v in
                 while hv.pirqs[MockHypervisor.PirqKey(dom: guest, pirq: hv.nextPirq)] != nil { hv.nextPirq += 1 }
-                let p = hv.nextPirq
+                var v = v
+                v.pirq = hv.nextPirq
                 hv.nextPirq += 1
-                hv.pirqs[MockHypervisor.PirqKey(dom: guest, pirq: p)] = (id, "\(what) vector \(n)")
-                return p
+                hv.pirqs[MockHypervisor.PirqKey(dom: guest, pirq: v.pirq)] = (id, v)
+                return v.pirq
             }
         }
     }
@@ -40,6 +111,7 @@ final class MockInterruptRouting: MockHandle, InterruptRouting, @unchecked Senda
             guard !closed else { return }
             closed = true
             for (k, p) in hv.pirqs where p.handle == id { hv.pirqs[k] = nil }
+            for (a, h) in hv.preparedMSIX where h == id { hv.preparedMSIX[a] = nil }
             hv.routingHandles[id] = nil
         }
     }

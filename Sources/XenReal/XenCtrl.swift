@@ -80,21 +80,6 @@ public final class XenCtrl: @unchecked Sendable {
         }
     }
 
-    /// Maps one MSI (entry 0, no table) or MSI-X entry of a segment-0 device
-    /// for `guest`; Xen chooses the pirq.
-    public func mapPirqMSI(guest: DomID, device d: PCIAddress, entry: Int32, tableBase: UInt64) throws -> UInt32 {
-        let x = try h("xc_physdev_map_pirq_msi")
-        let what = "\(d) entry \(entry) for dom\(guest)"
-        guard d.segment == 0 else {
-            throw XenError(ENOSYS, "xc_physdev_map_pirq_msi", "\(what): segment \(d.segment) cannot be named (the call takes bus and devfn only)")
-        }
-        var pirq: Int32 = -1
-        try xenCall("xc_physdev_map_pirq_msi", what) {
-            xenpci_xenctrl.xc_physdev_map_pirq_msi!(x, UInt32(guest), -1, &pirq, Int32(d.devfn), Int32(d.bus), entry, tableBase)
-        }
-        return UInt32(bitPattern: pirq)
-    }
-
     public func unmapPirq(guest: DomID, pirq: UInt32) throws {
         let x = try h("xc_physdev_unmap_pirq")
         try xenCall("xc_physdev_unmap_pirq", "dom\(guest) pirq \(pirq)") {
@@ -103,35 +88,117 @@ public final class XenCtrl: @unchecked Sendable {
     }
 }
 
-/// MSI and MSI-X vectors of host devices mapped to pirqs of a guest.
-public final class XenInterruptRouting: InterruptRouting, @unchecked Sendable {
-    let ctrl: XenCtrl
-    let sysfs: PCISysfs
+/// The physdev hypercalls libxenctrl has no call for, through libxencall:
+/// PHYSDEVOP_prepare_msix / release_msix, and map_pirq of type MSI_SEG
+/// (libxenctrl's xc_physdev_map_pirq_msi cannot name a PCI segment).
+final class XenPhysdev: @unchecked Sendable {
+    private var handle: OpaquePointer?
     private let lock = NSLock()
-    private var mapped: [(guest: DomID, pirq: UInt32)] = []
 
-    public init(ctrl: XenCtrl, sysfs: PCISysfs = PCISysfs()) {
-        self.ctrl = ctrl
-        self.sysfs = sysfs
+    init() throws {
+        try XenLibrary.xencall.load()
+        errno = 0
+        guard let h = xenpci_xencall.xencall_open!(nil, 0) else { throw XenError(lastErrno(), "xencall_open", "(/dev/xen/privcmd)") }
+        handle = h
     }
 
-    /// MSI: one vector (multi-vector MSI has no libxenctrl call; Linux's
-    /// pciback refuses it too). MSI-X: table entries 0..<count, the table's
-    /// address read from the device's sysfs config and resource files.
-    public func mapMSI(device: PCIAddress, guest: DomID, count: Int, msix: Bool) throws -> [UInt32] {
-        let op = "xc_physdev_map_pirq_msi"
-        guard (1...2048).contains(count) else { throw XenError(EINVAL, op, "\(device) for dom\(guest): \(count) vectors") }
-        var tableBase: UInt64 = 0
-        if msix {
-            tableBase = try sysfs.msixTableAddress(device)
-        } else if count != 1 {
-            throw XenError(EINVAL, op, "\(device) for dom\(guest): \(count) MSI vectors (only one can be mapped)")
+    deinit { close() }
+
+    func close() {
+        let h: OpaquePointer? = lock.withLock { defer { handle = nil }; return handle }
+        if let h { _ = xenpci_xencall.xencall_close!(h) }
+    }
+
+    /// Runs PHYSDEVOP `cmd` on `arg`, copied into a hypercall-safe buffer
+    /// and back; the hypercall's own -errno comes back as errno.
+    private func physdevOp<T>(_ cmd: Int32, _ name: String, _ what: String, _ arg: inout T) throws {
+        guard let h = lock.withLock({ handle }) else { throw XenError(EBADF, name, "libxencall handle closed") }
+        guard let buf = xenpci_xencall.xencall_alloc_buffer!(h, MemoryLayout<T>.size) else {
+            throw XenError(lastErrno(), name, "\(what): hypercall buffer")
+        }
+        defer { xenpci_xencall.xencall_free_buffer!(h, buf) }
+        let typed = buf.bindMemory(to: T.self, capacity: 1)
+        typed.initialize(to: arg)
+        try xenCall(name, what) {
+            xenpci_xencall.xencall2!(h, UInt32(XENPCI_HYPERVISOR_physdev_op), UInt64(cmd), UInt64(UInt(bitPattern: buf)))
+        }
+        arg = typed.pointee
+    }
+
+    func prepareMSIX(_ d: PCIAddress, release: Bool) throws {
+        var dev = xenpci_physdev_pci_device(seg: d.segment, bus: d.bus, devfn: d.devfn)
+        try physdevOp(release ? XENPCI_PHYSDEVOP_release_msix : XENPCI_PHYSDEVOP_prepare_msix,
+                      release ? "PHYSDEVOP_release_msix" : "PHYSDEVOP_prepare_msix", "\(d)", &dev)
+    }
+
+    /// One MSI vector (`entry` nil) or MSI-X table entry for `guest`; Xen
+    /// chooses the pirq.
+    func mapMSI(_ d: PCIAddress, guest: DomID, entry: UInt16?, tableBase: UInt64) throws -> UInt32 {
+        var m = xenpci_physdev_map_pirq()
+        m.domid = guest
+        m.type = XENPCI_MAP_PIRQ_TYPE_MSI_SEG
+        m.index = -1
+        m.pirq = -1
+        m.bus = Int32(d.segment) << 16 | Int32(d.bus)
+        m.devfn = Int32(d.devfn)
+        m.entry_nr = Int32(entry ?? 0)
+        m.table_base = entry == nil ? 0 : tableBase
+        let what = entry.map { "MSI-X of \(d) entry \($0) (table BAR at 0x\(String(tableBase, radix: 16))) for dom\(guest)" }
+            ?? "MSI of \(d) for dom\(guest)"
+        try physdevOp(XENPCI_PHYSDEVOP_map_pirq, "PHYSDEVOP_map_pirq", what, &m)
+        guard m.pirq > 0 else { throw XenError(EIO, "PHYSDEVOP_map_pirq", "\(what): Xen returned pirq \(m.pirq)") }
+        return UInt32(m.pirq)
+    }
+}
+
+/// MSI and MSI-X vectors of host devices mapped to pirqs of a guest, and
+/// the MSI-X tables registered with Xen. Everything mapped or prepared
+/// through this handle is undone by `close()`.
+public final class XenInterruptRouting: InterruptRouting, @unchecked Sendable {
+    let ctrl: XenCtrl
+    let physdev: XenPhysdev
+    private let lock = NSLock()
+    private var mapped: [(guest: DomID, pirq: UInt32)] = []
+    private var prepared: Set<PCIAddress> = []
+
+    init(ctrl: XenCtrl, physdev: XenPhysdev) {
+        self.ctrl = ctrl
+        self.physdev = physdev
+    }
+
+    public func prepareMSIX(device: PCIAddress) throws {
+        do {
+            try physdev.prepareMSIX(device, release: false)
+        } catch let e as XenError where e.code == EBUSY {
+            // Already registered: a backend that died left it so (or vectors
+            // are mapped); ours to release from now on. Only a table with
+            // vectors still mapped refuses the release later.
+        }
+        lock.withLock { _ = prepared.insert(device) }
+    }
+
+    public func releaseMSIX(device: PCIAddress) throws {
+        guard lock.withLock({ prepared.contains(device) }) else {
+            throw XenError(EINVAL, "PHYSDEVOP_release_msix", "\(device): not prepared through this handle")
+        }
+        try physdev.prepareMSIX(device, release: true)
+        lock.withLock { _ = prepared.remove(device) }
+    }
+
+    public func mapMSI(device: PCIAddress, guest: DomID) throws -> UInt32 {
+        let p = try physdev.mapMSI(device, guest: guest, entry: nil, tableBase: 0)
+        lock.withLock { mapped.append((guest, p)) }
+        return p
+    }
+
+    public func mapMSIX(device: PCIAddress, guest: DomID, entries: [UInt16], tableBase: UInt64) throws -> [UInt32] {
+        let op = "PHYSDEVOP_map_pirq"
+        guard (1...2048).contains(entries.count), Set(entries).count == entries.count else {
+            throw XenError(EINVAL, op, "MSI-X of \(device) for dom\(guest): entries \(entries)")
         }
         var pirqs: [UInt32] = []
         do {
-            for entry in 0..<count {
-                pirqs.append(try ctrl.mapPirqMSI(guest: guest, device: device, entry: Int32(entry), tableBase: tableBase))
-            }
+            for e in entries { pirqs.append(try physdev.mapMSI(device, guest: guest, entry: e, tableBase: tableBase)) }
         } catch {
             for p in pirqs { try? ctrl.unmapPirq(guest: guest, pirq: p) }
             throw error
@@ -144,13 +211,16 @@ public final class XenInterruptRouting: InterruptRouting, @unchecked Sendable {
         guard lock.withLock({ mapped.contains { $0 == (guest, pirq) } }) else {
             throw XenError(EINVAL, "xc_physdev_unmap_pirq", "pirq \(pirq) of dom\(guest) is not mapped through this handle")
         }
+        // Forgotten even when Xen refuses: a dead guest's pirqs went with it.
+        defer { lock.withLock { mapped.removeAll { $0 == (guest, pirq) } } }
         try ctrl.unmapPirq(guest: guest, pirq: pirq)
-        lock.withLock { mapped.removeAll { $0 == (guest, pirq) } }
     }
 
     public func close() {
-        let all = lock.withLock { defer { mapped = [] }; return mapped }
+        let (all, tables) = lock.withLock { defer { mapped = []; prepared = [] }; return (mapped, prepared) }
         for m in all { try? ctrl.unmapPirq(guest: m.guest, pirq: m.pirq) }
+        for d in tables.sorted() { try? physdev.prepareMSIX(d, release: true) }
+        physdev.close()
     }
 }
 

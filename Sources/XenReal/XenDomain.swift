@@ -50,7 +50,9 @@ public final class XenDomain: Hypervisor, @unchecked Sendable {
     public func openGrantTable() throws -> GrantTable { try XenGrantTable() }
     public func openGrantSharing() throws -> GrantSharing { try XenGrantSharing() }
     public func openInterruptRouting() throws -> InterruptRouting {
-        do { try XenLibrary.xenctrl.load() } catch { throw XenUnavailable("interrupt routing needs libxenctrl: \(error)") }
-        return XenInterruptRouting(ctrl: try XenCtrl())
+        do { try XenLibrary.xenctrl.load(); try XenLibrary.xencall.load() } catch {
+            throw XenUnavailable("interrupt routing needs libxenctrl and libxencall: \(error)")
+        }
+        return XenInterruptRouting(ctrl: try XenCtrl(), physdev: try XenPhysdev())
     }
 }

@@ -7,7 +7,7 @@ import XenHypervisor
 /// host without Xen still runs the mock; when one is wanted and missing,
 /// the error carries dlerror()'s own words.
 public enum XenLibrary: CaseIterable, Sendable, CustomStringConvertible {
-    case xenstore, gnttab, evtchn, xenctrl
+    case xenstore, gnttab, evtchn, xenctrl, xencall
 
     var c: xenpci_xenlib {
         switch self {
@@ -15,6 +15,7 @@ public enum XenLibrary: CaseIterable, Sendable, CustomStringConvertible {
         case .gnttab: return XENPCI_XENLIB_GNTTAB
         case .evtchn: return XENPCI_XENLIB_EVTCHN
         case .xenctrl: return XENPCI_XENLIB_XENCTRL
+        case .xencall: return XENPCI_XENLIB_XENCALL
         }
     }
 
@@ -24,6 +25,7 @@ public enum XenLibrary: CaseIterable, Sendable, CustomStringConvertible {
         case .gnttab: return "libxengnttab"
         case .evtchn: return "libxenevtchn"
         case .xenctrl: return "libxenctrl"
+        case .xencall: return "libxencall"
         }
     }
 

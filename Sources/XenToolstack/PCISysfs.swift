@@ -46,31 +46,4 @@ public struct PCISysfs: Sendable {
         }
         return v
     }
-
-    /// The host physical address of the MSI-X table: the BAR named by the
-    /// capability's BIR plus its offset.
-    public func msixTableAddress(_ d: PCIAddress) throws -> UInt64 {
-        let p = path(d, "config")
-        guard let data = FileManager.default.contents(atPath: p), data.count >= 0x40 else {
-            throw XenError(ENOENT, "read", "\(p) (the MSI-X table address comes from config space)")
-        }
-        let c = [UInt8](data)
-        func u32(_ o: Int) -> UInt32 { UInt32(c[o]) | UInt32(c[o + 1]) << 8 | UInt32(c[o + 2]) << 16 | UInt32(c[o + 3]) << 24 }
-        guard c[0x06] & 0x10 != 0 else { throw XenError(ENODEV, "msix", "\(d) has no capability list") }
-        var ptr = Int(c[0x34] & 0xFC), hops = 0
-        while ptr >= 0x40, ptr + 8 <= c.count, hops < 48 {
-            if c[ptr] == 0x11 {
-                let t = u32(ptr + 4)
-                let bir = Int(t & 7), offset = UInt64(t & ~7)
-                let res = try resources(d)
-                guard bir < 6, bir < res.count, res[bir].start != 0, !res[bir].isIO else {
-                    throw XenError(EINVAL, "msix", "\(d): MSI-X table in BAR \(bir), which is not a memory BAR")
-                }
-                return res[bir].start + offset
-            }
-            ptr = Int(c[ptr + 1] & 0xFC)
-            hops += 1
-        }
-        throw XenError(ENODEV, "msix", "\(d) has no MSI-X capability")
-    }
 }

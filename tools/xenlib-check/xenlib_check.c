@@ -11,6 +11,8 @@
 #include <xenstore.h>
 #include <xengnttab.h>
 #include <xenevtchn.h>
+#include <xencall.h>
+#include <xen/physdev.h>
 #include "xenpci_xenlibs.h"
 
 struct row { const char *what; int same; long long xen, ours; };
@@ -38,6 +40,9 @@ static const struct row rows[] = {
     PROTO(xc_domain_iomem_permission), PROTO(xc_domain_ioport_permission), PROTO(xc_assign_device),
     PROTO(xc_deassign_device),
 
+    PROTO(xencall_open), PROTO(xencall_close), PROTO(xencall2), PROTO(xencall_alloc_buffer),
+    PROTO(xencall_free_buffer),
+
     VALUE("sizeof(struct xs_permissions)", sizeof(struct xs_permissions), sizeof(struct xenpci_xs_perm)),
     VALUE("offsetof(xs_permissions.id)", offsetof(struct xs_permissions, id), offsetof(struct xenpci_xs_perm, id)),
     VALUE("offsetof(xs_permissions.perms)", offsetof(struct xs_permissions, perms), offsetof(struct xenpci_xs_perm, perms)),
@@ -50,6 +55,21 @@ static const struct row rows[] = {
     VALUE("XS_WATCH_TOKEN", XS_WATCH_TOKEN, XENPCI_XS_WATCH_TOKEN),
     VALUE("XEN_DOMCTL_DEV_RDM_RELAXED", XEN_DOMCTL_DEV_RDM_RELAXED, XENPCI_DOMCTL_DEV_RDM_RELAXED),
     VALUE("sizeof(xs_transaction_t)", sizeof(xs_transaction_t), sizeof(uint32_t)),
+    VALUE("__HYPERVISOR_physdev_op", __HYPERVISOR_physdev_op, XENPCI_HYPERVISOR_physdev_op),
+    VALUE("PHYSDEVOP_map_pirq", PHYSDEVOP_map_pirq, XENPCI_PHYSDEVOP_map_pirq),
+    VALUE("PHYSDEVOP_prepare_msix", PHYSDEVOP_prepare_msix, XENPCI_PHYSDEVOP_prepare_msix),
+    VALUE("PHYSDEVOP_release_msix", PHYSDEVOP_release_msix, XENPCI_PHYSDEVOP_release_msix),
+    VALUE("MAP_PIRQ_TYPE_MSI_SEG", MAP_PIRQ_TYPE_MSI_SEG, XENPCI_MAP_PIRQ_TYPE_MSI_SEG),
+#define MAPF(f) \
+    VALUE("offsetof(physdev_map_pirq." #f ")", offsetof(struct physdev_map_pirq, f), offsetof(struct xenpci_physdev_map_pirq, f)), \
+    VALUE("sizeof(physdev_map_pirq." #f ")", sizeof(((struct physdev_map_pirq *)0)->f), sizeof(((struct xenpci_physdev_map_pirq *)0)->f))
+    VALUE("sizeof(struct physdev_map_pirq)", sizeof(struct physdev_map_pirq), sizeof(struct xenpci_physdev_map_pirq)),
+    MAPF(domid), MAPF(type), MAPF(index), MAPF(pirq), MAPF(bus), MAPF(devfn), MAPF(entry_nr), MAPF(table_base),
+#define PCIF(f) \
+    VALUE("offsetof(physdev_pci_device." #f ")", offsetof(struct physdev_pci_device, f), offsetof(struct xenpci_physdev_pci_device, f)), \
+    VALUE("sizeof(physdev_pci_device." #f ")", sizeof(((struct physdev_pci_device *)0)->f), sizeof(((struct xenpci_physdev_pci_device *)0)->f))
+    VALUE("sizeof(struct physdev_pci_device)", sizeof(struct physdev_pci_device), sizeof(struct xenpci_physdev_pci_device)),
+    PCIF(seg), PCIF(bus), PCIF(devfn),
     VALUE("sizeof(evtchn_port_t)", sizeof(evtchn_port_t), sizeof(uint32_t)),
     VALUE("sizeof(xenevtchn_port_or_error_t)", sizeof(xenevtchn_port_or_error_t), sizeof(int)),
 };
