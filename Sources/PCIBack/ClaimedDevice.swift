@@ -10,6 +10,8 @@ final class ClaimedDevice {
     let access: PCIDeviceAccess
     let golden: ConfigSpace       // saved at claim, restored at release
     let readOnly: Bool            // a host driver owns it: never written
+    let vendorID: UInt16          // the host's ids (a VF's registers read 0xFFFF)
+    let deviceID: UInt16
     var mediation: ConfigMediation
     var guest: DomID?             // owner, mirrored in pb->pbx_instance
     var guestAddress: PCIAddress?
@@ -33,8 +35,12 @@ final class ClaimedDevice {
         readOnly = inUse
         var cs = ConfigSpace(size: access.configSize)
         for o in stride(from: 0, to: access.configSize, by: 4) { cs.write(o, 4, try access.readConfig(o, 4)) }
-        guard cs.vendorID != 0xFFFF && cs.vendorID != 0 else {
-            throw PCIBackError.badDevice("\(access.address): no device answers (vendor id 0x\(hex(cs.vendorID, 4)))")
+        // A VF's vendor and device registers read 0xFFFF: its ids are the host's.
+        let ids = access.isVirtualFunction ? access.identity : nil
+        vendorID = ids?.vendor ?? cs.vendorID
+        deviceID = ids?.device ?? cs.deviceID
+        guard vendorID != 0xFFFF && vendorID != 0 else {
+            throw PCIBackError.badDevice("\(access.address): no device answers (vendor id 0x\(hex(vendorID, 4)))")
         }
         golden = cs
         if !readOnly { try access.reset(); try Self.restore(access, cs, disable: true) }
@@ -51,7 +57,7 @@ final class ClaimedDevice {
         pb.pointee.pb_pci_softc = sc
         sc.pointee.sc_pb = pb
         sc.pointee.sc_irq = Int32(access.irq)
-        sc.pointee.sc_id = cs.read32(PCIReg.vendorID)
+        sc.pointee.sc_id = UInt32(deviceID) << 16 | UInt32(vendorID)
         sc.pointee.sc_subid = cs.read32(PCIReg.subsystemVendorID)
         withUnsafeMutableBytes(of: &sc.pointee.sc_kernfsname) { buf in
             let name = Array(a.shortDescription.utf8.prefix(15))
@@ -105,7 +111,7 @@ final class ClaimedDevice {
 
     /// NetBSD's /kern/xen/pci/<BDF> text.
     func kernfsText() -> String {
-        var s = "\(address): vendor 0x\(hex(golden.vendorID, 4)) product 0x\(hex(golden.deviceID, 4))"
+        var s = "\(address): vendor 0x\(hex(vendorID, 4)) product 0x\(hex(deviceID, 4))"
         s += " subsys vendor 0x\(hex(golden.read16(PCIReg.subsystemVendorID), 4)) subsys product 0x\(hex(golden.read16(PCIReg.subsystemID), 4))\n"
         for (i, r) in bars {
             let kind = r.isIO ? "i/o" : "mem"

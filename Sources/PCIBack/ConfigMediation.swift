@@ -19,6 +19,7 @@ final class ConfigMediation {
         case msiControl
         case msixControl
         case quirk(UInt32)   // raw read/write of the mask bits
+        case identity(UInt16) // a VF's vendor or device id, as the host knows it
     }
 
     struct Field { var offset: Int; var size: Int; var kind: Kind }
@@ -70,8 +71,13 @@ final class ConfigMediation {
     }
 
     private func buildHeader(type: UInt8) {
-        add(PCIReg.vendorID, 2, .ignore)
-        add(PCIReg.deviceID, 2, .ignore)
+        if dev.isVirtualFunction, let ids = dev.identity {
+            add(PCIReg.vendorID, 2, .identity(ids.vendor))
+            add(PCIReg.deviceID, 2, .identity(ids.device))
+        } else {
+            add(PCIReg.vendorID, 2, .ignore)
+            add(PCIReg.deviceID, 2, .ignore)
+        }
         add(PCIReg.command, 2, .command)
         add(PCIReg.status, 2, .readOnly)
         add(PCIReg.revision, 4, .readOnly)
@@ -213,7 +219,7 @@ final class ConfigMediation {
         case .cacheLine: return "cache line size"
         case .bist: return "BIST"
         case .quirk: return "quirk field"
-        case .ignore, .readOnly: return "read-only register"
+        case .ignore, .readOnly, .identity: return "read-only register"
         }
     }
 
@@ -251,6 +257,7 @@ final class ConfigMediation {
         case .command:
             return UInt32(UInt16(truncatingIfNeeded: hw) & Self.hwCommandBits | virtualCommand & Self.virtualCommandBits)
         case .interruptLine: return UInt32(UInt8(truncatingIfNeeded: dev.irq))
+        case .identity(let id): return UInt32(id)
         case .pmCapabilities: return hw & ~UInt32(PCICapReg.pmCapPMEMask)
         case .pmControl: return hw
         case .bar(let i): return barRead(i)
@@ -326,7 +333,7 @@ final class ConfigMediation {
     /// false: the write is refused with access_denied.
     private func fieldWrite(_ f: Field, _ v: UInt32, partial: Bool) throws -> Bool {
         switch f.kind {
-        case .ignore, .interruptLine:
+        case .ignore, .interruptLine, .identity:
             return true
         case .readOnly:
             if v != (try read(f.offset, f.size)) { refuse(f.offset, f.size, v, denied: false) }

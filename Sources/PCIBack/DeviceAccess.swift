@@ -22,10 +22,14 @@ public protocol PCIDeviceAccess: AnyObject {
     /// registers read 0 and its memory-decode bit is hard-wired to 0, so
     /// BAR values come from `resources` and decode from the PF.
     var physicalFunction: PCIDeviceAccess? { get }
+    /// The ids the host kernel gives the function (sysfs `vendor`, `device`):
+    /// a VF's own vendor and device registers read 0xFFFF.
+    var identity: (vendor: UInt16, device: UInt16)? { get }
 }
 
 extension PCIDeviceAccess {
     public var physicalFunction: PCIDeviceAccess? { nil }
+    public var identity: (vendor: UInt16, device: UInt16)? { nil }
     public var isVirtualFunction: Bool { physicalFunction != nil }
 
     /// Memory decoding as Xen sees it for MSI-X: the PF's bit for a VF.
@@ -75,6 +79,7 @@ public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
     public let irq: Int
     public let driver: String?
     public let physicalFunction: PCIDeviceAccess?
+    public let identity: (vendor: UInt16, device: UInt16)?
     private let lock = NSLock()
     private var memory: ConfigSpace?
     private var pristine: ConfigSpace?
@@ -104,6 +109,10 @@ public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
         // A VF's `physfn` link names its PF (fixture trees: a file holding the BDF).
         let pf: String? = (try? fm.destinationOfSymbolicLink(atPath: path + "/physfn")).map { ($0 as NSString).lastPathComponent }
             ?? text("physfn")?.trimmingCharacters(in: .whitespacesAndNewlines)
+        func id(_ f: String) -> UInt16? {
+            text(f).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.flatMap { UInt16($0.hasPrefix("0x") ? String($0.dropFirst(2)) : $0, radix: 16) }
+        }
+        identity = id("vendor").flatMap { v in id("device").map { (v, $0) } }
         if let pf, !pf.isEmpty {
             guard let a = try? PCIAddress(parsing: pf), a != address else {
                 throw PCIBackError.badDevice("\(address): \(path)/physfn names '\(pf)', not a PCI function")

@@ -144,7 +144,7 @@ public final class PCIBack {
     func info(_ d: ClaimedDevice) -> ClaimedDeviceInfo {
         var bars: [Int: PCIResource] = [:]
         for (i, r) in d.bars { bars[i] = r }
-        return ClaimedDeviceInfo(address: d.address, vendorID: d.golden.vendorID, deviceID: d.golden.deviceID,
+        return ClaimedDeviceInfo(address: d.address, vendorID: d.vendorID, deviceID: d.deviceID,
                                  subsystemVendorID: d.golden.read16(PCIReg.subsystemVendorID), subsystemID: d.golden.read16(PCIReg.subsystemID),
                                  classCode: d.golden.classCode, bars: bars, irq: d.access.irq, guest: d.guest,
                                  guestAddress: d.guestAddress, readOnly: d.readOnly, driver: d.access.driver, text: d.kernfsText())

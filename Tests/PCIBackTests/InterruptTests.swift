@@ -241,6 +241,55 @@ struct InterruptTests {
     }
 }
 
+/// The SR-IOV fixtures (Tests/Fixtures/qemu-sriov): QEMU's NVMe PF with one VF enabled.
+@Suite("pciback: a real VF (QEMU NVMe SR-IOV fixtures)", .serialized)
+struct VirtualFunctionFixtureTests {
+    static let root = URL(fileURLWithPath: fixtureRoot).deletingLastPathComponent().appendingPathComponent("qemu-sriov").path
+    static let vf = try! PCIAddress(parsing: "0000:01:00.1")
+
+    func exported() throws -> (Harness, RawFrontend, SysfsPCIDevice) {
+        let h = try Harness()
+        let vf = try SysfsPCIDevice(root: Self.root, address: Self.vf, inMemory: true)
+        #expect(try vf.readConfig(0, 4) == 0xFFFF_FFFF, "the VF's own id registers read all ones")
+        let pf = try PCIAddress(parsing: "0000:01:00.0")
+        #expect(vf.isVirtualFunction && vf.physicalFunction?.address == pf)
+        _ = try h.back.claim(vf)
+        try h.create(1, Self.vf)
+        #expect(h.waitBackend(1, .initialised))
+        let f = try RawFrontend(h)
+        try f.connect()
+        #expect(h.waitBackend(1, .connected))
+        return (h, f, vf)
+    }
+
+    @Test("the guest sees the VF's ids and BARs as the host knows them (vendor 1b36, device 0010, BAR0 at 0xfe804000, 16 KiB)")
+    func identityAndBARs() throws {
+        let (h, f, _) = try exported()
+        #expect(try f.read(v00, 0, 4) == (.success, 0x0010_1b36))
+        #expect(try f.read(v00, 0x10, 4) == (.success, 0xfe80_4004), "64-bit memory BAR, from sysfs resource")
+        #expect(try f.read(v00, 0x14, 4) == (.success, 0))
+        #expect(try f.write(v00, 0x10, 4, 0xFFFF_FFFF) == .success)
+        #expect(try f.read(v00, 0x10, 4) == (.success, 0xFFFF_C004), "sizing: 16 KiB")
+        #expect(h.back.listing().first?.vendorID == 0x1b36)
+        f.close()
+        h.shutdown()
+        #expect(h.hv.leaks().isEmpty, "\(h.hv.leaks())")
+    }
+
+    @Test("MSI-X on the VF: gated by the PF's decode (the VF's own bit reads 0), table base = the VF's BAR0")
+    func msix() throws {
+        let (h, f, vf) = try exported()
+        #expect(try vf.readConfig(4, 2) & 0x2 == 0, "hard-wired 0 on the VF")
+        #expect(h.hv.preparedMSIXDevices == [Self.vf])
+        #expect(try f.send(msixOp(v00, entries: [0]))?.err == 0)
+        #expect(h.hv.pirqVectors(guest: 1).map(\.tableBase) == [0xfe80_4000])
+        #expect(try f.send(xen_pci_op(command: .disableMSIX, address: v00))?.err == 0)
+        f.close()
+        h.shutdown()
+        #expect(h.hv.leaks().isEmpty, "\(h.hv.leaks())")
+    }
+}
+
 /// A sysfs-shaped tree of fixture copies, with a driver of our choosing.
 final class TempTree {
     let path: String
