@@ -43,8 +43,8 @@ final class ClaimedDevice {
             throw PCIBackError.badDevice("\(access.address): no device answers (vendor id 0x\(hex(vendorID, 4)))")
         }
         golden = cs
-        if !readOnly { try access.reset(); try Self.restore(access, cs, disable: true) }
-        mediation = try ConfigMediation(device: access)
+        if !readOnly { try Self.resetAndRestore(access, cs) }
+        mediation = try ConfigMediation(device: access, golden: cs)
         pb = .allocate(capacity: 1)
         pb.initialize(to: pciback_pci_dev())
         sc = .allocate(capacity: 1)
@@ -82,27 +82,29 @@ final class ClaimedDevice {
 
     var isBridge: Bool { golden.isBridge }
 
-    /// Writes back the saved header: BARs, ROM, cache line, latency,
-    /// interrupt line, then the command register (bus mastering off when
-    /// `disable`, so a released device cannot DMA: XSA-306).
-    static func restore(_ d: PCIDeviceAccess, _ g: ConfigSpace, disable: Bool) throws {
-        for o in stride(from: PCIReg.bar0, to: PCIReg.bar0 + 4 * g.barCount, by: 4) { try d.writeConfig(o, 4, g.read32(o)) }
-        if let rom = g.romOffset { try d.writeConfig(rom, 4, g.read32(rom) & ~1) }
-        try d.writeConfig(PCIReg.cacheLineSize, 1, UInt32(g.read8(PCIReg.cacheLineSize)))
-        try d.writeConfig(PCIReg.latencyTimer, 1, UInt32(g.read8(PCIReg.latencyTimer)))
-        try d.writeConfig(PCIReg.interruptLine, 1, UInt32(g.read8(PCIReg.interruptLine)))
-        var cmd = g.read16(PCIReg.command)
-        if disable { cmd &= ~PCICommand.master }
-        try d.writeConfig(PCIReg.command, 2, UInt32(cmd))
+    /// Reset, then the saved header written back: BARs, ROM, cache line,
+    /// latency, interrupt line, then the command register with bus
+    /// mastering off (a released device cannot DMA: XSA-306), then the
+    /// power state saved at claim with PME_En off. Reset and header happen
+    /// in D0 (as Linux's reset path does): a function a guest left in D3hot
+    /// would lose the header on its way back to D0.
+    static func resetAndRestore(_ d: PCIDeviceAccess, _ g: ConfigSpace) throws {
+        let pm = g.capability(.pm)?.offset
+        if let pm { try d.setPowerState(pm: pm, .d0) }
+        try d.reset()
+        if let pm { try d.setPowerState(pm: pm, .d0) } // a reset may leave the state alone
+        try d.writeHeader(from: g, command: g.read16(PCIReg.command) & ~PCICommand.master)
+        if let pm {
+            let saved = PowerState(pmcsr: g.read16(pm + PCICapReg.pmControl))
+            let pmc = g.read16(pm + PCICapReg.pmCapabilities)
+            try d.setPowerState(pm: pm, PowerState.d0.canEnter(saved, pmc: pmc) ? saved : .d0)
+        }
     }
 
     /// Back to the state of claim: reset, golden state, no guest grants.
     func quiesce() throws {
-        if !readOnly {
-            try access.reset()
-            try Self.restore(access, golden, disable: true)
-        }
-        mediation = try ConfigMediation(device: access)
+        if !readOnly { try Self.resetAndRestore(access, golden) }
+        mediation = try ConfigMediation(device: access, golden: golden)
     }
 
     var bars: [(index: Int, resource: PCIResource)] {

@@ -15,7 +15,8 @@ final class ConfigMediation {
         case interruptLine
         case pmCapabilities
         case pmControl
-        case vpd             // writes refused
+        case vpdAddress      // F=0 (a read request) passes, F=1 (a VPD write) refused
+        case vpdData         // writes refused
         case msiControl
         case msixControl
         case quirk(UInt32)   // raw read/write of the mask bits
@@ -28,6 +29,7 @@ final class ConfigMediation {
     struct Refusal: Equatable { var offset: Int; var size: Int; var count: Int; var lastValue: UInt32; var denied: Bool }
 
     let dev: PCIDeviceAccess
+    let golden: ConfigSpace         // the host's BARs, for a function that lost them
     let limit: Int                  // 0x100 or 0x1000: the guest-visible size
     private(set) var fields: [Field] = []
     private var fieldAt: [Int16]    // byte -> index into fields, -1 for none
@@ -49,8 +51,9 @@ final class ConfigMediation {
     static let hwCommandBits = PCICommand.master | PCICommand.special | PCICommand.invalidate | PCICommand.vgaPalette | PCICommand.wait | PCICommand.fastBack
     static let virtualCommandBits = PCICommand.io | PCICommand.memory | PCICommand.parity | PCICommand.serr | PCICommand.intxDisable
 
-    init(device: PCIDeviceAccess) throws {
+    init(device: PCIDeviceAccess, golden: ConfigSpace) throws {
         dev = device
+        self.golden = golden
         limit = device.configSize >= PCIReg.extendedSize ? PCIReg.extendedSize : PCIReg.legacySize
         fieldAt = [Int16](repeating: -1, count: limit)
         let header = UInt8(try device.readConfig(PCIReg.headerType, 1)) & 0x7F
@@ -154,8 +157,8 @@ final class ConfigMediation {
                 add(c.offset + PCICapReg.pmCapabilities, 2, .pmCapabilities)
                 add(c.offset + PCICapReg.pmControl, 2, .pmControl)
             case .vpd?:
-                add(c.offset + 2, 2, .vpd)
-                add(c.offset + 4, 4, .vpd)
+                add(c.offset + PCICapReg.vpdAddress, 2, .vpdAddress)
+                add(c.offset + PCICapReg.vpdData, 4, .vpdData)
             case .msi?:
                 add(c.offset + PCICapReg.msiFlags, 2, .msiControl)
                 let ctrl = UInt16(truncatingIfNeeded: (try? dev.readConfig(c.offset + 2, 2)) ?? 0)
@@ -214,7 +217,8 @@ final class ConfigMediation {
         case .msixControl: return "MSI-X message control"
         case .pmControl: return "PM control"
         case .pmCapabilities: return "PM capabilities"
-        case .vpd: return "VPD"
+        case .vpdAddress: return "VPD address"
+        case .vpdData: return "VPD data"
         case .interruptLine: return "interrupt line"
         case .cacheLine: return "cache line size"
         case .bist: return "BIST"
@@ -253,7 +257,7 @@ final class ConfigMediation {
 
     private func virtualRead(_ f: Field, hw: UInt32) -> UInt32 {
         switch f.kind {
-        case .ignore, .readOnly, .cacheLine, .bist, .vpd, .msiControl, .msixControl, .quirk: return hw
+        case .ignore, .readOnly, .cacheLine, .bist, .vpdAddress, .vpdData, .msiControl, .msixControl, .quirk: return hw
         case .command:
             return UInt32(UInt16(truncatingIfNeeded: hw) & Self.hwCommandBits | virtualCommand & Self.virtualCommandBits)
         case .interruptLine: return UInt32(UInt8(truncatingIfNeeded: dev.irq))
@@ -301,7 +305,9 @@ final class ConfigMediation {
                 let shift = 8 * UInt32(x - f.offset)
                 v = v & ~(0xFF << shift) | byte << shift
             }
-            if try !fieldWrite(f, v, partial: lo != f.offset || hi != f.offset + f.size) { denied = true }
+            // The bits of the field the guest wrote (the rest came from the read above).
+            let written = Self.ones(hi - lo) << (8 * UInt32(lo - f.offset))
+            if try !fieldWrite(f, v, written: written) { denied = true }
             b = hi
         }
         return denied ? .accessDenied : .success
@@ -331,7 +337,7 @@ final class ConfigMediation {
     }
 
     /// false: the write is refused with access_denied.
-    private func fieldWrite(_ f: Field, _ v: UInt32, partial: Bool) throws -> Bool {
+    private func fieldWrite(_ f: Field, _ v: UInt32, written: UInt32) throws -> Bool {
         switch f.kind {
         case .ignore, .interruptLine, .identity:
             return true
@@ -350,23 +356,24 @@ final class ConfigMediation {
             try commandWrite(UInt16(truncatingIfNeeded: v))
             return true
         case .bar(let i):
-            barWrite(i, v, partial: partial)
+            barWrite(i, v, partial: written != Self.ones(f.size))
             return true
         case .pmCapabilities:
             refuse(f.offset, 2, v, denied: false)
             return true
         case .pmControl:
-            let hw = UInt16(try dev.readConfig(f.offset, 2))
-            let allowed = PCICapReg.pmControlStateMask | PCICapReg.pmControlDataSelect | PCICapReg.pmControlPMEStatus
-            let new = UInt16(truncatingIfNeeded: v)
-            // PME_STATUS is write-1-to-clear: never echo the hardware's 1 back.
-            let out = hw & ~allowed | new & allowed
-            if out != hw & ~PCICapReg.pmControlPMEStatus || new & PCICapReg.pmControlPMEStatus != 0 {
-                try dev.writeConfig(f.offset, 2, UInt32(out))
-            }
-            if (new ^ hw) & ~allowed != 0 { refuse(f.offset, 2, v, denied: false) }
+            try pmControlWrite(f.offset, UInt16(truncatingIfNeeded: v), written: UInt16(truncatingIfNeeded: written))
             return true
-        case .vpd:
+        case .vpdAddress:
+            // A read request starts a VPD read the guest then polls for;
+            // F=1 would write the device's VPD (Linux refuses it too).
+            guard UInt16(truncatingIfNeeded: v) & PCICapReg.vpdAddressFlag == 0 else {
+                refuse(f.offset, f.size, v, denied: true)
+                return false
+            }
+            try dev.writeConfig(f.offset, 2, v)
+            return true
+        case .vpdData:
             refuse(f.offset, f.size, v, denied: true)
             return false
         case .msiControl:
@@ -420,6 +427,39 @@ final class ConfigMediation {
         }
         virtualCommand = new & Self.virtualCommandBits
         if hw != before { try dev.writeConfig(PCIReg.command, 2, UInt32(hw)) }
+    }
+
+    /// PMCSR, as Linux's pciback with pci_set_power_state: PME_Status
+    /// (write 1 to clear) and Data_Select reach the hardware; the power
+    /// state changes only to a state PMC lists, D0 or deeper, with the
+    /// spec's delay; PME_En and the read-only bits are dropped and counted.
+    /// A function that leaves D3hot with its header lost gets it back from
+    /// us: the guest cannot restore it (BARs and decode are ours).
+    private func pmControlWrite(_ offset: Int, _ new: UInt16, written: UInt16) throws {
+        let hw = UInt16(try dev.readConfig(offset, 2))
+        let pmc = UInt16(try dev.readConfig(offset - PCICapReg.pmControl + PCICapReg.pmCapabilities, 2))
+        let from = PowerState(pmcsr: hw), asked = PowerState(pmcsr: new)
+        let to = asked == from || from.canEnter(asked, pmc: pmc) ? asked : from
+        let passed = PCICapReg.pmControlDataSelect | PCICapReg.pmControlPMEStatus | PCICapReg.pmControlStateMask
+        // A 1 in PME_Status clears it only where the guest wrote that byte,
+        // not where it came from our read of the register.
+        let clear = new & written & PCICapReg.pmControlPMEStatus
+        let out = hw & ~passed | new & PCICapReg.pmControlDataSelect | clear | to.rawValue
+        if out != hw & ~PCICapReg.pmControlPMEStatus {
+            // What to write back, read while the function still has it:
+            // the host's BARs and ROM, the small registers as they are, and
+            // the command register as our mediation has it.
+            var restore: (header: ConfigSpace, command: UInt16)?
+            if PowerState.losesHeader(old: hw, new: out) {
+                var header = golden
+                for o in [PCIReg.cacheLineSize, PCIReg.latencyTimer, PCIReg.interruptLine] { header.write(o, 1, try dev.readConfig(o, 1)) }
+                let command = UInt16(try dev.readConfig(PCIReg.command, 2)) & ~(PCICommand.io | PCICommand.memory)
+                restore = (header, command | (enabled ? decodeBits : 0))
+            }
+            try dev.writePMCSR(offset, out, old: hw)
+            if let r = restore { try dev.writeHeader(from: r.header, command: r.command) }
+        }
+        if (new ^ hw) & ~passed != 0 || to != asked { refuse(offset, 2, UInt32(new), denied: false) }
     }
 
     /// IO and/or MEM, from the BAR types the device has.

@@ -106,7 +106,7 @@ public enum PCIExtCapID: UInt16, CaseIterable, Sendable {
     }
 }
 
-/// MSI / MSI-X / PM register layout inside their capabilities.
+/// MSI / MSI-X / PM / VPD register layout inside their capabilities.
 public enum PCICapReg {
     public static let msiFlags = 2          // message control, 16 bit
     public static let msiFlagsEnable: UInt16 = 0x0001
@@ -124,12 +124,19 @@ public enum PCICapReg {
 
     public static let pmCapabilities = 2
     public static let pmControl = 4
+    public static let pmCapD1: UInt16 = 0x0200
+    public static let pmCapD2: UInt16 = 0x0400
     public static let pmControlStateMask: UInt16 = 0x0003
+    public static let pmControlNoSoftReset: UInt16 = 0x0008
     public static let pmControlPMEEnable: UInt16 = 0x0100
     public static let pmControlDataSelect: UInt16 = 0x1E00
     public static let pmControlDataScale: UInt16 = 0x6000
     public static let pmControlPMEStatus: UInt16 = 0x8000
     public static let pmCapPMEMask: UInt16 = 0xF800
+
+    public static let vpdAddress = 2        // 16 bit: address | F (bit 15)
+    public static let vpdAddressFlag: UInt16 = 0x8000
+    public static let vpdData = 4
 
     public static let pcieFlags = 2
     public static let pcieDevCap = 4

@@ -60,6 +60,18 @@ final class Harness {
     @discardableResult
     func claim(_ addrs: PCIAddress...) throws -> [ClaimedDeviceInfo] { try addrs.map { try back.claim(device($0)) } }
 
+    /// Claims `dev` (a fixture or a device model), exports it to dom1 and
+    /// connects a raw frontend.
+    func export(_ dev: PCIDeviceAccess, opts: String = Harness.defaultOpts) throws -> RawFrontend {
+        try back.claim(dev)
+        try create(1, [(dev.address, opts)])
+        #expect(waitBackend(1, .initialised))
+        let f = try RawFrontend(self)
+        try f.connect()
+        #expect(waitBackend(1, .connected))
+        return f
+    }
+
     func be(_ dom: DomID) -> String { "/local/domain/0/backend/pci/\(dom)/0" }
     func fe(_ dom: DomID) -> String { "/local/domain/\(dom)/device/pci/0" }
 

@@ -41,13 +41,7 @@ struct MediationTests {
                       options: PCIBack.Options = .init()) throws -> Setup {
         let h = try Harness(options: options)
         let dev = try h.device(a, root: root)
-        try h.back.claim(dev)
-        try h.create(1, [(a, opts)])
-        #expect(h.waitBackend(1, .initialised))
-        let f = try RawFrontend(h)
-        try f.connect()
-        #expect(h.waitBackend(1, .connected))
-        return Setup(h: h, f: f, dev: dev)
+        return Setup(h: h, f: try h.export(dev, opts: opts), dev: dev)
     }
 
     func done(_ s: Setup) { s.f.close(); s.h.expectClean() }
