@@ -129,7 +129,13 @@ extension PCIBack {
     }
 
     /// `value` = the INTx irq afterwards (Linux returns dev->irq).
+    /// Linux's pcifront sends disable_msi when a driver frees MSI-X vectors
+    /// (its core clears msix_enabled before the Xen teardown looks at it), so
+    /// with MSI off and MSI-X vectors mapped this disables MSI-X: otherwise a
+    /// driver that frees its vectors and asks again (nvme at probe, any
+    /// unbind and bind) would find MSI-X still on and be refused.
     private func disableMSI(_ i: Instance, _ d: ClaimedDevice) -> (PCIOpError, UInt32) {
+        if d.msiPirqs.isEmpty && !d.msixPirqs.isEmpty { return disableMSIX(i, d) }
         if !d.msiPirqs.isEmpty {
             for p in d.msiPirqs { try? routing.unmapPirq(p, guest: i.domid) }
             d.msiPirqs = []
@@ -145,16 +151,27 @@ extension PCIBack {
     /// error).
     private func enableMSIX(_ i: Instance, _ d: ClaimedDevice, _ op: UnsafeMutablePointer<xen_pci_op>) -> (PCIOpError, Int) {
         let nvec = Int(op.pointee.value)
-        guard !d.readOnly, let cap = d.mediation.capability(.msix), (1...XenPCI.maxMSIXVectors).contains(nvec),
-              d.msiPirqs.isEmpty, d.msixPirqs.isEmpty, !d.mediation.isEnabled(.msi), !d.mediation.isEnabled(.msix),
-              let ctrl = try? d.access.readConfig(cap.offset + PCICapReg.msixFlags, 2),
-              (try? d.access.memoryDecodeEnabled()) == true
-        else { return (.opFailed, 0) }
+        func refuse(_ why: String) -> (PCIOpError, Int) {
+            emit(.error(i.domid, "\(d.address): enable MSI-X refused: \(why)"))
+            return (.opFailed, 0)
+        }
+        guard !d.readOnly, let cap = d.mediation.capability(.msix) else { return refuse("no MSI-X capability the guest may use") }
+        guard (1...XenPCI.maxMSIXVectors).contains(nvec) else { return refuse("\(nvec) vectors (1 to \(XenPCI.maxMSIXVectors))") }
+        guard d.msiPirqs.isEmpty, d.msixPirqs.isEmpty else {
+            return refuse("vectors already mapped (MSI \(d.msiPirqs.count), MSI-X \(d.msixPirqs.count))")
+        }
+        guard let ctrl = try? d.access.readConfig(cap.offset + PCICapReg.msixFlags, 2) else { return refuse("MSI-X control unreadable") }
+        guard !d.mediation.isEnabled(.msi), !d.mediation.isEnabled(.msix) else {
+            return refuse("MSI or MSI-X is on in hardware (MSI-X control 0x\(hex(ctrl, 4)))")
+        }
+        guard (try? d.access.memoryDecodeEnabled()) == true else {
+            return refuse("memory decoding is off\(d.access.isVirtualFunction ? " on its physical function" : "")")
+        }
         let tableSize = Int(UInt16(ctrl) & PCICapReg.msixFlagsTableSize) + 1
         var entries: [UInt16] = []
         for n in 0..<nvec {
             let e = op.pointee.msixEntry(n).entry
-            guard Int(e) < tableSize, !entries.contains(e) else { return (.opFailed, 0) }
+            guard Int(e) < tableSize, !entries.contains(e) else { return refuse("entry \(e) is repeated or beyond the table's \(tableSize)") }
             entries.append(e)
         }
         do {

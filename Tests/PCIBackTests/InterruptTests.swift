@@ -109,6 +109,21 @@ struct InterruptTests {
         h.expectClean()
     }
 
+    @Test("Linux pcifront's MSI-X teardown (disable_msi while MSI-X is on) frees the vectors, so the driver can ask again (nvme probe, rebind)")
+    func pcifrontTeardown() throws {
+        let (h, f) = try connected([Fixture.nvme])
+        #expect(try f.send(msixOp(v00, entries: [0]))?.err == 0)           // nvme: one vector for the admin queue
+        let off = try #require(try f.send(xen_pci_op(command: .disableMSI, address: v00)))
+        let irq = UInt32(try h.device(Fixture.nvme).irq)
+        #expect(off.err == 0 && off.value == irq, "answers the INTx irq")
+        #expect(h.hv.pirqVectors().isEmpty)
+        #expect(try h.device(Fixture.nvme).readConfig(0x42, 2) & 0x8000 == 0, "MSI-X off in hardware")
+        #expect(try f.send(msixOp(v00, entries: [0, 1, 2]))?.err == 0)     // then one per queue
+        #expect(h.hv.pirqVectors(guest: 1).map(\.entry) == [0, 1, 2])
+        f.close()
+        h.expectClean()
+    }
+
     @Test("pirqs and the prepared table go when the guest dies and when the backend stops")
     func guestDeath() throws {
         let (h, f) = try connected([Fixture.nvme])

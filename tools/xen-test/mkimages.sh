@@ -55,7 +55,8 @@ mkdir -p "$G"/{bin,sbin,usr/bin,usr/sbin,usr/local/bin,usr/share/misc,proc,sys,d
 cp /bin/busybox "$G/bin/busybox"
 closure "$R" "$G" /usr/bin/lspci /usr/local/bin/xenpci /usr/bin/xenstore-read /usr/bin/xenstore-ls "${XENLIBS[@]}"
 cp "$R/usr/share/misc/pci.ids" "$G/usr/share/misc/" 2>/dev/null || cp -L "$R"/usr/share/misc/pci.ids "$G/usr/share/misc/" || true
-copy_modules "$BASE/.kroot" "$KREL" "$G" xen-pcifront e1000 xen-evtchn xen-gntdev xen-gntalloc xenfs
+copy_modules "$BASE/.kroot" "$KREL" "$G" xen-pcifront e1000 xen-evtchn xen-gntdev xen-gntalloc xenfs \
+    nvme ahci sd_mod virtio_pci virtio_net crc64_rocksoft_generic crct10dif_generic
 cp "$XT/guest/init" "$G/init"; chmod 755 "$G/init"
 pack_cpio "$G" "$IMG/guest-initrd.gz"
 

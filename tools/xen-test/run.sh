@@ -13,10 +13,10 @@
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 T_START=$(date +%s)
-XT_ONLY=${XT_ONLY:-1:2:3:4}
+XT_ONLY=${XT_ONLY:-1:2:3:4:5}
 # Scenario budgets (s): dom0's /init enforces its own (announced in XT-BEGIN);
 # these only size the hard cap on QEMU.
-declare -A BUDGET=([1]=180 [2]=300 [3]=360 [4]=180)
+declare -A BUDGET=([1]=180 [2]=300 [3]=360 [4]=180 [5]=600)
 BOOT_BUDGET=${XT_BOOT_BUDGET:-300}   # QEMU start -> first scenario
 SLACK=60
 
@@ -61,6 +61,8 @@ LOG="$WORK/logs/serial.log"
 [ "${XT_KEEP:-0}" = 1 ] && LOG="$WORK/logs/serial-$(date +%Y%m%d-%H%M%S).log"
 NVME_IMG="$WORK/nvme.img"
 [ -f "$NVME_IMG" ] || truncate -s 16M "$NVME_IMG"
+NVME2_IMG="$WORK/nvme2.img" AHCI_IMG="$WORK/ahci.img"
+for f in "$NVME2_IMG" "$AHCI_IMG"; do [ -f "$f" ] || truncate -s 16M "$f"; done
 XEN_ARGS="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 loglvl=all guest_loglvl=all iommu=verbose"
 DOM0_ARGS="console=hvc0 earlyprintk=xen panic=-1 loglevel=4 xt_only=$XT_ONLY"
 QEMU_ARGS=(
@@ -78,6 +80,13 @@ QEMU_ARGS=(
     -device nvme,drive=nv0,serial=xentest0,bus=rp1
     -netdev user,id=n1,restrict=on -device e1000,addr=0x6.0,multifunction=on,netdev=n1
     -device virtio-rng-pci,addr=0x6.1
+    # scenario 5: MSI-X storage behind a second root port, MSI-only storage
+    -device pcie-root-port,id=rp2,chassis=2,slot=2,addr=0x7
+    -drive "file=$NVME2_IMG,if=none,id=nv1,format=raw"
+    -device nvme,drive=nv1,serial=xentest1,bus=rp2
+    -device ich9-ahci,id=ahci1,addr=0x8
+    -drive "file=$AHCI_IMG,if=none,id=ahcidisk,format=raw"
+    -device ide-hd,drive=ahcidisk,bus=ahci1.0
 )
 : > "$LOG"
 log "booting Xen + dom0 under QEMU (TCG); serial log ${LOG#$ROOT/}"

@@ -13,6 +13,10 @@ LINUX_BDFS="0000:00:03.0 0000:01:00.0"
 OURS_BDFS="0000:00:06.0 0000:00:06.1"
 OURS_HOTPLUG="0000:00:04.0"
 OURS_HIDE="(0000:00:06.*)(0000:00:04.0)"
+# Scenario 5 (MSI/MSI-X): 02:00.0 NVMe (MSI-X, behind the root port 00:07.0),
+# 00:08.0 AHCI (MSI only), 00:04.0 virtio-net (MSI-X): ours, then Linux's.
+MSI_BDFS="0000:02:00.0 0000:00:08.0 0000:00:04.0"
+MSI_HIDE="(0000:02:00.0)(0000:00:08.0)(0000:00:04.0)"
 
 ev() { echo "EVIDENCE $XT_N: $*"; }
 note() { echo "  [s$XT_N $(cut -d' ' -f1 /proc/uptime)] $*" >&2; }
@@ -96,9 +100,10 @@ guest_block() {
 guest_gone() { ! xl domid "$1" > /dev/null 2>&1; }
 
 # ------------------------------------------------------------------ our backend
-backend_start() { # extra args
-    note "xenpci backend --hypervisor xen --hide '$OURS_HIDE' $*"
-    "$XENPCI" backend --hypervisor xen --hide "$OURS_HIDE" "$@" > /tmp/xt/backend.log 2>&1 &
+backend_start() { # extra args; HIDE= overrides the hide list
+    local hide=${HIDE:-$OURS_HIDE}
+    note "xenpci backend --hypervisor xen --hide '$hide' $*"
+    "$XENPCI" backend --hypervisor xen --hide "$hide" "$@" > /tmp/xt/backend.log 2>&1 &
     echo $! > "$PIDS/backend.pid"
     sleep 3
     kill -0 "$(cat "$PIDS/backend.pid")" 2>/dev/null || { sed 's/^/  backend: /' /tmp/xt/backend.log; fail "xenpci backend exited at start"; }
