@@ -18,6 +18,9 @@ final class ClaimedDevice {
     var msiPirqs: [UInt32] = []
     var msixPirqs: [UInt32] = []
     var msixPrepared = false      // Xen knows its MSI-X table (prepare_msix)
+    /// Held by a running guest when a previous backend stopped: exported
+    /// again to it at this address, with these pirqs, when it is taken over.
+    var adoption: (guest: DomID, address: PCIAddress, msi: [UInt32], msix: [UInt32])?
     var ops: [PCIOpCommand: Int] = [:]
     var errors: [PCIOpError: Int] = [:]
 
@@ -25,7 +28,9 @@ final class ClaimedDevice {
 
     /// pciback_pci_attach: identify the function, record its BARs and irq,
     /// save the golden state and reset it (unless a host driver owns it).
-    init(_ access: PCIDeviceAccess, allowHostDriver: Bool) throws {
+    /// `adopting`: the golden state a previous backend saved, for a function
+    /// a running guest holds: it is neither read again nor reset.
+    init(_ access: PCIDeviceAccess, allowHostDriver: Bool, adopting saved: ConfigSpace? = nil) throws {
         self.access = access
         let driver = access.driver
         let inUse = driver.map { !stubDrivers.contains($0) } ?? false
@@ -34,7 +39,11 @@ final class ClaimedDevice {
         }
         readOnly = inUse
         var cs = ConfigSpace(size: access.configSize)
-        for o in stride(from: 0, to: access.configSize, by: 4) { cs.write(o, 4, try access.readConfig(o, 4)) }
+        if let saved, saved.size == access.configSize {
+            cs = saved
+        } else {
+            for o in stride(from: 0, to: access.configSize, by: 4) { cs.write(o, 4, try access.readConfig(o, 4)) }
+        }
         // A VF's vendor and device registers read 0xFFFF: its ids are the host's.
         let ids = access.isVirtualFunction ? access.identity : nil
         vendorID = ids?.vendor ?? cs.vendorID
@@ -43,8 +52,9 @@ final class ClaimedDevice {
             throw PCIBackError.badDevice("\(access.address): no device answers (vendor id 0x\(hex(vendorID, 4)))")
         }
         golden = cs
-        if !readOnly { try Self.resetAndRestore(access, cs) }
+        if !readOnly && saved == nil { try Self.resetAndRestore(access, cs) }
         mediation = try ConfigMediation(device: access, golden: cs)
+        if saved != nil { mediation.adoptEnabledFromHardware() }
         pb = .allocate(capacity: 1)
         pb.initialize(to: pciback_pci_dev())
         sc = .allocate(capacity: 1)

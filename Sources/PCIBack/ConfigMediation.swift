@@ -462,6 +462,13 @@ final class ConfigMediation {
         if (new ^ hw) & ~passed != 0 || to != asked { refuse(offset, 2, UInt32(new), denied: false) }
     }
 
+    /// A function taken over from a previous backend: the guest enabled it
+    /// if decoding is on in hardware.
+    func adoptEnabledFromHardware() {
+        let cmd = UInt16(truncatingIfNeeded: (try? dev.readConfig(PCIReg.command, 2)) ?? 0)
+        enabled = cmd & decodeBits != 0
+    }
+
     /// IO and/or MEM, from the BAR types the device has.
     var decodeBits: UInt16 {
         var bits: UInt16 = 0

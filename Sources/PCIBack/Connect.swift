@@ -45,14 +45,18 @@ extension PCIBack {
         if let g = d.guest, g != i.domid { return refuse("dev-\(n) \(host): already exported to dom\(g)") }
         if d.guest == i.domid { return refuse("dev-\(n) \(host): already exported to this guest") }
         if options.topology == .vpci && d.isBridge { return refuse("dev-\(n) \(host): a bridge cannot be exported on the vpci topology") }
-        guard let vaddr = guestAddress(i, host) else { return refuse("dev-\(n) \(host): no free virtual slot (32 in use)") }
+        let adopted = d.adoption.flatMap { $0.guest == i.domid ? $0 : nil }
+        guard let vaddr = adopted?.address ?? guestAddress(i, host) else { return refuse("dev-\(n) \(host): no free virtual slot (32 in use)") }
         let opts = (try? xs.readIfPresent(p + "/opts-\(n)")) ?? nil
         d.mediation.permissive = opts.map(XSValue.permissive) ?? false
         d.guest = i.domid
         d.guestAddress = vaddr
+        if let a = adopted { d.msiPirqs = a.msi; d.msixPirqs = a.msix }
+        d.adoption = nil
         i.link(d)
         i.exported[host] = d
         emit(.exported(i.domid, host: host, guest: vaddr))
+        persist()
     }
 
     /// The host address in `dev-N`, when it is well formed.
@@ -196,6 +200,7 @@ extension PCIBack {
         d.guest = nil
         d.guestAddress = nil
         emit(.unexported(i.domid, host: d.address))
+        persist()
     }
 
     func releaseInterrupts(_ i: Instance, _ d: ClaimedDevice) {

@@ -8,10 +8,11 @@ public enum PCIBackError: Error, CustomStringConvertible, Equatable, Sendable {
     case xenstore(String)
     case notConnected(String)
     case timeout(String)
+    case badState(String)
 
     public var description: String {
         switch self {
-        case .badDevice(let s), .hardware(let s), .refused(let s), .xenstore(let s), .notConnected(let s), .timeout(let s): return s
+        case .badDevice(let s), .hardware(let s), .refused(let s), .xenstore(let s), .notConnected(let s), .timeout(let s), .badState(let s): return s
         case .badQuirk(let s): return "quirk: \(s)"
         }
     }

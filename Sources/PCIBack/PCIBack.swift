@@ -38,6 +38,8 @@ public final class PCIBack {
         case connected(DomID, port: EvtchnPort)
         case disconnected(DomID)
         case error(DomID?, String)
+        /// Worth a line in the log, not an error (a takeover, say).
+        case notice(DomID?, String)
     }
 
     let hv: Hypervisor
@@ -62,10 +64,26 @@ public final class PCIBack {
 
     public var backendRoot: String { "/local/domain/\(me)/backend/pci" }
 
+    /// Where the state a restarted backend needs is kept (nil: nowhere; a
+    /// restart then resets every function, as before issue 13).
+    let store: BackendStateStore?
+    /// What the previous backend saved, by function; taken at claim.
+    var recovered: [PCIAddress: PersistedState.Device] = [:]
+    /// Why the saved state could not be used (reported at start).
+    var recoveryProblem: String?
+
     /// Opens the handles the backend needs; nothing runs until `start()`.
-    public init(hypervisor: Hypervisor, options: Options = Options()) throws {
+    public init(hypervisor: Hypervisor, options: Options = Options(), stateStore: BackendStateStore? = nil) throws {
         hv = hypervisor
         self.options = options
+        store = stateStore
+        do {
+            for d in try stateStore?.load()?.devices ?? [] {
+                if let a = try? PCIAddress(parsing: d.address) { recovered[a] = d }
+            }
+        } catch {
+            recoveryProblem = "\(error)"
+        }
         me = try hypervisor.domid()
         xs = try hypervisor.openXenStore()
         do {
@@ -91,11 +109,14 @@ public final class PCIBack {
     public func claim(_ access: PCIDeviceAccess) throws -> ClaimedDeviceInfo {
         try lock.withLock {
             guard devices[access.address] == nil else { throw PCIBackError.refused("\(access.address): already claimed") }
-            let d = try ClaimedDevice(access, allowHostDriver: options.allowHostDriverReadOnly)
+            let d = try claimOrAdopt(access)
             devices[access.address] = d
-            do { try prepareMSIX(d) } catch {
-                emit(.error(nil, "\(d.address): prepare MSI-X: \(error) (retried when a guest enables MSI-X)"))
+            if !d.msixPrepared {
+                do { try prepareMSIX(d) } catch {
+                    emit(.error(nil, "\(d.address): prepare MSI-X: \(error) (retried when a guest enables MSI-X)"))
+                }
             }
+            persist()
             return info(d)
         }
     }
@@ -136,6 +157,7 @@ public final class PCIBack {
             try d.quiesce()
             releaseMSIX(d)
             devices[a] = nil
+            persist()
         }
     }
 
@@ -170,6 +192,7 @@ public final class PCIBack {
         try lock.withLock {
             guard let d = devices[q.address] else { throw PCIBackError.badDevice("\(q.address): not claimed by pciback") }
             try d.mediation.addQuirk(q)
+            persist()
         }
     }
 
@@ -177,15 +200,21 @@ public final class PCIBack {
         try lock.withLock {
             guard let d = devices[a] else { throw PCIBackError.badDevice("\(a): not claimed by pciback") }
             d.mediation.permissive = on
+            persist()
         }
     }
 
     // MARK: running
 
-    /// Watches `backend/pci` and serves guests on a thread of its own.
+    /// Watches `backend/pci`, takes over the guests a previous backend
+    /// served, and serves guests on a thread of its own.
     public func start() throws {
         try xs.watch(backendRoot, token: "pciback")
         do { try xs.watch("@releaseDomain", token: "release") } catch { try? xs.unwatch(backendRoot, token: "pciback"); throw error }
+        lock.withLock {
+            if let p = recoveryProblem { emit(.error(nil, "saved state unusable: \(p); functions a running guest holds are left alone")) }
+            adoptGuests()
+        }
         let t = Thread { [unowned self] in self.run() }
         t.name = "pciback"
         thread = t
@@ -194,12 +223,31 @@ public final class PCIBack {
 
     /// Clean shutdown: every guest told Closing, grants unmapped, ports
     /// unbound, pirqs unmapped, devices reset and released.
-    public func stop() {
+    /// `keepGuests`: a planned restart instead. Guests stay connected as far
+    /// as they can tell (no state change, devices untouched, pirqs mapped,
+    /// MSI-X tables prepared); only this process's grant mappings, ports and
+    /// watches go. The state is saved for the next backend, which takes over.
+    public func stop(keepGuests: Bool = false) {
         if thread != nil {
             lock.withLock { stopping = true }
             _ = xenpci_eventfd_signal(wake)
             stopped.wait()
             thread = nil
+        }
+        if keepGuests {
+            lock.withLock {
+                persist()
+                for i in instances.values { disconnect(i) }
+                instances.removeAll()
+                devices.removeAll()
+            }
+            try? xs.unwatch(backendRoot, token: "pciback")
+            try? xs.unwatch("@releaseDomain", token: "release")
+            routing.abandon()
+            gnttab.close()
+            evtchn.close()
+            xs.close()
+            return
         }
         lock.withLock {
             for i in instances.values.sorted(by: { $0.domid < $1.domid }) {
@@ -211,6 +259,7 @@ public final class PCIBack {
                 releaseMSIX(d)
             }
             devices.removeAll()
+            persist()
         }
         try? xs.unwatch(backendRoot, token: "pciback")
         try? xs.unwatch("@releaseDomain", token: "release")
@@ -308,7 +357,7 @@ public final class PCIBack {
 
     /// The toolstack changed `backend/pci/<domid>/0`: create, update or
     /// destroy the guest's instance.
-    private func backendChanged(_ domid: DomID) {
+    func backendChanged(_ domid: DomID) {
         let path = "\(backendRoot)/\(domid)/0"
         guard let st = try? xs.readIfPresent(path + "/state") else {
             if let i = instances[domid] { destroy(i) }
@@ -340,7 +389,7 @@ public final class PCIBack {
     }
 
     /// pciback_xenbus_create: read the frontend's location and watch its state.
-    private func create(_ domid: DomID, _ path: String) -> Instance? {
+    func create(_ domid: DomID, _ path: String) -> Instance? {
         let expected = "/local/domain/\(domid)/device/pci/0"
         guard let fe = try? xs.readIfPresent(path + "/frontend"), let feid = try? xs.readIfPresent(path + "/frontend-id") else {
             return nil // the toolstack has not finished writing; the next event retries

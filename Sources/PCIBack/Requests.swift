@@ -81,6 +81,7 @@ extension PCIBack {
         if let d, let cmd {
             d.ops[cmd, default: 0] += 1
             if err != .success { d.errors[err, default: 0] += 1 }
+            if cmd != .confRead && cmd != .confWrite && err == .success { persist() } // the pirqs a restart must know
         }
         op.pointee.err = err.rawValue
         op.pointee.value = err == .success ? value : 0

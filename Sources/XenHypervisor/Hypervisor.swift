@@ -33,7 +33,15 @@ public protocol InterruptRouting: AnyObject {
     /// the table (what Xen compares with the BAR it reads). All or nothing.
     func mapMSIX(device: PCIAddress, guest: DomID, entries: [UInt16], tableBase: UInt64) throws -> [UInt32]
     func unmapPirq(_ pirq: UInt32, guest: DomID) throws
+    /// Takes over pirqs a previous backend mapped for `guest` (they outlive
+    /// the process that mapped them), so this handle unmaps them later.
+    func adopt(pirqs: [UInt32], guest: DomID, device: PCIAddress) throws
+    /// Takes over an MSI-X table a previous backend prepared.
+    func adoptPreparedMSIX(device: PCIAddress) throws
     /// Unmaps every pirq still mapped and releases every MSI-X table still
     /// prepared through this handle.
     func close()
+    /// Closes the handle leaving every pirq mapped and every table prepared:
+    /// a planned restart hands them to the next backend.
+    func abandon()
 }

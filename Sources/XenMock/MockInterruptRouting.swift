@@ -106,6 +106,34 @@ final class MockInterruptRouting: MockHandle, InterruptRouting, @unchecked Senda
         }
     }
 
+    func adopt(pirqs: [UInt32], guest: DomID, device: PCIAddress) throws {
+        try hv.locked {
+            for p in pirqs {
+                let k = MockHypervisor.PirqKey(dom: guest, pirq: p)
+                guard let v = hv.pirqs[k], v.vector.device == device else {
+                    throw XenError(ENOENT, "adopt pirq", "pirq \(p) of dom\(guest) is not a vector of \(device)")
+                }
+                hv.pirqs[k] = (id, v.vector)
+            }
+        }
+    }
+
+    func adoptPreparedMSIX(device: PCIAddress) throws {
+        try hv.locked {
+            guard hv.preparedMSIX[device] != nil else { throw XenError(ENOENT, "adopt MSI-X", "\(device): not prepared") }
+            hv.preparedMSIX[device] = id
+        }
+    }
+
+    /// What the end of a process does to Xen: nothing (pirqs and tables
+    /// stay, owned by a handle nobody has until adopted).
+    func abandon() {
+        hv.locked {
+            closed = true
+            hv.routingHandles[id] = nil
+        }
+    }
+
     func close() {
         hv.locked {
             guard !closed else { return }

@@ -216,6 +216,19 @@ public final class XenInterruptRouting: InterruptRouting, @unchecked Sendable {
         try ctrl.unmapPirq(guest: guest, pirq: pirq)
     }
 
+    public func adopt(pirqs: [UInt32], guest: DomID, device: PCIAddress) throws {
+        lock.withLock { mapped += pirqs.map { (guest, $0) } }
+    }
+
+    public func adoptPreparedMSIX(device: PCIAddress) throws {
+        lock.withLock { _ = prepared.insert(device) }
+    }
+
+    public func abandon() {
+        lock.withLock { mapped = []; prepared = [] }
+        physdev.close()
+    }
+
     public func close() {
         let (all, tables) = lock.withLock { defer { mapped = []; prepared = [] }; return (mapped, prepared) }
         for m in all { try? ctrl.unmapPirq(guest: m.guest, pirq: m.pirq) }

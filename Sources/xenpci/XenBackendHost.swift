@@ -102,7 +102,7 @@ func describe(_ e: PCIBack.Event, listing: @autoclosure () -> [ClaimedDeviceInfo
         return "\(tag) took \(h) back from dom\(d)\(ro ? " (read-only: never written)" : ": reset, golden state restored")"
     case .connected(let d, let p): return "\(tag) dom\(d) connected: shared page mapped, event channel port \(p)"
     case .disconnected(let d): return "\(tag) dom\(d) disconnected"
-    case .error(let d, let m): return "\(tag) \(d.map { "dom\($0): " } ?? "")\(m)"
+    case .error(let d, let m), .notice(let d, let m): return "\(tag) \(d.map { "dom\($0): " } ?? "")\(m)"
     }
 }
 

@@ -41,11 +41,11 @@ final class Harness {
     var events: [PCIBack.Event] { eventLock.lock(); defer { eventLock.unlock() }; return recorded }
     let eventLock = NSLock()
 
-    init(options: PCIBack.Options = .init(), guests: [DomID] = [1], start: Bool = true) throws {
+    init(options: PCIBack.Options = .init(), guests: [DomID] = [1], start: Bool = true, stateStore: BackendStateStore? = nil) throws {
         dom0 = hv.domain(0)
         for g in guests { _ = hv.domain(g) }
         toolstack = try dom0.openXenStore()
-        back = try PCIBack(hypervisor: dom0, options: options)
+        back = try PCIBack(hypervisor: dom0, options: options, stateStore: stateStore)
         back.onEvent = { [unowned self] e in eventLock.lock(); recorded.append(e); eventLock.unlock() }
         if start { try back.start() }
     }

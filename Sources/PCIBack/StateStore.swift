@@ -1,0 +1,119 @@
+import Foundation
+import PCIModel
+
+/// What a restarted backend needs and xenstore cannot tell it (issue 13):
+/// per claimed function, the golden state saved at claim (the hardware now
+/// holds the guest's changes), whether Xen has its MSI-X table, which guest
+/// holds it under which address, and the pirqs mapped for that guest.
+public struct PersistedState: Codable, Equatable, Sendable {
+    public struct Device: Codable, Equatable, Sendable {
+        public var address: String
+        /// The configuration space saved at claim, as hex.
+        public var golden: String
+        public var msixPrepared: Bool
+        public var guest: UInt16?
+        public var guestAddress: String?
+        public var msiPirqs: [UInt32]
+        public var msixPirqs: [UInt32]
+        public var permissive: Bool
+        public var quirks: [String]
+    }
+    public var version = 1
+    public var devices: [Device] = []
+
+    public init(devices: [Device] = []) { self.devices = devices }
+}
+
+/// Where the backend keeps its persisted state.
+public protocol BackendStateStore: AnyObject {
+    /// For messages: the file (or "memory").
+    var location: String { get }
+    /// nil when nothing was saved; throws, naming the file, when it cannot
+    /// be read or parsed.
+    func load() throws -> PersistedState?
+    func save(_ s: PersistedState) throws
+}
+
+/// A JSON file written atomically (a temporary file renamed over it), mode
+/// 0600 in a directory of mode 0700: the golden state of a device is not a
+/// guest's business, nor any other user's.
+public final class FileStateStore: BackendStateStore, @unchecked Sendable {
+    public let location: String
+
+    public init(path: String) { location = path }
+
+    public func load() throws -> PersistedState? {
+        guard FileManager.default.fileExists(atPath: location) else { return nil }
+        guard let data = FileManager.default.contents(atPath: location) else {
+            throw PCIBackError.badState("\(location): unreadable")
+        }
+        do {
+            let s = try JSONDecoder().decode(PersistedState.self, from: data)
+            guard s.version == 1 else { throw PCIBackError.badState("\(location): version \(s.version), expected 1") }
+            return s
+        } catch let e as PCIBackError {
+            throw e
+        } catch {
+            throw PCIBackError.badState("\(location): not a xenpci state file (\(error))")
+        }
+    }
+
+    public func save(_ s: PersistedState) throws {
+        let dir = (location as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        let data = try enc.encode(s)
+        let tmp = location + ".tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw PCIBackError.badState("\(tmp): \(String(cString: strerror(errno)))") }
+        let ok = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) == $0.count } && fsync(fd) == 0
+        close(fd)
+        guard ok, rename(tmp, location) == 0 else {
+            unlink(tmp)
+            throw PCIBackError.badState("\(location): write failed: \(String(cString: strerror(errno)))")
+        }
+    }
+}
+
+/// In memory: tests, and a restart within one process.
+public final class MemoryStateStore: BackendStateStore, @unchecked Sendable {
+    private let lock = NSLock()
+    private var saved: PersistedState?
+    public var location: String { "memory" }
+    public init() {}
+    public func load() throws -> PersistedState? { lock.withLock { saved } }
+    public func save(_ s: PersistedState) throws { lock.withLock { saved = s } }
+}
+
+extension PersistedState.Device {
+    var goldenSpace: ConfigSpace? {
+        let hex = Array(golden.utf8)
+        guard hex.count % 2 == 0, hex.count == 512 || hex.count == 8192 else { return nil }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(hex.count / 2)
+        var i = 0
+        while i < hex.count {
+            guard let hi = Self.nibble(hex[i]), let lo = Self.nibble(hex[i + 1]) else { return nil }
+            bytes.append(hi << 4 | lo)
+            i += 2
+        }
+        return ConfigSpace(bytes: bytes)
+    }
+
+    static func hexString(_ c: ConfigSpace) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(c.bytes.count * 2)
+        for b in c.bytes { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 0xF)]) }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    private static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
+        default: return nil
+        }
+    }
+}

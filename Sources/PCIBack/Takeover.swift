@@ -1,0 +1,120 @@
+import Foundation
+import PCIModel
+import XenHypervisor
+
+/// Restart without harm (issue 13): a backend that starts while guests use
+/// functions a previous backend served takes them over as they are. A
+/// function a running guest holds is never reset at claim; its golden state
+/// and pirqs come from the state the previous backend saved.
+extension PCIBack {
+    /// pciback_pci_attach for one function: a plain claim (reset, golden
+    /// state read now), or the takeover of a function a running guest holds.
+    func claimOrAdopt(_ access: PCIDeviceAccess) throws -> ClaimedDevice {
+        let a = access.address
+        let saved = recovered.removeValue(forKey: a)
+        guard let holder = holder(of: a) else {
+            // Nobody uses it: a fresh claim. Pirqs of a guest that is gone
+            // went with it; an MSI-X table the previous backend prepared is ours.
+            let d = try ClaimedDevice(access, allowHostDriver: options.allowHostDriverReadOnly)
+            if saved?.msixPrepared == true, (try? routing.adoptPreparedMSIX(device: a)) != nil { d.msixPrepared = true }
+            return d
+        }
+        guard store != nil else {
+            throw PCIBackError.refused("\(a): dom\(holder) is using it and no state file was given: left alone, not reset")
+        }
+        guard let saved else {
+            let why = recoveryProblem ?? "\(store!.location) has no state for it"
+            throw PCIBackError.refused("\(a): dom\(holder) is using it and \(why): left alone, not reset")
+        }
+        guard let golden = saved.goldenSpace, golden.size == access.configSize else {
+            throw PCIBackError.refused("\(a): dom\(holder) is using it and its golden state in \(store!.location) is corrupt: left alone, not reset")
+        }
+        guard saved.guest == holder, let ga = saved.guestAddress.flatMap({ try? PCIAddress(parsing: $0) }) else {
+            throw PCIBackError.refused("\(a): dom\(holder) is using it but \(store!.location) says dom\(saved.guest.map(String.init) ?? "none"): left alone, not reset")
+        }
+        let d = try ClaimedDevice(access, allowHostDriver: false, adopting: golden)
+        if saved.msixPrepared { try routing.adoptPreparedMSIX(device: a); d.msixPrepared = true }
+        try routing.adopt(pirqs: saved.msiPirqs + saved.msixPirqs, guest: holder, device: a)
+        d.adoption = (holder, ga, saved.msiPirqs, saved.msixPirqs)
+        d.mediation.permissive = saved.permissive
+        for q in saved.quirks { if let q = try? PCIQuirk(parsing: q) { try? d.mediation.addQuirk(q) } }
+        emit(.notice(holder, "\(a): dom\(holder) is using it: taken over without reset (golden state from \(store!.location))"))
+        return d
+    }
+
+    /// The running guest whose backend directory lists `a` as a live
+    /// device, if any.
+    func holder(of a: PCIAddress) -> DomID? {
+        for name in (try? xs.directory(backendRoot)) ?? [] {
+            guard let domid = XSValue.decimal(name, max: 0x7FEF).map(DomID.init),
+                  (try? xs.readIfPresent("/local/domain/\(domid)/domid")) ?? nil != nil else { continue }
+            let p = "\(backendRoot)/\(domid)/0"
+            guard let st = (try? xs.readIfPresent(p + "/state")) ?? nil, let s = XenState(xenstore: st),
+                  s != .closed, s != .closing, s != .initialising,
+                  let num = ((try? xs.readIfPresent(p + "/num_devs")) ?? nil).flatMap({ XSValue.decimal($0, max: Self.maxDevices) }) else { continue }
+            for n in 0..<Int(num) {
+                guard ((try? xs.readIfPresent(p + "/dev-\(n)")) ?? nil).flatMap(XSValue.hostAddress) == a else { continue }
+                let ds = (try? xs.readIfPresent(p + "/state-\(n)")) ?? nil
+                if ds != XenState.closing.xenstoreValue && ds != XenState.closed.xenstoreValue { return domid }
+            }
+        }
+        return nil
+    }
+
+    /// At start: every `backend/pci/<domid>/0` the toolstack wrote before
+    /// we ran. A guest whose frontend is connected is re-attached (its page
+    /// mapped, its event channel bound) with no state change, and a request
+    /// it posted while no backend ran is answered.
+    func adoptGuests() {
+        for name in (try? xs.directory(backendRoot)) ?? [] {
+            guard let domid = XSValue.decimal(name, max: 0x7FEF).map(DomID.init), instances[domid] == nil else { continue }
+            let path = "\(backendRoot)/\(domid)/0"
+            guard let st = (try? xs.readIfPresent(path + "/state")) ?? nil, let state = XenState(xenstore: st) else { continue }
+            switch state {
+            case .initialised, .connected, .reconfiguring, .reconfigured:
+                // Only a guest we hold a function of: one whose functions were
+                // refused (left alone) is not ours to attach to, nor to close.
+                let num0 = ((try? xs.readIfPresent(path + "/num_devs")) ?? nil).flatMap { XSValue.decimal($0, max: Self.maxDevices) } ?? 0
+                let ours = (0..<Int(num0)).contains { n in
+                    ((try? xs.readIfPresent(path + "/dev-\(n)")) ?? nil).flatMap(XSValue.hostAddress).map { devices[$0]?.adoption?.guest == domid } ?? false
+                }
+                guard ours else {
+                    emit(.notice(domid, "\(path): \(state), but none of its functions is held here: left alone"))
+                    continue
+                }
+                guard let i = create(domid, path) else { continue }
+                i.state = state
+                let fs = ((try? xs.readIfPresent(i.frontendPath + "/state")) ?? nil).flatMap(XenState.init(xenstore:)) ?? .unknown
+                i.frontState = fs
+                let num = ((try? xs.readIfPresent(path + "/num_devs")) ?? nil).flatMap { XSValue.decimal($0, max: Self.maxDevices) } ?? 0
+                for n in 0..<Int(num) {
+                    let ds = (try? xs.readIfPresent(path + "/state-\(n)")) ?? nil
+                    if ds == XenState.closing.xenstoreValue || ds == XenState.closed.xenstoreValue { continue }
+                    if let h = hostAddress(i, n), devices[h]?.guest == nil, devices[h] != nil { export(i, n) }
+                }
+                i.roots = computeRoots(i)
+                if [.initialised, .connected, .reconfiguring, .reconfigured].contains(fs) {
+                    attach(i)
+                    emit(.notice(domid, "taken over: \(i.exported.count) function(s), frontend \(fs), backend \(state) (no state change)"))
+                    if let port = i.port, let sh = i.shared, sh.flags & XenPCI.frontendActive != 0 { handleEvent(port) }
+                }
+            default:
+                backendChanged(domid) // Initialising, InitWait, Closing, Closed: the usual path
+            }
+        }
+    }
+
+    /// Saves what a restarted backend needs (every change of ownership,
+    /// pirqs or grants calls this; the file is replaced atomically).
+    func persist() {
+        guard let store else { return }
+        var s = PersistedState()
+        for d in devices.values.sorted(by: { $0.address < $1.address }) where !d.readOnly {
+            s.devices.append(.init(address: d.address.description, golden: PersistedState.Device.hexString(d.golden),
+                                   msixPrepared: d.msixPrepared, guest: d.guest, guestAddress: d.guestAddress?.description,
+                                   msiPirqs: d.msiPirqs, msixPirqs: d.msixPirqs, permissive: d.mediation.permissive,
+                                   quirks: d.mediation.quirks.map(\.description)))
+        }
+        do { try store.save(s) } catch { emit(.error(nil, "saving state: \(error)")) }
+    }
+}
