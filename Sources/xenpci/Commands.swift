@@ -190,6 +190,10 @@ struct Backend: ParsableCommand {
     @OptionGroup var devices: DeviceOptions
     @Option(help: "mock or xen.")
     var hypervisor: HypervisorKind = .mock
+    /// EX_TEMPFAIL: the exit status of a stop for a restart (SIGUSR1).
+    static let restartStatus: Int32 = 75
+    @Option(name: .long, help: ArgumentHelp("On Xen: the file that lets a restarted backend take running guests over without resetting their devices (default /run/xenpci/state.json; 'none' for no file: a function a running guest holds is then left alone).", valueName: "FILE"))
+    var state: String?
 
     func run() throws {
         let topology = try devices.validated()
@@ -218,9 +222,11 @@ struct Backend: ParsableCommand {
         }
         // Signals are taken before anything is claimed, so a SIGTERM during
         // start-up still releases everything.
-        let term = TerminationSignal()
+        let term = TerminationSignal(plannedRestart: true)
         LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
-        let host = try XenBackendHost(hypervisor: hv, topology: topology, sysfsRoot: devices.sysfs ?? "/sys")
+        let statePath = state ?? "/run/xenpci/state.json"
+        let host = try XenBackendHost(hypervisor: hv, topology: topology, sysfsRoot: devices.sysfs ?? "/sys",
+                                      statePath: statePath == "none" ? nil : statePath)
         let log = host.log
         do {
             try host.claim(hide: hide)
@@ -229,8 +235,13 @@ struct Backend: ParsableCommand {
             host.stop()
             throw error
         }
-        log.info("running on Xen as dom\((try? hv.domid()).map(String.init) ?? "?"); SIGINT or SIGTERM stops it")
-        term.wait()
+        log.info("running on Xen as dom\((try? hv.domid()).map(String.init) ?? "?"); SIGINT or SIGTERM stops it, SIGUSR1 stops it leaving guests connected")
+        if term.wait() == SIGUSR1 {
+            log.info("stopping for a restart: guests stay connected")
+            host.stop(keepGuests: true)
+            log.info("stopped; guests, devices and interrupts left as they are: the next xenpci backend takes them over")
+            throw ExitCode(Self.restartStatus) // a service manager restarts on it (RestartForceExitStatus=75)
+        }
         log.info("stopping")
         host.stop()
         log.info("stopped; guests closed, grants unmapped, ports unbound, devices reset and released")
@@ -246,16 +257,21 @@ final class TerminationSignal {
     /// Blocks SIGINT and SIGTERM in this thread and every thread started
     /// after it, so a signal that comes early stays pending for `wait`
     /// instead of being lost (a dispatch source is armed asynchronously).
-    init() {
+    /// `plannedRestart`: SIGUSR1 too (the daemon stops leaving guests connected).
+    init(plannedRestart: Bool = false) {
         sigemptyset(&set)
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
+        if plannedRestart { sigaddset(&set, SIGUSR1) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
     }
 
-    func wait() {
+    /// The signal that came.
+    @discardableResult
+    func wait() -> Int32 {
         var sig: Int32 = 0
         _ = sigwait(&set, &sig)
+        return sig
     }
 }
 

@@ -16,13 +16,20 @@ final class XenBackendHost {
     let log: Logger
     let sysfsRoot: String
 
-    init(hypervisor: Hypervisor, topology: PCIBack.Topology, sysfsRoot: String, log: Logger = Logger(label: "xenpci.pciback")) throws {
+    /// Functions a previous backend enabled in dom0 (kept next to the state file).
+    let enabledPath: String?
+
+    init(hypervisor: Hypervisor, topology: PCIBack.Topology, sysfsRoot: String, statePath: String? = nil,
+         log: Logger = Logger(label: "xenpci.pciback")) throws {
         self.log = log
         self.sysfsRoot = sysfsRoot
         var o = PCIBack.Options()
         o.topology = topology
         o.allowHostDriverReadOnly = false // a host driver's device is refused, never shared
-        back = try PCIBack(hypervisor: hypervisor, options: o)
+        back = try PCIBack(hypervisor: hypervisor, options: o, stateStore: statePath.map(FileStateStore.init(path:)))
+        enabledPath = statePath.map { ($0 as NSString).deletingLastPathComponent + "/enabled-in-dom0" }
+        previouslyEnabled = enabledPath.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }
+            .map { $0.split(separator: "\n").compactMap { try? PCIAddress(parsing: String($0)) } } ?? []
         back.onEvent = { [unowned self] e in
             let line = describe(e, listing: self.back.listing())
             if case .error = e { self.log.error("\(line)") } else { self.log.info("\(line)") }
@@ -31,6 +38,7 @@ final class XenBackendHost {
 
     /// Functions this process enabled in dom0 (sysfs `enable`), disabled again at stop.
     private var enabled: [PCIAddress] = []
+    private let previouslyEnabled: [PCIAddress]
 
     /// Claims what the hide list names (all of it, or nothing).
     func claim(hide: String) throws {
@@ -46,6 +54,7 @@ final class XenBackendHost {
             throw error
         }
         guard !chosen.isEmpty else { disableInDom0(); throw CLIError.failure("no device to export (the hide list selects none)") }
+        saveEnabled() // a backend killed from now on leaves the list for the next one
         for i in back.listing() {
             log.info("[dom0 pciback] claimed \(i.address) \(hex(i.vendorID, 4)):\(hex(i.deviceID, 4)) irq \(i.irq)\(i.driver.map { " (held by \($0))" } ?? "")")
         }
@@ -53,10 +62,20 @@ final class XenBackendHost {
 
     func start() throws { try back.start() }
 
-    /// Guests told Closing, grants unmapped, ports unbound, devices reset and released.
-    func stop() {
-        back.stop()
-        disableInDom0()
+    /// Guests told Closing, grants unmapped, ports unbound, devices reset and
+    /// released; or, keeping guests, everything left for the next backend.
+    func stop(keepGuests: Bool = false) {
+        back.stop(keepGuests: keepGuests)
+        if keepGuests {
+            saveEnabled()
+        } else {
+            disableInDom0()
+        }
+    }
+
+    private func saveEnabled() {
+        guard let p = enabledPath else { return }
+        try? (enabled.map(\.description).joined(separator: "\n") + "\n").write(toFile: p, atomically: true, encoding: .utf8)
     }
 
     /// What Linux's pciback gets from pci_enable_device() (at bind, and when
@@ -68,8 +87,11 @@ final class XenBackendHost {
     /// holds (the kernel refuses otherwise; a stub driver enabled it itself).
     private func enableInDom0(_ a: PCIAddress) {
         let dir = "\(sysfsRoot)/bus/pci/devices/\(a)"
-        guard (try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/driver")) == nil,
-              (try? String(contentsOfFile: dir + "/enable", encoding: .utf8))?.hasPrefix("0") == true else { return }
+        guard (try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/driver")) == nil else { return }
+        let on = (try? String(contentsOfFile: dir + "/enable", encoding: .utf8)).map { !$0.hasPrefix("0") }
+        // Enabled by a backend that stopped for a restart: ours to disable at stop.
+        if on == true, previouslyEnabled.contains(a) { enabled.append(a); return }
+        guard on == false else { return }
         if writeSysfs(dir + "/enable", "1") {
             enabled.append(a)
             let irq = (try? String(contentsOfFile: dir + "/irq", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
@@ -80,6 +102,7 @@ final class XenBackendHost {
     private func disableInDom0() {
         for a in enabled.reversed() { _ = writeSysfs("\(sysfsRoot)/bus/pci/devices/\(a)/enable", "0") }
         enabled = []
+        saveEnabled()
     }
 
     private func writeSysfs(_ path: String, _ value: String) -> Bool {

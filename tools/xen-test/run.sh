@@ -13,10 +13,10 @@
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 T_START=$(date +%s)
-XT_ONLY=${XT_ONLY:-1:2:3:4:5}
+XT_ONLY=${XT_ONLY:-1:2:3:4:5:6:7}
 # Scenario budgets (s): dom0's /init enforces its own (announced in XT-BEGIN);
 # these only size the hard cap on QEMU.
-declare -A BUDGET=([1]=180 [2]=300 [3]=360 [4]=180 [5]=600)
+declare -A BUDGET=([1]=180 [2]=300 [3]=360 [4]=180 [5]=600 [6]=300 [7]=420)
 BOOT_BUDGET=${XT_BOOT_BUDGET:-300}   # QEMU start -> first scenario
 SLACK=60
 
@@ -61,8 +61,8 @@ LOG="$WORK/logs/serial.log"
 [ "${XT_KEEP:-0}" = 1 ] && LOG="$WORK/logs/serial-$(date +%Y%m%d-%H%M%S).log"
 NVME_IMG="$WORK/nvme.img"
 [ -f "$NVME_IMG" ] || truncate -s 16M "$NVME_IMG"
-NVME2_IMG="$WORK/nvme2.img" AHCI_IMG="$WORK/ahci.img"
-for f in "$NVME2_IMG" "$AHCI_IMG"; do [ -f "$f" ] || truncate -s 16M "$f"; done
+NVME2_IMG="$WORK/nvme2.img" AHCI_IMG="$WORK/ahci.img" NVME3_IMG="$WORK/nvme3.img"
+for f in "$NVME2_IMG" "$AHCI_IMG" "$NVME3_IMG"; do [ -f "$f" ] || truncate -s 16M "$f"; done
 XEN_ARGS="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 loglvl=all guest_loglvl=all iommu=verbose"
 DOM0_ARGS="console=hvc0 earlyprintk=xen panic=-1 loglevel=4 xt_only=$XT_ONLY"
 QEMU_ARGS=(
@@ -87,6 +87,13 @@ QEMU_ARGS=(
     -device ich9-ahci,id=ahci1,addr=0x8
     -drive "file=$AHCI_IMG,if=none,id=ahcidisk,format=raw"
     -device ide-hd,drive=ahcidisk,bus=ahci1.0
+    # scenario 6: an SR-IOV NVMe (QEMU 7.2's limits: vq_flexible >= 2 x max_vfs,
+    # vi_flexible >= max_vfs); its VF 03:00.1 appears when dom0 enables it
+    -device pcie-root-port,id=rp3,chassis=3,slot=3,addr=0x9
+    -device nvme-subsys,id=subsys0,nqn=xentest-sriov
+    -device nvme,id=nvme2,serial=xentest2,bus=rp3,subsys=subsys0,sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2
+    -drive "file=$NVME3_IMG,if=none,id=nv2,format=raw"
+    -device nvme-ns,drive=nv2,bus=nvme2,nsid=1
 )
 : > "$LOG"
 log "booting Xen + dom0 under QEMU (TCG); serial log ${LOG#$ROOT/}"

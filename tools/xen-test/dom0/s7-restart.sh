@@ -1,0 +1,67 @@
+#!/bin/bash
+# Scenario 7 (issue 13): the backend restarted while a guest uses its device.
+# A Linux guest writes and reads back 1 MiB blocks on an NVMe drive (MSI-X)
+# served by `xenpci backend`, and lists its bus through pcifront, in a loop.
+# Meanwhile dom0 kills the backend (SIGKILL) and starts it again with the
+# same hide list, then stops it for a planned restart (SIGUSR1) and starts it
+# again. The guest must notice nothing: every block reads back equal, lspci
+# keeps answering, its driver logs no abort, removal or I/O error, and the
+# device is never reset under it; at the end a plain SIGTERM releases it.
+. /xt/lib.sh
+have_sub backend attach detach
+D=0000:02:00.0
+HIDE="($D)" backend_start
+G=xt-s7
+domid=$(guest_create $G "xt_role=restart xt_rounds=45") || exit 1
+"$XENPCI" attach "$domid" $D > /tmp/xt/attach.log 2>&1 || { cat /tmp/xt/attach.log; fail "xenpci attach $domid $D failed"; }
+wait_guest $G '^@@XT restart io start' 180 > /dev/null || fail "the guest's NVMe did not come up through our backend within 180 s"
+count_ok() { tr -d '\r' < "$(guest_log $G)" | grep -c '^@@XT blk nvme .* ok '; }
+wait_ok() { # N: wait for N more good blocks (60 s)
+    local want=$(( $(count_ok) + $1 )) i=0
+    while [ "$(count_ok)" -lt $want ] && [ $i -lt 60 ]; do sleep 1; i=$((i + 1)); done
+    [ "$(count_ok)" -ge $want ]
+}
+wait_ok 3 || fail "no I/O progress before the restart"
+
+# 1: SIGKILL mid-I/O, start again.
+pid=$(cat "$PIDS/backend.pid")
+kill -KILL "$pid"; wait "$pid" 2>/dev/null
+mv /tmp/xt/backend.log /tmp/xt/backend-1.log
+ev "killed the backend (SIGKILL) after $(count_ok) good blocks"
+HIDE="($D)" backend_start
+grep -E 'taken over|left alone' /tmp/xt/backend.log | while read -r l; do ev "backend after SIGKILL: ${l#*\] }"; done
+grep -q 'taken over' /tmp/xt/backend.log || fail "the restarted backend did not take dom$domid over: $(tail -n 3 /tmp/xt/backend.log | tr '\n' ' ')"
+wait_ok 5 || fail "I/O stopped after the backend was killed and restarted"
+ev "after SIGKILL + restart: $(count_ok) good blocks"
+
+# 2: planned restart.
+pid=$(cat "$PIDS/backend.pid")
+kill -USR1 "$pid"
+i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt 20 ]; do sleep 1; i=$((i + 1)); done
+wait "$pid"; rc=$?
+[ $rc = 75 ] || fail "SIGUSR1: the backend exited with $rc, not 75 (stopped for a restart)"
+grep -E 'stopped' /tmp/xt/backend.log | tail -n 1 | while read -r l; do ev "backend on SIGUSR1: ${l#*\] }"; done
+[ "$(xenstore-read /local/domain/0/backend/pci/$domid/0/state)" = 4 ] || fail "SIGUSR1 changed the guest's backend state"
+mv /tmp/xt/backend.log /tmp/xt/backend-2.log
+HIDE="($D)" backend_start
+grep -q 'taken over' /tmp/xt/backend.log || fail "the backend did not take dom$domid over after SIGUSR1"
+wait_ok 5 || fail "I/O stopped after the planned restart"
+ev "after SIGUSR1 + restart: $(count_ok) good blocks"
+
+wait_guest $G '^@@XT restart done' 150 > /dev/null || fail "the guest's loop did not finish"
+log=$(guest_log $G)
+tr -d '\r' < "$log" | grep -E '^@@XT blk nvme .*MISMATCH|^@@XT blk nvme .*MISSING' | head -n 1 | while read -r l; do fail "data: $l"; done || exit 1
+bad=$(guest_block $G restart-dmesg | grep -iE 'I/O error|Removing|abort|failed|not responding|D3cold' | head -n 3)
+guest_block $G restart-dmesg | while read -r l; do ev "guest kernel: $l"; done
+[ -z "$bad" ] || fail "the guest's driver noticed: $(echo $bad)"
+l=$(tr -d '\r' < "$log" | grep '^@@XT restart lspci' | tail -n 1)
+echo "$l" | grep -q '0108: 1b36:0010' || fail "lspci in the guest after the restarts: ${l#@@XT }"
+ev "guest: $(count_ok) blocks written and read back equal; last lspci: ${l#@@XT restart lspci }"
+ev "guest interrupts: $(tr -d '\r' < "$log" | grep '^@@XT irq final' | sed 's/^@@XT irq final //')"
+timeout 90 xl shutdown -w $G > /dev/null 2>&1 || xl destroy $G 2>/dev/null
+i=0; while ! guest_gone $G && [ $i -lt 60 ]; do sleep 1; i=$((i + 1)); done
+sleep 3
+backend_stop || fail "xenpci backend exited with $? on SIGTERM"
+[ $(( $(cfg_word $D 4) & 4 )) = 0 ] || fail "$D: bus master still on after the guest left and the backend stopped"
+ev "after guest shutdown and SIGTERM: $D released (bus master off)"
+exit 0
