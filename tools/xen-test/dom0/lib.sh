@@ -99,6 +99,18 @@ guest_block() {
 }
 guest_gone() { ! xl domid "$1" > /dev/null 2>&1; }
 
+# linux_pciback_off: give back what Linux's xen-pciback holds and unload it:
+# loaded, it watches backend/pci too and fights our backend for the
+# directories `xenpci attach` writes ("Couldn't locate PCI device").
+linux_pciback_off() {
+    local d
+    [ -d /sys/module/xen_pciback ] || return 0
+    for d in /sys/bus/pci/drivers/pciback/0000:*; do
+        [ -e "$d" ] && xl pci-assignable-remove "$(basename "$d")" > /dev/null 2>&1
+    done
+    rmmod xen_pciback 2>/dev/null || note "rmmod xen_pciback failed: $(ls /sys/bus/pci/drivers/pciback 2>&1 | tr '\n' ' ')"
+}
+
 # ------------------------------------------------------------------ our backend
 backend_start() { # extra args; HIDE= overrides the hide list
     local hide=${HIDE:-$OURS_HIDE}

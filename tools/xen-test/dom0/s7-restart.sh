@@ -10,6 +10,7 @@
 . /xt/lib.sh
 have_sub backend attach detach
 D=0000:02:00.0
+linux_pciback_off
 HIDE="($D)" backend_start
 G=xt-s7
 domid=$(guest_create $G "xt_role=restart xt_rounds=45") || exit 1
