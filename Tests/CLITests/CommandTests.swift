@@ -27,6 +27,8 @@ import XPCI
         expectOneLine(r, 64, "hide list")
         #expect(!r.stderr.contains("[dom0"), "nothing may start on a bad hide list")
         expectOneLine(try xenpci(Self.demo + ["--hide", "(00:1e.0)"]), 1, "matches no device")
+        // Fullwidth digits pass Character.isHexDigit: this used to trap.
+        expectOneLine(try xenpci(["list", "--fixtures", "Tests/Fixtures/qemu-q35", "--hide", "(００:00.0)"]), 64, "'(００:00.0)'")
         expectOneLine(try xenpci(Self.demo + ["--topology", "mesh"]), 64, "--topology 'mesh'")
         expectOneLine(try xenpci(["demo", "--fixtures", "/nonexistent"]), 66, "/nonexistent/bus/pci/devices")
         expectOneLine(try xenpci(Self.demo + ["--script", "/nonexistent.txt"]), 66, "--script /nonexistent.txt")
