@@ -3,7 +3,7 @@ import Testing
 @testable import PCIBack
 import XenMock
 
-/// Each backend bug of NetBSD's pciback.c (NETBSD-PORT.md), as a test that
+/// Each backend bug of NetBSD's pciback.c (docs/NETBSD-PORT.md), as a test that
 /// fails on NetBSD's behaviour.
 @Suite("NetBSD pciback bugs not carried over", .serialized)
 struct NetBSDBugTests {
