@@ -3,7 +3,7 @@ SWIFT ?= swift
 CC ?= cc
 BUILD := build
 ABI_DIR := tools/abi-check
-TEST_DEPS := libxen-dev pciutils
+TEST_DEPS := libxen-dev pciutils mandoc
 
 .PHONY: help deps build test abi-check xenlib-check demo man bench fuzz fuzz-replay load sanitize xen-test clean
 
@@ -11,7 +11,7 @@ help:
 	@echo "make demo       run the backend and frontend on the mock hypervisor, then a tour of the shell"
 	@echo "                (DEMO_ARGS= for the interactive shell; DEMO_ARGS='--script FILE' for yours)"
 	@echo "make man        check and render the manual pages into build/man/*.txt"
-	@echo "make test       install test dependencies (libxen-dev, pciutils), run abi-check and the test suite"
+	@echo "make test       install test dependencies (libxen-dev, pciutils, mandoc), run abi-check and the test suite"
 	@echo "make abi-check  compare Headers/ with the system's Xen headers"
 	@echo "make xenlib-check  compare our Xen library prototypes with the system's headers"
 	@echo "make build      build everything"

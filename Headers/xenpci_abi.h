@@ -2,7 +2,7 @@
  * xenpci_abi.h - the Xen PV PCI shared page and xenbus states, byte for byte.
  *
  * Written for this project from the documented wire contract
- * (docs: PROTOCOL.md section 1); `make abi-check` compares every size, offset
+ * (docs/PROTOCOL.md §1); `make abi-check` compares every size, offset
  * and constant here with the system's <xen/io/pciif.h> and <xen/io/xenbus.h>.
  * The layout is identical on i386 and x86_64: only 32- and 16-bit fields,
  * no padding anywhere.

@@ -1,6 +1,6 @@
 /*
  * xenpci_softc.h - NetBSD's xpci(4) and pciback(4) softc structures, mirrored
- * field for field at their amd64 offsets (docs: NETBSD-PORT.md).
+ * field for field at their amd64 offsets (docs/NETBSD-PORT.md).
  *
  * Kernel-only handle types (device_t, bus-space tags, interrupt cookies,
  * chipset tags) become opaque pointer-sized fields so that order, size and

@@ -1,6 +1,6 @@
 /*
  * xenpci_ref.c - the limit for `make bench`: the request/reply of
- * PROTOCOL.md section 4 at its barest, between two threads of one process
+ * docs/PROTOCOL.md §4 at its barest, between two threads of one process
  * over a 4 KiB page laid out as struct xen_pci_sharedinfo.
  *
  * Client: copy the op into the page, set XEN_PCIF_active with release,

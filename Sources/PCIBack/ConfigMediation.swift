@@ -1,7 +1,7 @@
 import PCIModel
 
 /// What the guest may see and change of one exported function's config
-/// space (PROTOCOL.md §6). Built at export from the device's header type
+/// space (docs/PROTOCOL.md §6). Built at export from the device's header type
 /// and capabilities: every byte maps to at most one field; a byte with no
 /// field is dropped on write unless the device is permissive.
 final class ConfigMediation {

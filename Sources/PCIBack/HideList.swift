@@ -32,15 +32,15 @@ public func parseHideList(_ text: String) throws -> [PCIPattern] {
     let chars = Array(text)
     var i = 0
     func fail(_ why: String) -> HideListError { HideListError(text: text, position: min(i, chars.count), reason: why) }
-    func skipSpace() { while i < chars.count, chars[i].isWhitespace { i += 1 } }
+    func skipSpace() { while i < chars.count, chars[i].isASCII, chars[i].isWhitespace { i += 1 } }
     func hexField(_ name: String, maxDigits: Int, max: UInt32, wildcard: Bool) throws -> UInt32? {
         if wildcard, i < chars.count, chars[i] == "*" { i += 1; return nil }
         let start = i
-        while i < chars.count, chars[i].isHexDigit { i += 1 }
+        while i < chars.count, isASCIIHexDigit(chars[i]) { i += 1 }
         guard i > start else { i = start; throw fail("expected a hex \(name)\(wildcard ? " or '*'" : "")") }
         let digits = String(chars[start..<i])
         guard digits.count <= maxDigits else { i = start; throw fail("\(name) has more than \(maxDigits) hex digits") }
-        let v = UInt32(digits, radix: 16)!
+        guard let v = parseASCIIHex(digits) else { i = start; throw fail("\(name) '\(digits)' is not hex") }
         guard v <= max else { i = start; throw fail("\(name) \(digits) is above \(String(max, radix: 16))") }
         return v
     }

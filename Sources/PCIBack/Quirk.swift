@@ -14,13 +14,13 @@ public struct PCIQuirk: Equatable, CustomStringConvertible, Sendable {
     }
 
     public init(parsing text: String) throws {
-        let t = text.trimmingCharacters(in: .whitespaces)
+        let t = text.trimmingCharacters(in: asciiBlanks)
         guard let dash = t.lastIndex(of: "-") else { throw PCIBackError.badQuirk("'\(text)': expected [DDDD:]BB:SS.F-REG:SIZE:MASK") }
         do { address = try PCIAddress(parsing: String(t[..<dash])) } catch { throw PCIBackError.badQuirk("'\(text)': \(error)") }
         let f = t[t.index(after: dash)...].split(separator: ":", omittingEmptySubsequences: false)
         func num(_ s: Substring, _ what: String) throws -> UInt32 {
             let h = s.hasPrefix("0x") || s.hasPrefix("0X") ? s.dropFirst(2) : s
-            guard !h.isEmpty, let v = UInt32(h, radix: 16) else { throw PCIBackError.badQuirk("'\(text)': \(what) '\(s)' is not a hex number") }
+            guard let v = parseASCIIHex(h) else { throw PCIBackError.badQuirk("'\(text)': \(what) '\(s)' is not a hex number") }
             return v
         }
         guard f.count == 3 else { throw PCIBackError.badQuirk("'\(text)': expected REG:SIZE:MASK after the address") }

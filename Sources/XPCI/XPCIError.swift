@@ -8,7 +8,7 @@ public enum XPCIError: Error, CustomStringConvertible, Sendable {
     /// The backend did not reach Connected in time.
     case connectTimeout(after: Duration, frontend: XenState, backend: XenState?)
     /// An earlier request timed out and the backend has not answered it yet
-    /// (PROTOCOL.md section 4): nothing is posted until it does.
+    /// (docs/PROTOCOL.md §4): nothing is posted until it does.
     case channelBroken(String)
     /// The backend answered with one of the protocol's error values.
     case backend(PCIOpError, op: PCIOpCommand, address: PCIAddress)

@@ -17,7 +17,7 @@ import PCIModel
 /// backend's state through a xenstore watch and serves AER requests (bit 2).
 public final class XPCIFrontend: @unchecked Sendable {
     public struct Options: Sendable {
-        /// How long a request waits for the backend (PROTOCOL.md section 4).
+        /// How long a request waits for the backend (docs/PROTOCOL.md §4).
         public var requestTimeout: Duration = .seconds(2)
         /// How long `waitConnected` and `detach`'s Closing handshake wait.
         public var connectTimeout: Duration = .seconds(10)
@@ -256,7 +256,7 @@ public final class XPCIFrontend: @unchecked Sendable {
     }
 
     /// xpci_backend_changed. NetBSD handles only Connected and panics on
-    /// Reconfiguring/Reconfigured; this follows PROTOCOL.md section 3.
+    /// Reconfiguring/Reconfigured; this follows docs/PROTOCOL.md §3.
     func backendChanged(_ new: XenState?) {
         let fe: XenState = locked {
             backendState = new
@@ -419,7 +419,7 @@ public final class XPCIFrontend: @unchecked Sendable {
 
     /// Backend went Closing/Closed (or vanished): free the bus, end the grant,
     /// close the port, go Closed, then Initialising so that a backend coming
-    /// back can be reconnected (PROTOCOL.md section 3 Decision). NetBSD had no
+    /// back can be reconnected (docs/PROTOCOL.md §3 Decision). NetBSD had no
     /// teardown at all.
     func closeDown() {
         removeAllDevices()

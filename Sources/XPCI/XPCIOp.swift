@@ -4,7 +4,7 @@ import XenHypervisor
 /// The op path: one request at a time on the caller's thread, the reply
 /// checked before anything in it is believed.
 extension XPCIFrontend {
-    /// The handshake of PROTOCOL.md section 4 (NetBSD: the body of
+    /// The handshake of docs/PROTOCOL.md §4 (NetBSD: the body of
     /// xpci_conf_read/xpci_conf_write, which spun forever). Copies the op in,
     /// sets bit 0, notifies, and waits on the event channel until the backend
     /// clears bit 0 or the request timeout passes. A timeout marks the channel

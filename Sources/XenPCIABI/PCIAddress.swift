@@ -38,14 +38,14 @@ public struct PCIAddress: Hashable, Comparable, CustomStringConvertible, Sendabl
     /// Parses `DDDD:BB:SS.F`, `BB:SS.F` (segment 0) and a function of one or two
     /// hex digits. The error names what is wrong.
     public init(parsing text: String) throws {
-        let t = text.trimmingCharacters(in: .whitespaces)
+        let t = text.trimmingCharacters(in: asciiBlanks)
         func bad(_ why: String) -> PCIAddressError { PCIAddressError(text: text, reason: why) }
         guard let dot = t.lastIndex(of: ".") else { throw bad("missing '.' before the function") }
         let fnText = t[t.index(after: dot)...]
         let parts = t[..<dot].split(separator: ":", omittingEmptySubsequences: false)
         guard parts.count == 2 || parts.count == 3 else { throw bad("expected [DDDD:]BB:SS.F") }
         func field(_ s: Substring, _ name: String, max: UInt32, digits: Int) throws -> UInt32 {
-            guard !s.isEmpty, s.count <= digits, let v = UInt32(s, radix: 16) else {
+            guard s.utf8.count <= digits, let v = parseASCIIHex(s) else {
                 throw bad("\(name) '\(s)' is not a hex number of at most \(digits) digits")
             }
             guard v <= max else { throw bad("\(name) \(s) is above \(String(max, radix: 16))") }
@@ -77,11 +77,37 @@ public struct PCIRoot: Hashable, Comparable, CustomStringConvertible, Sendable {
     public init?(xenstore text: String) {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
         guard parts.count == 2, (1...4).contains(parts[0].count), (1...2).contains(parts[1].count),
-              parts.allSatisfy({ $0.allSatisfy(\.isHexDigit) }),
-              let s = UInt16(parts[0], radix: 16), let b = UInt8(parts[1], radix: 16) else { return nil }
-        self.init(segment: s, bus: b)
+              let s = parseASCIIHex(parts[0]), let b = parseASCIIHex(parts[1]) else { return nil }
+        self.init(segment: UInt16(s), bus: UInt8(b))
     }
 }
+
+/// Whether `c` is one of the ASCII hex digits 0-9, a-f, A-F. Operator and
+/// guest input is parsed with this, never `Character.isHexDigit`: that also
+/// accepts fullwidth digits, which `UInt32(_:radix:)` then rejects.
+public func isASCIIHexDigit(_ c: Character) -> Bool {
+    guard let b = c.asciiValue else { return false }
+    return (48...57).contains(b) || (65...70).contains(b) || (97...102).contains(b)
+}
+
+/// `s` as unsigned hex of 1 to 8 ASCII digits: no sign, no `0x`, no other
+/// script's digits (the integer initializers accept a leading `+` or `-`).
+public func parseASCIIHex<S: StringProtocol>(_ s: S) -> UInt32? {
+    guard !s.isEmpty, s.utf8.count <= 8 else { return nil }
+    var v: UInt32 = 0
+    for b in s.utf8 {
+        switch b {
+        case 48...57: v = v << 4 | UInt32(b - 48)
+        case 65...70: v = v << 4 | UInt32(b - 55)
+        case 97...102: v = v << 4 | UInt32(b - 87)
+        default: return nil
+        }
+    }
+    return v
+}
+
+/// Space and tab: what the parsers trim (not the other scripts' spaces).
+public let asciiBlanks = CharacterSet(charactersIn: " \t")
 
 /// Zero-padded lower-case hex.
 public func hex<T: BinaryInteger>(_ v: T, _ width: Int) -> String {

@@ -295,9 +295,18 @@ struct Detach: ParsableCommand {
     func run() throws { try toolstackCommand(target.hypervisor, target.domid, target.bdf, add: false) }
 }
 
+/// A domain id as the operator types it: ASCII decimal below the reserved
+/// ids (DOMID_FIRST_RESERVED, 0x7FF0); `DomID(_:)` alone takes a sign.
+func parseDomainID(_ text: String) throws -> DomID {
+    guard !text.isEmpty, text.utf8.count <= 5, text.utf8.allSatisfy({ (48...57).contains($0) }), let d = DomID(text), d < 0x7FF0 else {
+        throw CLIError.usage("domain id '\(text)' is not a domain (0...32751)")
+    }
+    return d
+}
+
 func toolstackCommand(_ kind: HypervisorKind, _ domidText: String, _ bdfs: [String], add: Bool) throws {
     // Domain 0 is allowed: the loopback case, a frontend in the backend's own domain.
-    guard let dom = DomID(domidText), dom < 0x7FF0 else { throw CLIError.usage("domain id '\(domidText)' is not a domain (0...32751)") }
+    let dom = try parseDomainID(domidText)
     guard !bdfs.isEmpty else { throw CLIError.usage("\(add ? "attach" : "detach"): give at least one PCI function") }
     let devices = try bdfs.map { try PCIAddress(parsing: $0) }
     guard kind == .xen else {

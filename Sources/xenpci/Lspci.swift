@@ -51,7 +51,7 @@ struct SlotSelector: Equatable {
         func bad(_ why: String) -> CLIError { .usage("bad slot '\(text)': \(why)") }
         func field<T: FixedWidthInteger>(_ s: Substring, _ name: String, max: T) throws -> T? {
             if s.isEmpty || s == "*" { return nil }
-            guard s.count <= 4, let v = UInt32(s, radix: 16) else { throw bad("\(name) '\(s)' is not a hex number") }
+            guard s.utf8.count <= 4, let v = parseASCIIHex(s) else { throw bad("\(name) '\(s)' is not a hex number") }
             guard v <= UInt32(max) else { throw bad("\(name) \(s) is above \(String(max, radix: 16))") }
             return T(v)
         }

@@ -89,12 +89,13 @@ final class Shell {
     }
 
     func execute(_ w: [String]) throws {
+        guard let command = w.first else { return } // a blank or comment line
         let args = Array(w.dropFirst())
-        switch w[0] {
+        switch command {
         case "lspci": try lspci(args)
         case "read": try read(args)
         case "write": try write(args)
-        case "msi", "msix": try msi(w[0] == "msix", args)
+        case "msi", "msix": try msi(command == "msix", args)
         case "hotadd", "hot-add": try hotplug(add: true, args)
         case "hotremove", "hot-remove": try hotplug(add: false, args)
         case "aer": try aer(args)
@@ -109,7 +110,7 @@ final class Shell {
         case "xenstore": try xenstore(args)
         case "bench": try bench(args)
         case "help": console.out(Self.help)
-        default: throw CLIError.usage("unknown command '\(w[0])' (type 'help')")
+        default: throw CLIError.usage("unknown command '\(command)' (type 'help')")
         }
     }
 
@@ -151,12 +152,12 @@ final class Shell {
             size = s
         }
         var offset: Int
-        if let (o, natural) = registerNames[name.uppercased()] {
+        if let (o, natural) = registerName(name) {
             offset = o
             size = size ?? natural
         } else {
             let h = name.lowercased().hasPrefix("0x") ? name.dropFirst(2) : name
-            guard !h.isEmpty, h.count <= 4, let o = Int(h, radix: 16) else {
+            guard h.utf8.count <= 4, let o = parseASCIIHex(h).map(Int.init) else {
                 throw CLIError.usage("offset '\(reg)' is not a hex number or a register name (COMMAND, STATUS, BASE_ADDRESS_0...)")
             }
             offset = o
@@ -174,18 +175,24 @@ final class Shell {
         return (offset, s)
     }
 
+    /// A setpci register name, any case, ASCII only: `uppercased()` maps
+    /// "ſ" to "S" and "ı" to "I", which would let "ſtatus" through.
+    static func registerName(_ s: Substring) -> (Int, Int)? {
+        s.utf8.allSatisfy({ $0 < 0x80 }) ? registerNames[s.uppercased()] : nil
+    }
+
     static func width(_ s: Substring) -> Int? {
-        switch s.lowercased() {
-        case "1", "b": return 1
-        case "2", "w": return 2
-        case "4", "l": return 4
+        switch s {
+        case "1", "b", "B": return 1
+        case "2", "w", "W": return 2
+        case "4", "l", "L": return 4
         default: return nil
         }
     }
 
     static func value(_ s: String, size: Int) throws -> UInt32 {
         let h = s.lowercased().hasPrefix("0x") ? s.dropFirst(2) : Substring(s)
-        guard !h.isEmpty, h.count <= 8, let v = UInt32(h, radix: 16) else { throw CLIError.usage("value '\(s)' is not a hex number of at most 8 digits") }
+        guard let v = parseASCIIHex(h) else { throw CLIError.usage("value '\(s)' is not a hex number of at most 8 digits") }
         guard size == 4 || v >> (8 * UInt32(size)) == 0 else {
             throw CLIError.usage("value 0x\(hex(v, 1)) does not fit in \(size) byte\(size == 1 ? "" : "s")")
         }
@@ -226,7 +233,7 @@ final class Shell {
     }
 
     func read(_ args: [String]) throws {
-        guard args.count == 3 || (args.count == 2 && args[1].contains(".")) || args.count == 2 && Self.registerNames[args[1].uppercased()] != nil else {
+        guard args.count == 3 || (args.count == 2 && args[1].contains(".")) || args.count == 2 && Self.registerName(Substring(args[1])) != nil else {
             throw CLIError.usage("usage: read BDF REG SIZE")
         }
         let f = try guestDevice(args[0])

@@ -7,10 +7,9 @@ import XPCI
 
 /// The built binary: exit statuses and one-line errors for every class of
 /// bad input, and nothing left half-done.
-@Suite(.serialized) struct CommandTests {
-    func xenpci(_ args: [String], input: String = "") throws -> RunResult? {
-        guard let exe = xenpciBinary else { print("skipped: the xenpci binary is not built (swift build)"); return nil }
-        return try run(exe, args, input: input)
+@Suite(.serialized, .enabled(if: xenpciBinary != nil, noXenpciBinary)) struct CommandTests {
+    func xenpci(_ args: [String], input: String = "") throws -> RunResult {
+        try run(try #require(xenpciBinary, noXenpciBinary), args, input: input)
     }
 
     /// Exactly one error line naming `what`, and `status`.
@@ -24,13 +23,15 @@ import XPCI
 
     @Test("bad options: hide list, topology, fixture tree, script: one line, nothing started")
     func badOptions() throws {
-        guard let r = try xenpci(Self.demo + ["--hide", "(00:zz.0)"]) else { return }
+        let r = try xenpci(Self.demo + ["--hide", "(00:zz.0)"])
         expectOneLine(r, 64, "hide list")
         #expect(!r.stderr.contains("[dom0"), "nothing may start on a bad hide list")
-        expectOneLine(try xenpci(Self.demo + ["--hide", "(00:1e.0)"])!, 1, "matches no device")
-        expectOneLine(try xenpci(Self.demo + ["--topology", "mesh"])!, 64, "--topology 'mesh'")
-        expectOneLine(try xenpci(["demo", "--fixtures", "/nonexistent"])!, 66, "/nonexistent/bus/pci/devices")
-        expectOneLine(try xenpci(Self.demo + ["--script", "/nonexistent.txt"])!, 66, "--script /nonexistent.txt")
+        expectOneLine(try xenpci(Self.demo + ["--hide", "(00:1e.0)"]), 1, "matches no device")
+        // Fullwidth digits pass Character.isHexDigit: this used to trap.
+        expectOneLine(try xenpci(["list", "--fixtures", "Tests/Fixtures/qemu-q35", "--hide", "(００:00.0)"]), 64, "'(００:00.0)'")
+        expectOneLine(try xenpci(Self.demo + ["--topology", "mesh"]), 64, "--topology 'mesh'")
+        expectOneLine(try xenpci(["demo", "--fixtures", "/nonexistent"]), 66, "/nonexistent/bus/pci/devices")
+        expectOneLine(try xenpci(Self.demo + ["--script", "/nonexistent.txt"]), 66, "--script /nonexistent.txt")
     }
 
     @Test("bad shell input: BDF, offset, size, value, unknown device, missing permission: one line FILE:LINE, a status, no leak",
@@ -49,7 +50,7 @@ import XPCI
               ("frobnicate", 64, "unknown command 'frobnicate'"),
           ] as [(String, Int32, String)])
     func badShellInput(_ line: String, _ status: Int32, _ what: String) throws {
-        guard let r = try xenpci(Self.demo + ["--hide", "(00:03.0)", "--script", "-"], input: "lspci -n\n\(line)\nlspci\n") else { return }
+        let r = try xenpci(Self.demo + ["--hide", "(00:03.0)", "--script", "-"], input: "lspci -n\n\(line)\nlspci\n")
         expectOneLine(r, status, what)
         #expect(r.errorLines.first?.hasPrefix("xenpci: stdin:2: ") == true)
         #expect(r.stderr.components(separatedBy: "xenpci> ").count == 3, "the script stops at the failing line")
@@ -59,34 +60,32 @@ import XPCI
     @Test("missing permission: a write to a device a host driver owns is refused (77)")
     func readOnlyWrite() throws {
         // The root port is bound to pcieport in the fixtures: exported read-only (passthrough keeps its address).
-        guard let r = try xenpci(Self.demo + ["--topology", "passthrough", "--hide", "(00:05.0)", "--script", "-"],
-                                 input: "read 00:05.0 COMMAND\nwrite 00:05.0 0x0c 1 0x10\n") else { return }
+        let r = try xenpci(Self.demo + ["--topology", "passthrough", "--hide", "(00:05.0)", "--script", "-"],
+                                 input: "read 00:05.0 COMMAND\nwrite 00:05.0 0x0c 1 0x10\n")
         expectOneLine(r, 77, "access denied")
         #expect(r.stderr.contains("host driver 'pcieport' owns it: exported read-only"))
         #expect(r.stderr.contains("leaks: none"))
     }
 
-    @Test("missing permission: an unprivileged user cannot read the whole config space (77)")
+    @Test("missing permission: an unprivileged user cannot read the whole config space (77)",
+          .enabled(if: getuid() == 0 && hostSysfsUsable && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"),
+                   "needs root, /usr/bin/setpriv and PCI devices readable in /sys"))
     func unprivileged() throws {
-        guard let exe = xenpciBinary else { return }
-        guard getuid() == 0, hostSysfsUsable, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") else {
-            print("skipped: needs root, setpriv and PCI devices in /sys"); return
-        }
-        let r = try run(exe, ["list", "--sysfs", "/sys"], prefix: ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        let r = try run(try #require(xenpciBinary), ["list", "--sysfs", "/sys"], prefix: ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
         expectOneLine(r, 77, "the full config space needs root")
     }
 
     @Test("no Xen: every --hypervisor xen path says so in one line (69); the mock-only limits are usage errors")
     func noXen() throws {
-        guard let r = try xenpci(["backend", "--hypervisor", "xen"]) else { return }
+        let r = try xenpci(["backend", "--hypervisor", "xen"])
         expectOneLine(r, 69, "no Xen")
-        expectOneLine(try xenpci(["frontend"])!, 69, "no Xen")
-        expectOneLine(try xenpci(["list", "--hypervisor", "xen"])!, 69, "no Xen")
-        expectOneLine(try xenpci(["attach", "1", "0000:00:03.0"])!, 69, "no Xen")
-        expectOneLine(try xenpci(["detach", "1", "00:03.0"])!, 69, "no Xen")
-        expectOneLine(try xenpci(["attach", "1", "00:3.9"])!, 64, "bad PCI address")
-        expectOneLine(try xenpci(["attach", "32752", "00:03.0"])!, 64, "domain id '32752'")
-        expectOneLine(try xenpci(["frontend", "--hypervisor", "mock"])!, 64, "xenpci demo")
+        expectOneLine(try xenpci(["frontend"]), 69, "no Xen")
+        expectOneLine(try xenpci(["list", "--hypervisor", "xen"]), 69, "no Xen")
+        expectOneLine(try xenpci(["attach", "1", "0000:00:03.0"]), 69, "no Xen")
+        expectOneLine(try xenpci(["detach", "1", "00:03.0"]), 69, "no Xen")
+        expectOneLine(try xenpci(["attach", "1", "00:3.9"]), 64, "bad PCI address")
+        expectOneLine(try xenpci(["attach", "32752", "00:03.0"]), 64, "domain id '32752'")
+        expectOneLine(try xenpci(["frontend", "--hypervisor", "mock"]), 64, "xenpci demo")
     }
 
     @Test("a good script: every command works, exit 0, no leak; --json listings parse")
@@ -106,7 +105,7 @@ import XPCI
             aer 0000:00:04.0 detected frozen
             stats
             """
-        guard let r = try xenpci(Self.demo + ["--hide", "(00:03.0)(00:04.0)(00:1f.2)", "--script", "-"], input: script) else { return }
+        let r = try xenpci(Self.demo + ["--hide", "(00:03.0)(00:04.0)(00:1f.2)", "--script", "-"], input: script)
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.errorLines.isEmpty)
         #expect(r.stdout.contains("00:01.0: MSI-X enabled, pirqs"))
@@ -117,17 +116,17 @@ import XPCI
         #expect(r.stderr.contains("[dom1 xpci]    device/pci/0 state Reconfiguring (7)"))
         #expect(r.stderr.contains("leaks: none"))
 
-        let j = try xenpci(Self.demo + ["--json", "--hide", "(00:03.0)", "--script", "-"], input: "lspci\nstats\nlist\nread 00:00.0 0 4\n")!
+        let j = try xenpci(Self.demo + ["--json", "--hide", "(00:03.0)", "--script", "-"], input: "lspci\nstats\nlist\nread 00:00.0 0 4\n")
         #expect(j.status == 0, "\(j.stderr)")
         let lines = j.stdout.split(separator: "\n")
         #expect(lines.count == 4, "one line per command: \(lines)")
         for l in lines { #expect((try? JSONSerialization.jsonObject(with: Data(l.utf8))) != nil, "not JSON: \(l)") }
 
-        let list = try xenpci(["list", "--fixtures", "Tests/Fixtures/qemu-q35", "--json"])!
+        let list = try xenpci(["list", "--fixtures", "Tests/Fixtures/qemu-q35", "--json"])
         let doc = try JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as? [[String: Any]]
         #expect(doc?.map { $0["address"] as? String } == ["0000:00:01.0", "0000:00:03.0", "0000:00:04.0", "0000:00:06.0", "0000:00:06.1",
                                                           "0000:00:1f.2", "0000:00:1f.3", "0000:01:00.0"])
-        let text = try xenpci(["list", "--fixtures", "Tests/Fixtures/qemu-q35", "--hide", "(00:03.0)"])!
+        let text = try xenpci(["list", "--fixtures", "Tests/Fixtures/qemu-q35", "--hide", "(00:03.0)"])
         #expect(text.stdout == """
             0000:00:03.0: vendor 0x8086 product 0x100e subsys vendor 0x1af4 subsys product 0x1100
               bar 0: mem 0xfeac0000-0xfeadffff (size 0x20000)
@@ -141,7 +140,7 @@ import XPCI
 
     @Test("the tour runs on the fixtures and ends clean")
     func tour() throws {
-        guard let r = try xenpci(Self.demo + ["--tour"]) else { return }
+        let r = try xenpci(Self.demo + ["--tour"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.errorLines.isEmpty, "\(r.errorLines)")
         #expect(r.stderr.contains("xenpci> quirk 0000:00:01.0-0x040:4:0xffffffff"))
@@ -151,7 +150,7 @@ import XPCI
 
     @Test("backend runs until SIGTERM, prints the xenbus states, stops clean")
     func backendSignal() throws {
-        guard let exe = xenpciBinary else { return }
+        let exe = try #require(xenpciBinary)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: exe)
         p.arguments = ["backend", "--fixtures", q35]
@@ -241,14 +240,17 @@ import XPCI
 @Suite struct ManualTests {
     static let pages = ["xenpci.8", "xenpci-pciback.4", "xenpci-xpci.4"]
 
-    @Test("the manual pages are clean mdoc with a SECURITY CONSIDERATIONS section", arguments: pages)
-    func lint(_ page: String) throws {
-        let path = repoRoot + "/man/" + page
-        let text = try String(contentsOfFile: path, encoding: .utf8)
+    @Test("the manual pages are mdoc with a SECURITY CONSIDERATIONS section", arguments: pages)
+    func sections(_ page: String) throws {
+        let text = try String(contentsOfFile: repoRoot + "/man/" + page, encoding: .utf8)
         #expect(text.contains(".Sh SECURITY CONSIDERATIONS"))
         #expect(text.contains(".Dt "))
-        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/mandoc") else { print("skipped: mandoc is not installed"); return }
-        let r = try run("/usr/bin/mandoc", ["-Tlint", "-W", "warning", path])
+    }
+
+    @Test("the manual pages lint clean under mandoc", .enabled(if: mandoc != nil, "mandoc is not installed (make deps installs it)"),
+          arguments: pages)
+    func lint(_ page: String) throws {
+        let r = try run(try #require(mandoc), ["-Tlint", "-W", "warning", repoRoot + "/man/" + page])
         #expect(r.status == 0 && r.stderr.isEmpty && r.stdout.isEmpty, "\(r.stdout)\(r.stderr)")
     }
 }

@@ -33,10 +33,10 @@ import XPCI
         }
     }
 
-    @Test("-n, -nn, -x and -xxx equal live lspci on this machine's devices")
+    @Test("-n, -nn, -x and -xxx equal live lspci on this machine's devices", .enabled(if: realLspci != nil, noLspci),
+          .enabled(if: hostSysfsUsable, noHostDevices))
     func thisMachine() throws {
-        guard let lspci = realLspci else { print("skipped: pciutils' lspci is not installed (make deps)"); return }
-        guard hostSysfsUsable else { print("skipped: this machine has no PCI devices readable in full (needs root)"); return }
+        let lspci = try #require(realLspci)
         let fmt = LspciFormatter()
         for a in try listSysfsDevices(root: "/sys") {
             let f = try function(root: "/sys", a)
@@ -49,7 +49,7 @@ import XPCI
 
     /// Dumps the guest's view with our -xxxx and lets pciutils format it.
     func compareGuestView(_ rig: DemoRig) throws {
-        guard let lspci = realLspci else { print("skipped: pciutils' lspci is not installed (make deps)"); return }
+        let lspci = try #require(realLspci, noLspci)
         let devices = rig.host.front!.devices
         #expect(!devices.isEmpty)
         for d in devices {
@@ -65,16 +65,17 @@ import XPCI
         }
     }
 
-    @Test("the guest's view of the fixtures: our -n/-nn/-x/-xxx/-xxxx equal lspci -F on the same bytes")
+    @Test("the guest's view of the fixtures: our -n/-nn/-x/-xxx/-xxxx equal lspci -F on the same bytes",
+          .enabled(if: realLspci != nil, noLspci))
     func guestViewFixtures() throws {
         let rig = try DemoRig()
         defer { rig.finish() }
         try compareGuestView(rig)
     }
 
-    @Test("the guest's view of this machine's devices (read-only snapshots) equals lspci -F on the same bytes")
+    @Test("the guest's view of this machine's devices (read-only snapshots) equals lspci -F on the same bytes",
+          .enabled(if: realLspci != nil, noLspci), .enabled(if: hostSysfsUsable, noHostDevices))
     func guestViewThisMachine() throws {
-        guard hostSysfsUsable else { print("skipped: this machine has no PCI devices readable in full (needs root)"); return }
         let rig = try DemoRig(fixtures: nil)
         defer { rig.finish() }
         try compareGuestView(rig)

@@ -108,9 +108,9 @@ struct RealXenPathTests {
         #expect(input.next() == nil)
     }
 
-    @Test("--help of the command and of a subcommand prints the usage and exits 0")
+    @Test("--help of the command and of a subcommand prints the usage and exits 0", .enabled(if: xenpciBinary != nil, noXenpciBinary))
     func help() throws {
-        guard let exe = xenpciBinary else { return }
+        let exe = try #require(xenpciBinary)
         let r = try run(exe, ["--help"])
         #expect(r.status == 0 && r.stdout.contains("USAGE: xenpci"), "\(r)")
         let b = try run(exe, ["backend", "--help"])

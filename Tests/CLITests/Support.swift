@@ -12,15 +12,33 @@ let hostVirtio = repoRoot + "/Tests/Fixtures/host-virtio"
 /// The pciutils lspci, when installed (`make deps` installs it).
 let realLspci: String? = ["/usr/bin/lspci", "/usr/sbin/lspci", "/bin/lspci", "/sbin/lspci"].first { FileManager.default.isExecutableFile(atPath: $0) }
 
+let noLspci: Comment = "pciutils' lspci is not installed (make deps installs it)"
+
 /// Whether this machine has PCI devices whose whole config space we can read.
 let hostSysfsUsable: Bool = (try? DeviceSource.open("/sys", kind: .host)).map { s in !s.addresses.isEmpty && (try? s.checkReadable()) != nil } ?? false
+let noHostDevices: Comment = "this machine has no PCI devices readable in full in /sys (needs root)"
 
-/// The built command (swift build --build-tests builds it next to the tests).
-let xenpciBinary: String? = {
-    let candidates = [repoRoot + "/.build/debug/xenpci"] +
-        ((try? FileManager.default.contentsOfDirectory(atPath: repoRoot + "/.build")) ?? []).map { repoRoot + "/.build/\($0)/debug/xenpci" }
-    return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
+/// The directory of the running test bundle: the build (scratch path,
+/// configuration, sanitizer) that compiled these tests put the `xenpci`
+/// executable next to it. /proc/self/exe first: Bundle.main can name the
+/// test runner rather than the bundle.
+let testBuildDirectory: String? = {
+    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? Bundle.main.executablePath
+    guard let exe else { return nil }
+    return URL(fileURLWithPath: exe).resolvingSymlinksInPath().deletingLastPathComponent().path
 }()
+
+/// The command of the very build that runs these tests; nil (and the CLI
+/// tests skipped, saying so) when it is not there.
+let xenpciBinary: String? = testBuildDirectory.map { $0 + "/xenpci" }.flatMap {
+    FileManager.default.isExecutableFile(atPath: $0) ? $0 : nil
+}
+
+/// Why the tests that run the command are skipped when `xenpciBinary` is nil.
+let noXenpciBinary: Comment = "no xenpci executable next to the test bundle in \(testBuildDirectory ?? "(unknown directory)") (swift build --build-tests builds it)"
+
+/// Where mandoc is, when installed (`make deps` installs it).
+let mandoc: String? = ["/usr/bin/mandoc", "/usr/local/bin/mandoc"].first { FileManager.default.isExecutableFile(atPath: $0) }
 
 struct RunResult {
     var status: Int32

@@ -28,7 +28,7 @@ func syntheticTree() throws -> (root: String, address: PCIAddress) {
     return (root, a)
 }
 
-/// PROTOCOL.md §6, row by row: what the guest reads and what its writes do.
+/// docs/PROTOCOL.md §6, row by row: what the guest reads and what its writes do.
 @Suite("pciback config space mediation (PROTOCOL §6)", .serialized)
 struct MediationTests {
     struct Setup {

@@ -3,7 +3,7 @@ import Testing
 @testable import PCIBack
 import XenMock
 
-/// Each backend bug of NetBSD's pciback.c (NETBSD-PORT.md), as a test that
+/// Each backend bug of NetBSD's pciback.c (docs/NETBSD-PORT.md), as a test that
 /// fails on NetBSD's behaviour.
 @Suite("NetBSD pciback bugs not carried over", .serialized)
 struct NetBSDBugTests {
@@ -198,6 +198,29 @@ struct NetBSDBugTests {
             try h.back.claim(hideList: "(00:03.0)(00:04.0)(00:09.0)", from: all, open: { try h.device($0) })
         }
         #expect(h.back.listing().isEmpty)
+        h.expectClean()
+    }
+
+    @Test("a claim refused midway (the second device has a host driver) releases the first: reset, unlisted, claimable again")
+    func partialClaimRolledBack() throws {
+        let h = try Harness(start: false)
+        let all = try listSysfsDevices(root: fixtureRoot)
+        // The root port is bound to pcieport in the fixtures: refused at claim, after the e1000 was claimed.
+        // Opened outside the harness: it is never claimed, so it must never be reset.
+        let rootPort = try SysfsPCIDevice(root: fixtureRoot, address: Fixture.rootPort, inMemory: true)
+        var opened: [PCIAddress] = []
+        #expect {
+            try h.back.claim(hideList: "(00:03.0)(00:05.0)", from: all) { a in
+                opened.append(a)
+                return a == Fixture.rootPort ? rootPort : try h.device(a)
+            }
+        } throws: { "\($0)".contains("host driver 'pcieport'") }
+        #expect(opened == [Fixture.e1000, Fixture.rootPort], "both were opened, in list order")
+        #expect(h.opened[Fixture.e1000]?.resetCount == 2, "claimed (reset), then released (reset)")
+        #expect(rootPort.resetCount == 0)
+        #expect(h.back.listing().isEmpty, "nothing left claimed: \(h.back.listing().map(\.address))")
+        #expect(try h.back.claim(hideList: "(00:03.0)", from: all, open: { try h.device($0) }) == [Fixture.e1000])
+        try h.back.release(Fixture.e1000)
         h.expectClean()
     }
 

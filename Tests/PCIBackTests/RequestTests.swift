@@ -3,7 +3,7 @@ import Testing
 @testable import PCIBack
 import XenMock
 
-/// PROTOCOL.md §5, row by row, through raw requests in the shared page.
+/// docs/PROTOCOL.md §5, row by row, through raw requests in the shared page.
 @Suite("pciback requests (PROTOCOL §5)", .serialized)
 struct RequestTests {
     @Test("conf_read of 1, 2 and 4 bytes returns the device's bytes")

@@ -10,7 +10,11 @@ import XenToolstack
 /// Every step tolerates failure (a fault may break it); afterwards nothing
 /// may be left open and every claimed device must have been reset.
 struct FaultScenario {
-    struct Outcome { var errors: [String] = []; var leaks: [String] = []; var unreset: [PCIAddress] = []; var injected = 0 }
+    struct Outcome {
+        var errors: [String] = []; var leaks: [String] = []; var unreset: [PCIAddress] = []; var injected = 0
+        /// Config reads that answered, but not with the device's bytes.
+        var wrongReads: [String] = []
+    }
 
     static func run(fault: (MockOperation, Int)?) -> Outcome {
         var out = Outcome()
@@ -40,7 +44,9 @@ struct FaultScenario {
             front = f
             try f.attach()
             try f.waitConnected()
-            _ = try f.configRead(PCIAddress(bus: 0, device: 0, function: 0), offset: 0, size: 4)
+            // A fault may make the read fail, never answer someone else's bytes (QEMU's e1000 is 8086:100e).
+            let id = try f.configRead(PCIAddress(bus: 0, device: 0, function: 0), offset: 0, size: 4)
+            if id != 0x100E_8086 { out.wrongReads.append("00:00.0 vendor/device read 0x\(String(id, radix: 16))") }
         } catch { note(error) }
         do {
             let added = PCIAddress(bus: 0, device: 1, function: 0)
@@ -76,6 +82,7 @@ struct FaultInjectionTests {
         #expect(o.leaks.isEmpty, "\(o.leaks)")
         #expect(o.errors.isEmpty, "\(o.errors)")
         #expect(o.unreset.isEmpty)
+        #expect(o.wrongReads.isEmpty, "\(o.wrongReads)")
     }
 
     @Test("each operation failing at its 1st, 2nd, 3rd, 5th and 8th call: no crash, errors named, nothing leaks, devices reset",
@@ -89,6 +96,7 @@ struct FaultInjectionTests {
             #expect(o.leaks.isEmpty, "\(op) failing at call \(nth): leaks \(o.leaks)")
             #expect(o.unreset.isEmpty, "\(op) failing at call \(nth): devices not reset \(o.unreset)")
             #expect(o.errors.allSatisfy { !$0.isEmpty })
+            #expect(o.wrongReads.isEmpty, "\(op) failing at call \(nth): \(o.wrongReads)")
         }
         FaultTally.shared.add(op, injected)
     }

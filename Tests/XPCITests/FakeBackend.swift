@@ -4,7 +4,7 @@ import PCIModel
 @testable import XPCI
 
 /// A function the fake backend exports: config bytes plus the BAR and ROM
-/// sizes the backend emulates sizing with (PROTOCOL.md section 6).
+/// sizes the backend emulates sizing with (docs/PROTOCOL.md §6).
 final class FakeDevice: @unchecked Sendable {
     var config: ConfigSpace
     var barSizes: [Int: UInt64]

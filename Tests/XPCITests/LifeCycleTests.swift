@@ -136,12 +136,18 @@ struct LifeCycleTests {
         let rig = Rig()
         defer { rig.finish() }
         let (f, b) = try rig.connected(Behaviour(restartAfterClose: true))
-        let firstRef = try b.xs.read(b.frontPath + "/pci-op-ref")
+        #expect(try b.xs.read(b.frontPath + "/pci-op-ref") == String(f.sc.pointee.sc_shared_gntref))
         try b.xs.write(b.backPath + "/state", "6")
         #expect(eventually { rig.recorded.contains { if case .stateChanged(.closed, _) = $0 { return true }; return false } })
         #expect(eventually { f.state == .connected && f.devices.count == 4 })
         #expect(try f.configRead(addr("00:02.1"), offset: 2, size: 2) == 0x21)
-        _ = firstRef
+        // The first grant ended at Closing (the number may be handed out
+        // again): the ref published now grants the page the frontend uses.
+        let ref = try #require(GrantRef(try b.xs.read(b.frontPath + "/pci-op-ref")))
+        #expect(ref == f.sc.pointee.sc_shared_gntref)
+        let m = try b.gt.map(domain: 1, ref: ref, writable: true)
+        #expect(UnsafeMutableRawPointer(m.address) == UnsafeMutableRawPointer(f.sc.pointee.sc_shared))
+        try b.gt.unmap(m)
     }
 
     @Test("detach goes Closing then Closed, leaves nothing, and attach works again")

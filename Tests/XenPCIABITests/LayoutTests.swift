@@ -95,7 +95,7 @@ struct LayoutTests {
             checked += 1
         }
         #expect(checked == rows.count)
-        // And the expected absolute figures of NETBSD-PORT.md / PROTOCOL.md.
+        // And the expected absolute figures of docs/NETBSD-PORT.md and docs/PROTOCOL.md §1.
         #expect(Self.strides["xen_pci_sharedinfo"] == 572)
         #expect(Self.strides["xen_pci_op"] == 548)
         #expect(Self.strides["xpci_xenbus_softc"] == 48)

@@ -2,7 +2,7 @@
 # Scenario 1: loopback in dom0. `xenpci backend` and `xenpci frontend` both
 # in dom0 userspace over the real xenstored, grant device and event channels.
 # Checks: enumeration equals dom0's sysfs view of the exported devices;
-# config reads and mediated writes as PROTOCOL.md §5/§6 says; hot-add and
+# config reads and mediated writes as docs/PROTOCOL.md §5/§6 says; hot-add and
 # hot-remove during a connection; close and reconnect; after the backend
 # stops, no xenpci process, no mapping, devices unbound, golden state back.
 . /xt/lib.sh
