@@ -18,6 +18,8 @@ final class ClaimedDevice {
     var msiPirqs: [UInt32] = []
     var msixPirqs: [UInt32] = []
     var msixPrepared = false      // Xen knows its MSI-X table (prepare_msix)
+    /// A reset runs on a worker: requests to it answer dev_not_found meanwhile.
+    var resetting = false
     /// Held by a running guest when a previous backend stopped: exported
     /// again to it at this address, with these pirqs, when it is taken over.
     var adoption: (guest: DomID, address: PCIAddress, msi: [UInt32], msix: [UInt32])?
@@ -113,8 +115,15 @@ final class ClaimedDevice {
 
     /// Back to the state of claim: reset, golden state, no guest grants.
     func quiesce() throws {
+        mediation = try resetHardware()
+    }
+
+    /// The slow half of `quiesce`, touching only the device: reset, golden
+    /// state, and the mediation a fresh export starts from (the caller
+    /// installs it under the backend lock).
+    func resetHardware() throws -> ConfigMediation {
         if !readOnly { try Self.resetAndRestore(access, golden) }
-        mediation = try ConfigMediation(device: access, golden: golden)
+        return try ConfigMediation(device: access, golden: golden)
     }
 
     var bars: [(index: Int, resource: PCIResource)] {

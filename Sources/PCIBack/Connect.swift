@@ -195,7 +195,7 @@ extension PCIBack {
     func unexport(_ i: Instance, _ host: PCIAddress) {
         guard let d = i.exported.removeValue(forKey: host) else { return }
         releaseInterrupts(i, d)
-        do { try d.quiesce() } catch { emit(.error(i.domid, "\(d.address): reset at release: \(error)")) }
+        resetInBackground(d)
         i.unlink(d)
         d.guest = nil
         d.guestAddress = nil
@@ -220,11 +220,44 @@ extension PCIBack {
     func quiesceDevices(_ i: Instance) {
         for d in i.exported.values.sorted(by: { $0.address < $1.address }) {
             releaseInterrupts(i, d)
-            let permissive = d.mediation.permissive
-            do { try d.quiesce() } catch { emit(.error(i.domid, "\(d.address): reset: \(error)")) }
-            d.mediation.permissive = permissive // same guest, same toolstack options
+            resetInBackground(d)
         }
     }
+
+    /// Resets `d` on a worker, without the backend lock: a reset takes 100 ms
+    /// and more (Linux waits up to 60 s for a device that is not ready), and
+    /// every other guest and device is served meanwhile. Requests to `d`
+    /// answer dev_not_found until it is done. The fresh mediation is
+    /// installed under the lock; a guest holding `d` by then (the same one
+    /// after a frontend close, or a new one after a hot-add) keeps its
+    /// toolstack's permissive option.
+    func resetInBackground(_ d: ClaimedDevice) {
+        guard !d.resetting else { return }
+        d.resetting = true
+        // No DMA from here on (XSA-306): bus mastering off at once, the rest later.
+        if !d.readOnly, let cmd = try? d.access.readConfig(PCIReg.command, 2), UInt16(cmd) & PCICommand.master != 0 {
+            try? d.access.writeConfig(PCIReg.command, 2, cmd & ~UInt32(PCICommand.master))
+        }
+        resets.enter()
+        resetQueue.async { [self] in
+            let result = Result { try d.resetHardware() }
+            lock.withLock {
+                d.resetting = false
+                switch result {
+                case .success(let m):
+                    if d.guest != nil { m.permissive = d.mediation.permissive }
+                    d.mediation = m
+                case .failure(let e):
+                    emit(.error(d.guest, "\(d.address): reset: \(e)"))
+                }
+                persist()
+            }
+            resets.leave()
+        }
+    }
+
+    /// Waits, without the lock, until no reset is running.
+    func waitForResets() { resets.wait() }
 
     /// The guest or its backend directory is gone: release everything.
     func destroy(_ i: Instance) {

@@ -24,6 +24,8 @@ final class Instance {
     var requests = 0
     var spurious = 0
     var throttled = 0
+    /// Log lines this guest can cause, per window.
+    var logLimit = GuestLogLimit()
     // AER handshake in progress.
     var aerPending = false
     var aerDone = false
@@ -63,5 +65,26 @@ final class Instance {
         }
         d.pb.pointee.pb_guest_next.sle_next = nil
         d.pb.pointee.pbx_instance = nil
+    }
+}
+
+/// At most `burst` log lines per `window` per guest; the rest are counted
+/// and reported as one line when lines are admitted again. A guest cannot
+/// flood dom0's log (or slow the backend down writing it).
+struct GuestLogLimit {
+    var burst = 20
+    var window: Duration = .seconds(10)
+    private var start: ContinuousClock.Instant?
+    private var used = 0
+    private var suppressed = 0
+
+    /// nil: drop this line (counted). Otherwise how many were dropped
+    /// before it, to report first.
+    mutating func admit(now: ContinuousClock.Instant) -> Int? {
+        if start == nil || now - start! >= window { start = now; used = 0 }
+        guard used < burst else { suppressed += 1; return nil }
+        used += 1
+        defer { suppressed = 0 }
+        return suppressed
     }
 }

@@ -49,12 +49,17 @@ public final class PCIBack {
     let evtchn: EventChannels
     let gnttab: GrantTable
     let routing: InterruptRouting
-    let lock = NSRecursiveLock()
+    let lock = BackendLock()
     let aerCondition = NSCondition()
     var devices: [PCIAddress: ClaimedDevice] = [:]
     var instances: [DomID: Instance] = [:]
     var portOwner: [EvtchnPort: DomID] = [:]
     var deferredUnmask: [(port: EvtchnPort, at: ContinuousClock.Instant)] = []
+    static let watchEventsPerTurn = 16
+    static let requestsPerTurn = 64
+    /// Resets run here, off the service thread and outside the lock.
+    let resetQueue = DispatchQueue(label: "pciback.reset", attributes: .concurrent)
+    let resets = DispatchGroup()
     private var thread: Thread?
     private let wake = xenpci_eventfd_open()
     private var stopping = false
@@ -99,7 +104,16 @@ public final class PCIBack {
         close(wake)
     }
 
-    func emit(_ e: Event) { onEvent?(e) }
+    /// Every event reaches `onEvent` after the lock is released. What a
+    /// guest can cause is rate-limited per guest (see `GuestLogLimit`).
+    func emit(_ e: Event) {
+        var events = [e]
+        if case .error(let d?, _) = e, let i = lock.withLock({ instances[d] }) {
+            guard let summary = i.logLimit.admit(now: ContinuousClock.now) else { return }
+            if summary > 0 { events.insert(.error(d, "\(summary) more message(s) about dom\(d) suppressed (rate limit)"), at: 0) }
+        }
+        lock.afterUnlock { [weak self] in for ev in events { self?.onEvent?(ev) } }
+    }
 
     // MARK: devices (pciback_pci_match / pciback_pci_attach)
 
@@ -151,10 +165,19 @@ public final class PCIBack {
     /// Gives a function back to dom0: reset and golden state restored.
     /// Refused while a guest has it.
     public func release(_ a: PCIAddress) throws {
-        try lock.withLock {
+        // A reset already running (the guest just left) finishes first.
+        waitForResets()
+        let d: ClaimedDevice = try lock.withLock {
             guard let d = devices[a] else { throw PCIBackError.badDevice("\(a): not claimed by pciback") }
             if let g = d.guest { throw PCIBackError.refused("\(a): exported to dom\(g); detach it from the guest first") }
-            try d.quiesce()
+            guard !d.resetting else { throw PCIBackError.refused("\(a): a reset is in progress; try again") }
+            d.resetting = true // no export while it is reset
+            return d
+        }
+        let result = Result { try d.resetHardware() }
+        try lock.withLock {
+            d.resetting = false
+            d.mediation = try result.get()
             releaseMSIX(d)
             devices[a] = nil
             persist()
@@ -235,6 +258,7 @@ public final class PCIBack {
             thread = nil
         }
         if keepGuests {
+            waitForResets()
             lock.withLock {
                 persist()
                 for i in instances.values { disconnect(i) }
@@ -254,6 +278,9 @@ public final class PCIBack {
                 setState(i, .closing)
                 destroy(i)
             }
+        }
+        waitForResets()
+        lock.withLock {
             for d in devices.values.sorted(by: { $0.address < $1.address }) {
                 do { try d.quiesce() } catch { emit(.error(nil, "\(d.address): reset at shutdown: \(error)")) }
                 releaseMSIX(d)
@@ -273,7 +300,7 @@ public final class PCIBack {
         var fds = [pollfd(fd: xs.fileDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: evtchn.fileDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
-        var served = false
+        var served = false, moreWork = false
         while true {
             var timeout: Int32 = -1
             lock.withLock {
@@ -285,11 +312,18 @@ public final class PCIBack {
             // Adaptive mode: spin only after a round that served an event, so a
             // guest that sets bit 0 without notifying cannot keep us spinning.
             if served && options.spinBeforeBlock > .zero && timeout != 0 && spinForRequest() { timeout = 0 }
+            if moreWork { timeout = 0 }
             _ = poll(&fds, 3, timeout)
             if lock.withLock({ stopping }) { break }
-            while let e = xs.nextWatchEvent() { lock.withLock { watchFired(e) } }
+            // Bounded work per turn, watches and requests alternating: a
+            // toolstack writing 2N+2 keys, or 256 guests connecting, cannot
+            // keep requests waiting past pcifront's 2 s (nor the reverse).
+            var watchBudget = Self.watchEventsPerTurn
+            while watchBudget > 0, let e = xs.nextWatchEvent() { lock.withLock { watchFired(e) }; watchBudget -= 1 }
             served = false
-            while let p = try? evtchn.pending() { lock.withLock { handleEvent(p) }; served = true }
+            var requestBudget = Self.requestsPerTurn
+            while requestBudget > 0, let p = try? evtchn.pending() { lock.withLock { handleEvent(p) }; served = true; requestBudget -= 1 }
+            moreWork = watchBudget == 0 || requestBudget == 0
             lock.withLock { unmaskDue() }
         }
         stopped.signal()

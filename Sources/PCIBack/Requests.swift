@@ -62,9 +62,9 @@ extension PCIBack {
             err = .notImplemented // unknown, or AER ops (backend-to-frontend only)
         case .enableMultiMSI?:
             err = d == nil ? .devNotFound : .notImplemented // as Linux
-        case let c? where d == nil:
+        case let c? where d == nil || d!.resetting:
             _ = c
-            err = .devNotFound
+            err = .devNotFound // absent, or being reset (as in Linux's pciback, it is off the guest's list meanwhile)
         case .confRead?:
             (err, value) = configRead(d!, op.pointee.offset, op.pointee.size)
         case .confWrite?:

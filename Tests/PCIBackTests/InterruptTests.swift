@@ -159,7 +159,7 @@ struct InterruptTests {
             try f.connect()
             #expect(h.waitBackend(1, .connected))
             #expect(try f.send(msixOp(v00, entries: [0]))?.err == PCIOpError.opFailed.rawValue)
-            #expect(h.events.contains { if case .error(_, let m) = $0 { return m.contains(why) } else { return false } }, "\(why)")
+            #expect(eventually("the reason '\(why)' is reported") { h.events.contains { if case .error(_, let m) = $0 { return m.contains(why) } else { return false } } })
             #expect(h.hv.pirqVectors().isEmpty)
             f.close()
             h.expectClean()

@@ -173,6 +173,7 @@ struct PowerVPDTests {
         try h.hotRemove(1, index: 0)
         try f.setState(.reconfiguring)
         #expect(h.waitBackend(1, .reconfigured))
+        h.back.waitForResets() // the reset runs on a worker
         #expect(try dev.hw16(0x44) & 3 == 0, "back in D0, the state at claim")
         try expectHeaderRestored(dev)
         #expect(try dev.hw16(PCIReg.command) == dev.initial.read16(PCIReg.command) & ~PCICommand.master)
