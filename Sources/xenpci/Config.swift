@@ -22,6 +22,8 @@ struct DaemonConfig: Equatable {
         var address: PCIAddress
         var line: Int
         var options = FunctionOptions()
+        /// The line of each of `options.quirks`, for errors the device gives.
+        var quirkLines: [Int] = []
     }
 
     var path: String
@@ -82,6 +84,7 @@ struct DaemonConfig: Equatable {
                     throw fail("a second quirk at register 0x\(hex(q.offset, 3)) of \(a)")
                 }
                 c.entries[i].options.quirks.append(q)
+                c.entries[i].quirkLines.append(n + 1)
             default:
                 throw fail("unknown key '\(key)' (expected permissive, quirk or no-strict-reset)")
             }

@@ -69,7 +69,7 @@ final class AdminDaemon {
                         try claimOne(e.address, e.options, at: e)
                         claimed.append(e.address)
                     } else {
-                        try at(e) { try apply(e.address, e.options) }
+                        try apply(e.address, e.options, from: e)
                     }
                     options[e.address] = e.options
                 }
@@ -97,27 +97,31 @@ final class AdminDaemon {
             host.released([a])
             throw located(e, error)
         }
-        do { try apply(a, o) } catch {
+        do { try apply(a, o, from: e) } catch {
             try? back.releaseAll([a])
             host.released([a])
-            throw located(e, error)
+            throw error
         }
     }
 
-    private func apply(_ a: PCIAddress, _ o: FunctionOptions) throws {
-        try back.setQuirks(a, o.quirks)
+    /// Sets `o` on a claimed function: its quirks replace the current ones.
+    private func apply(_ a: PCIAddress, _ o: FunctionOptions, from e: DaemonConfig.Entry?, keeping kept: [PCIQuirk] = []) throws {
+        try back.setQuirks(a, kept)
+        // One at a time: a quirk the device refuses is named by its own line.
+        var have = kept
+        for (i, q) in o.quirks.enumerated() where !have.contains(q) {
+            have.append(q)
+            do { try back.setQuirks(a, have) } catch { throw located(e, error, line: e?.quirkLines[safe: i]) }
+        }
         if o.permissive { try back.setPermissive(a, true) }
     }
 
-    private func at<T>(_ e: DaemonConfig.Entry?, _ body: () throws -> T) throws -> T {
-        do { return try body() } catch { throw located(e, error) }
-    }
-
-    /// An error about a config entry, as FILE:LINE.
-    private func located(_ e: DaemonConfig.Entry?, _ error: Error) -> Error {
+    /// An error about a config entry, as FILE:LINE (the section's line unless given).
+    private func located(_ e: DaemonConfig.Entry?, _ error: Error, line: Int? = nil) -> Error {
         guard let e, let path = config?.path ?? configPath else { return error }
         let c = CLIError.from(error)
-        return CLIError(message: "\(path):\(e.line): [\(e.address)]: \(c.message)", status: c.status)
+        if c.message.hasPrefix(path + ":") { return c } // located already
+        return CLIError(message: "\(path):\(line ?? e.line): [\(e.address)]: \(c.message)", status: c.status)
     }
 
     /// `assignable-add`: every function claimed, or none.
@@ -243,14 +247,12 @@ final class AdminDaemon {
                     // Quirks the old entry set and the new one lacks go; run-time ones stay.
                     let dropped = (before?.quirks ?? []).filter { !e.options.quirks.contains($0) }
                     let kept = quirks.filter { !dropped.contains($0) }
-                    let wanted = kept + e.options.quirks.filter { !kept.contains($0) }
-                    try at(e) {
-                        try back.setQuirks(a, wanted)
-                        if e.options.permissive != (before?.permissive ?? false) { try back.setPermissive(a, e.options.permissive) }
-                    }
                     var o = e.options
-                    o.quirks = wanted
-                    if before?.permissive == e.options.permissive { o.permissive = options[a]?.permissive ?? perm }
+                    o.permissive = false // set below only when the file changed it
+                    try apply(a, o, from: e, keeping: kept)
+                    if e.options.permissive != (before?.permissive ?? false) { try back.setPermissive(a, e.options.permissive) }
+                    o.quirks = back.quirks(of: a) ?? []
+                    o.permissive = before?.permissive == e.options.permissive ? options[a]?.permissive ?? perm : e.options.permissive
                     newOptions[a] = o
                     changed.append(a)
                 }
@@ -430,6 +432,34 @@ struct FunctionStatusJSON: Codable, Equatable {
         self.secondsSinceLastRequest = secondsSinceLastRequest
     }
 
+    private enum CodingKeys: String, CodingKey {
+        case address, vendor, device, guest, guestAddress, readOnly, irq, interruptMode, msiPirqs, msixPirqs
+        case requests, ops, errors, deniedWrites, permissive, quirks, configured, secondsSinceLastRequest
+    }
+
+    /// Every key always present (null for none), so scripts can rely on the shape.
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(address, forKey: .address)
+        try c.encode(vendor, forKey: .vendor)
+        try c.encode(device, forKey: .device)
+        try c.encode(guest, forKey: .guest)
+        try c.encode(guestAddress, forKey: .guestAddress)
+        try c.encode(readOnly, forKey: .readOnly)
+        try c.encode(irq, forKey: .irq)
+        try c.encode(interruptMode, forKey: .interruptMode)
+        try c.encode(msiPirqs, forKey: .msiPirqs)
+        try c.encode(msixPirqs, forKey: .msixPirqs)
+        try c.encode(requests, forKey: .requests)
+        try c.encode(ops, forKey: .ops)
+        try c.encode(errors, forKey: .errors)
+        try c.encode(deniedWrites, forKey: .deniedWrites)
+        try c.encode(permissive, forKey: .permissive)
+        try c.encode(quirks, forKey: .quirks)
+        try c.encode(configured, forKey: .configured)
+        try c.encode(secondsSinceLastRequest, forKey: .secondsSinceLastRequest)
+    }
+
     /// The text form of `xenpci status`.
     var text: String {
         var s = address + " \(vendor):\(device)"
@@ -446,4 +476,8 @@ struct FunctionStatusJSON: Codable, Equatable {
         if configured { s += "\n\tfrom the config file" }
         return s
     }
+}
+
+extension Array {
+    subscript(safe i: Int) -> Element? { indices.contains(i) ? self[i] : nil }
 }
