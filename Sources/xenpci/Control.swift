@@ -214,7 +214,9 @@ enum ControlClient {
         defer { close(s) }
         setTimeout(s, SO_RCVTIMEO, timeout)
         setTimeout(s, SO_SNDTIMEO, timeout)
-        guard sendAll(s, Array((line + "\n").utf8)) else { throw CLIError.failure("\(path): the backend closed the connection") }
+        // A refusal (a peer not allowed) may come, and the connection close,
+        // before the request is written: the reply is read either way.
+        let sent = sendAll(s, Array((line + "\n").utf8))
         var buf: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while !buf.contains(0x0A) {
@@ -225,7 +227,7 @@ enum ControlClient {
             buf += chunk[..<n]
         }
         guard let r = try? JSONDecoder().decode(ControlReply.self, from: Data(buf.prefix { $0 != 0x0A })) else {
-            throw CLIError.failure("\(path): the backend's reply is not one JSON line")
+            throw CLIError.failure(sent ? "\(path): the backend's reply is not one JSON line" : "\(path): the backend closed the connection")
         }
         guard r.ok else { throw CLIError(message: r.error ?? "refused", status: r.status ?? CLIError.failed) }
         return r

@@ -4,6 +4,8 @@ import Testing
 import PCIBack
 import PCIModel
 import XenHypervisor
+import XenMock
+import Logging
 
 /// A scratch directory for a socket and a config file (sun_path is short:
 /// /tmp, not the test's temporary directory).
@@ -377,4 +379,38 @@ struct ConfigFileTests {
         #expect(text.contains("leaks: none"))
         #expect(!FileManager.default.fileExists(atPath: dir + "/control"))
     }
+}
+
+@Suite("The administrator's daemon on the Xen host code (issue 14)")
+struct XenDaemonHostTests {
+    @Test("strict reset: a function without a reset method is refused by assignable-add unless --no-strict-reset; enabled in dom0 while claimed")
+    func strictReset() throws {
+        let (root, _) = try RealXenPathTests().treeWithoutReset()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let dir = root + "/bus/pci/devices/0000:00:06.0"
+        try "0\n".write(toFile: dir + "/enable", atomically: false, encoding: .utf8)
+        let hv = MockHypervisor()
+        let t = Transcript()
+        let host = try XenBackendHost(hypervisor: hv.domain(0), topology: .vpci, sysfsRoot: root, statePath: nil,
+                                      log: Logger(label: "test") { _ in ConsoleLogHandler(console: t.console) })
+        defer { host.stop() }
+        let d = AdminDaemon(host: host, configPath: nil, config: nil)
+        let a = address("00:06.0")
+        #expect { try d.addAssignable([a], noStrictReset: false) } throws: { e in
+            CLIError.from(e).message.contains("0000:00:06.0: has no reset method")
+        }
+        #expect(!host.back.isClaimed(a))
+        #expect(try String(contentsOfFile: dir + "/enable", encoding: .utf8).hasPrefix("0"), "a refused claim leaves it disabled in dom0")
+        #expect(d.handle("assignable-add --no-strict-reset 00:06.0").ok)
+        #expect(host.back.isClaimed(a))
+        #expect(try String(contentsOfFile: dir + "/enable", encoding: .utf8).hasPrefix("1"))
+        #expect(d.handle("assignable-remove 00:06.0").ok)
+        #expect(!host.back.isClaimed(a))
+        #expect(try String(contentsOfFile: dir + "/enable", encoding: .utf8).hasPrefix("0"), "disabled again at release")
+        expectOneReply(d.handle("assignable-add 00:07.0"), "0000:00:07.0: no such function in \(root)/bus/pci/devices")
+    }
+}
+
+func expectOneReply(_ r: ControlReply, _ what: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(!r.ok && r.error?.contains(what) == true, "\(r.error ?? "ok")", sourceLocation: sourceLocation)
 }
