@@ -13,10 +13,11 @@ struct XenPCICommand: ParsableCommand {
         commandName: "xenpci",
         abstract: "Xen PCI pass-through: pciback(4) and xpci(4) in Swift",
         discussion: "See xenpci(8), xenpci-pciback(4) and xenpci-xpci(4).",
-        subcommands: [Demo.self, List.self, Frontend.self, Backend.self, Attach.self, Detach.self])
+        subcommands: [Demo.self, List.self, Frontend.self, Backend.self, Attach.self, Detach.self,
+                      AssignableAdd.self, AssignableRemove.self, AssignableList.self, SetCommand.self, QuirkCommand.self, StatusCommand.self])
 }
 
-enum HypervisorKind: String, ExpressibleByArgument, CaseIterable { case mock, xen }
+enum HypervisorKind: String, ExpressibleByArgument, CaseIterable { case auto, mock, xen }
 
 /// Options shared by the commands that take devices from a tree.
 struct DeviceOptions: ParsableArguments {
@@ -126,15 +127,22 @@ struct List: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List the devices pciback claims, as NetBSD's /kern/xen/pci/<BDF> shows them.")
     @OptionGroup var devices: DeviceOptions
-    @Option(help: "mock (claim from the device tree in this process) or xen.")
-    var hypervisor: HypervisorKind = .mock
+    @Option(help: "auto (default: xen on a Xen domain, else mock), mock (claim from the device tree in this process) or xen (ask the running backend).")
+    var hypervisor: HypervisorKind = .auto
     @Flag(help: "One line of JSON.")
     var json = false
+    @OptionGroup var control: ControlOptions
 
     func run() throws {
         let topology = try devices.validated()
-        if hypervisor == .xen { _ = try openXenHypervisor() }
         let console = Console.standard
+        if try resolveHypervisor(hypervisor, console: console) == .xen {
+            // On Xen the devices are the running backend's: it is asked.
+            if hypervisor == .xen { _ = try openXenHypervisor() }
+            let r = try ControlClient.request(control.control, "list")
+            console.out(json ? jsonLine(r.listing ?? []) : r.message ?? "")
+            return
+        }
         let source = try DeviceSource.choose(fixtures: devices.fixtures, sysfs: devices.sysfs, console: console)
         let host = try MockHost(source: source, topology: topology, console: Console(out: { _ in }, err: { _ in }))
         defer { _ = host.shutdown() }
@@ -147,8 +155,8 @@ struct List: ParsableCommand {
 struct Frontend: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Attach xpci to the backend and run the shell on the guest's bus (in a Xen guest).")
-    @Option(help: "xen (the mock hypervisor exists only inside 'xenpci demo').")
-    var hypervisor: HypervisorKind = .xen
+    @Option(help: "auto (default) or xen (the mock hypervisor exists only inside 'xenpci demo').")
+    var hypervisor: HypervisorKind = .auto
     @Option(help: ArgumentHelp("Commands from FILE ('-': standard input).", valueName: "FILE"))
     var script: String?
     @Option(help: "device/pci/<instance> (default 0).")
@@ -164,7 +172,7 @@ struct Frontend: ParsableCommand {
         guard instance >= 0 else { throw CLIError.usage("--instance \(instance) is negative") }
         guard timeout > 0, requestTimeout > 0 else { throw CLIError.usage("--timeout and --request-timeout must be positive") }
         let input = try LineInput.open(script: script)
-        guard hypervisor == .xen else {
+        guard try resolveHypervisor(hypervisor, console: .standard, xenOnly: true) == .xen else {
             throw CLIError.usage("frontend: the mock hypervisor lives inside one process; 'xenpci demo' runs the frontend and this shell on it")
         }
         let hv = try openXenHypervisor()
@@ -185,26 +193,64 @@ struct Frontend: ParsableCommand {
 
 struct Backend: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run pciback until SIGINT or SIGTERM, printing xenbus state changes.",
-        discussion: "On the mock hypervisor the backend claims the device tree and offers it to dom1, whose frontend is not started: use 'xenpci demo' for both.")
+        abstract: "Run pciback until SIGINT or SIGTERM, printing xenbus state changes; SIGHUP re-reads the config file.",
+        discussion: "On the mock hypervisor the backend claims the device tree (or the --config file's functions) and offers what it claims at start to dom1, whose frontend is not started: use 'xenpci demo' for both. The running backend is administered through its control socket: xenpci assignable-add, assignable-remove, assignable-list, set, quirk, status.")
     @OptionGroup var devices: DeviceOptions
-    @Option(help: "mock or xen.")
-    var hypervisor: HypervisorKind = .mock
+    @Option(help: "auto (default: xen on a Xen domain, else mock), mock or xen.")
+    var hypervisor: HypervisorKind = .auto
     /// EX_TEMPFAIL: the exit status of a stop for a restart (SIGUSR1).
     static let restartStatus: Int32 = 75
     @Option(name: .long, help: ArgumentHelp("On Xen: the file that lets a restarted backend take running guests over without resetting their devices (default /run/xenpci/state.json; 'none' for no file: a function a running guest holds is then left alone).", valueName: "FILE"))
     var state: String?
+    @Option(name: .long, help: ArgumentHelp("The functions to claim at start, with their options (default on Xen: /etc/xenpci.conf when it exists; on the mock: none). SIGHUP re-reads it.", valueName: "FILE"))
+    var config: String?
+    @Option(name: .long, help: ArgumentHelp("The control socket to serve (default /run/xenpci/control; 'none' for none).", valueName: "PATH"))
+    var control: String = ControlServer.defaultPath
 
     func run() throws {
         let topology = try devices.validated()
         let console = Console.standard
-        if hypervisor == .xen { return try runXen(topology: topology, console: console) }
+        let kind = try resolveHypervisor(hypervisor, console: console)
+        // Read whole before anything is claimed: a bad line claims nothing.
+        let configPath = config ?? (kind == .xen ? DaemonConfig.defaultPath : nil)
+        let configFile = try configPath.flatMap { p in
+            config == nil && !FileManager.default.fileExists(atPath: p) ? nil : try DaemonConfig.load(p)
+        }
+        if kind == .xen { return try runXen(topology: topology, console: console, configPath: configPath, config: configFile) }
         let source = try DeviceSource.choose(fixtures: devices.fixtures, sysfs: devices.sysfs, console: console)
-        let term = TerminationSignal() // before any thread starts: no signal is lost
+        let term = TerminationSignal(reload: true) // before any thread starts: no signal is lost
         let host = try MockHost(source: source, topology: topology, console: console)
-        try host.start(hide: devices.hide, frontend: false)
-        console.err("[dom0 pciback] running; SIGINT or SIGTERM stops it")
-        term.wait()
+        let box = DaemonBox()
+        let server: ControlServer?
+        do { server = try box.server(control) } catch where control == ControlServer.defaultPath {
+            // The mock's default socket is a convenience; --control makes it required.
+            console.err("[dom0 pciback] no control socket: \(CLIError.from(error).message)")
+            server = nil
+        } catch {
+            _ = host.shutdown()
+            throw error
+        }
+        let daemon = AdminDaemon(host: host, configPath: configPath, config: configFile)
+        box.daemon = daemon
+        do {
+            try host.claim(hide: devices.hide, defaultSelection: configFile == nil)
+            try daemon.applyConfigAtStart()
+            try host.serve(frontend: false)
+        } catch {
+            server?.stop()
+            _ = host.shutdown()
+            throw error
+        }
+        server?.start()
+        sdNotify("READY=1")
+        console.err("[dom0 pciback] running\(server.map { " (control socket \($0.path))" } ?? ""); SIGINT or SIGTERM stops it, SIGHUP re-reads the config file")
+        while term.wait() == SIGHUP {
+            sdNotify("RELOADING=1")
+            daemon.reload()
+            sdNotify("READY=1")
+        }
+        sdNotify("STOPPING=1")
+        server?.stop()
         console.err("[dom0 pciback] stopping")
         let leaks = host.shutdown()
         for l in leaks { console.err("[mock] leak: \(l)") }
@@ -214,29 +260,49 @@ struct Backend: ParsableCommand {
 
     /// On the real Xen: the host's own devices (sysfs, no snapshot), served
     /// to whichever guests the toolstack gives them until SIGINT or SIGTERM.
-    func runXen(topology: PCIBack.Topology, console: Console) throws {
+    func runXen(topology: PCIBack.Topology, console: Console, configPath: String?, config: DaemonConfig?) throws {
         guard devices.fixtures == nil else { throw CLIError.usage("--fixtures: on Xen the backend serves this machine's devices (use --sysfs ROOT)") }
         let hv = try openXenHypervisor()
-        guard let hide = devices.hide else {
-            throw CLIError.usage("--hide LIST is required with --hypervisor xen: name the functions to claim (they must have no host driver)")
-        }
         // Signals are taken before anything is claimed, so a SIGTERM during
         // start-up still releases everything.
-        let term = TerminationSignal(plannedRestart: true)
+        let term = TerminationSignal(plannedRestart: true, reload: true)
         LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
+        // Bound before anything is claimed: a second backend stops here.
+        let box = DaemonBox()
+        let server = try box.server(control)
         let statePath = state ?? "/run/xenpci/state.json"
-        let host = try XenBackendHost(hypervisor: hv, topology: topology, sysfsRoot: devices.sysfs ?? "/sys",
-                                      statePath: statePath == "none" ? nil : statePath)
-        let log = host.log
+        let host: XenBackendHost
         do {
-            try host.claim(hide: hide)
+            host = try XenBackendHost(hypervisor: hv, topology: topology, sysfsRoot: devices.sysfs ?? "/sys",
+                                      statePath: statePath == "none" ? nil : statePath)
+        } catch { server?.stop(); throw error }
+        let log = host.log
+        let daemon = AdminDaemon(host: host, configPath: configPath, config: config)
+        box.daemon = daemon
+        do {
+            if let hide = devices.hide { try host.claim(hide: hide) }
+            try daemon.applyConfigAtStart()
             try host.start()
         } catch {
+            server?.stop()
             host.stop()
             throw error
         }
-        log.info("running on Xen as dom\((try? hv.domid()).map(String.init) ?? "?"); SIGINT or SIGTERM stops it, SIGUSR1 stops it leaving guests connected")
-        if term.wait() == SIGUSR1 {
+        let n = host.back.listing().count
+        if n == 0 { log.info("no function is assignable yet: name them in \(configPath ?? DaemonConfig.defaultPath) or add them with xenpci assignable-add") }
+        server?.start()
+        sdNotify("READY=1\nSTATUS=\(n) function(s) assignable")
+        log.info("running on Xen as dom\((try? hv.domid()).map(String.init) ?? "?")\(server.map { ", control socket \($0.path)" } ?? ""); SIGINT or SIGTERM stops it, SIGUSR1 stops it leaving guests connected, SIGHUP re-reads the config file")
+        var sig = term.wait()
+        while sig == SIGHUP {
+            sdNotify("RELOADING=1")
+            let summary = daemon.reload()
+            sdNotify("READY=1\nSTATUS=\(summary)")
+            sig = term.wait()
+        }
+        sdNotify("STOPPING=1")
+        server?.stop()
+        if sig == SIGUSR1 {
             log.info("stopping for a restart: guests stay connected")
             host.stop(keepGuests: true)
             log.info("stopped; guests, devices and interrupts left as they are: the next xenpci backend takes them over")
@@ -248,8 +314,25 @@ struct Backend: ParsableCommand {
     }
 }
 
-/// Blocks until SIGINT or SIGTERM.
-/// SIGINT and SIGTERM, caught from creation on (a signal that arrives before
+/// The daemon the control socket serves, set once it exists: the socket is
+/// bound first (a second backend must stop before it claims anything) and
+/// served only after the claims.
+final class DaemonBox: @unchecked Sendable {
+    var daemon: AdminDaemon?
+
+    /// The control socket at `path`, nil for 'none'.
+    func server(_ path: String) throws -> ControlServer? {
+        guard path != "none" else { return nil }
+        return try ControlServer(path: path, handler: { [self] line in
+            self.daemon?.handle(line) ?? ControlReply(ok: false, error: "the backend is starting", status: CLIError.failed)
+        }, tick: { [self] in
+            self.daemon?.sample()
+            self.daemon?.enforce()
+        })
+    }
+}
+
+/// SIGINT and SIGTERM (and SIGUSR1, SIGHUP when asked for), caught from creation on (a signal that arrives before
 /// `wait` is not lost).
 final class TerminationSignal {
     private var set = sigset_t()
@@ -258,11 +341,13 @@ final class TerminationSignal {
     /// after it, so a signal that comes early stays pending for `wait`
     /// instead of being lost (a dispatch source is armed asynchronously).
     /// `plannedRestart`: SIGUSR1 too (the daemon stops leaving guests connected).
-    init(plannedRestart: Bool = false) {
+    /// `reload`: SIGHUP too (the daemon re-reads its config file and waits again).
+    init(plannedRestart: Bool = false, reload: Bool = false) {
         sigemptyset(&set)
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
         if plannedRestart { sigaddset(&set, SIGUSR1) }
+        if reload { sigaddset(&set, SIGHUP) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
     }
 
@@ -277,8 +362,8 @@ final class TerminationSignal {
 
 /// What `attach` and `detach` take: `xl pci-attach` / `xl pci-detach`.
 struct ToolstackArguments: ParsableArguments {
-    @Option(help: "xen (on the mock, use 'hotadd' and 'hotremove' inside 'xenpci demo').")
-    var hypervisor: HypervisorKind = .xen
+    @Option(help: "auto (default) or xen (on the mock, use 'hotadd' and 'hotremove' inside 'xenpci demo').")
+    var hypervisor: HypervisorKind = .auto
     @Argument(help: "The guest's domain id.") var domid: String
     @Argument(help: "The host functions, [DDDD:]BB:SS.F ...") var bdf: [String]
 }
@@ -309,7 +394,7 @@ func toolstackCommand(_ kind: HypervisorKind, _ domidText: String, _ bdfs: [Stri
     let dom = try parseDomainID(domidText)
     guard !bdfs.isEmpty else { throw CLIError.usage("\(add ? "attach" : "detach"): give at least one PCI function") }
     let devices = try bdfs.map { try PCIAddress(parsing: $0) }
-    guard kind == .xen else {
+    guard try resolveHypervisor(kind, console: .standard, xenOnly: true) == .xen else {
         throw CLIError.usage("\(add ? "attach" : "detach"): the mock hypervisor lives inside one process; use '\(add ? "hotadd" : "hotremove")' inside 'xenpci demo'")
     }
     let hv = try openXenHypervisor()

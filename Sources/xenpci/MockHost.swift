@@ -56,11 +56,13 @@ final class MockHost: HostControls {
     }
     private var lastFront: XenState?
 
-    /// Claims the devices: the hide list, or every function but bridges.
-    /// Nothing stays claimed when one of them cannot be.
-    func claim(hide: String?) throws {
+    /// Claims the devices: the hide list, or every function but bridges
+    /// (none with `defaultSelection` false: the daemon's config file names
+    /// them). Nothing stays claimed when one of them cannot be.
+    func claim(hide: String?, defaultSelection: Bool = true) throws {
         devices = try source.scan(console: console)
         let chosen: [PCIAddress]
+        if hide == nil && !defaultSelection { return }
         if let h = hide {
             chosen = try back.claim(hideList: h, from: source.addresses) { a in
                 guard let d = self.devices[a] else { throw CLIError.failure("\(a): no such device") }
@@ -83,13 +85,20 @@ final class MockHost: HostControls {
     /// directories, and (unless `frontend` is false) attaches the frontend
     /// and waits until it is Connected. On failure everything is undone.
     func start(hide: String?, frontend: Bool = true) throws {
+        do { try claim(hide: hide) } catch { _ = shutdown(); throw error }
+        try serve(frontend: frontend)
+    }
+
+    /// `start` after the claims: the backend runs and dom1 is given every
+    /// claimed function. On failure everything is undone.
+    func serve(frontend: Bool = true) throws {
         do {
-            try claim(hide: hide)
             for i in back.listing() where i.readOnly {
                 console.err("[dom0 pciback] \(i.address): host driver '\(i.driver ?? "?")' owns it: exported read-only")
             }
             try back.start()
-            try toolstack.attach(domid: guest, devices: back.listing().map(\.address))
+            let claimed = back.listing().map(\.address)
+            if !claimed.isEmpty { try toolstack.attach(domid: guest, devices: claimed) }
             guard frontend else { return }
             let f = try XPCIFrontend(hypervisor: hv.domain(guest), options: .init(requestTimeout: .seconds(2), connectTimeout: .seconds(10)))
             f.onEvent = { [unowned self, unowned f] e in
@@ -175,4 +184,18 @@ final class MockHost: HostControls {
     func xenstore(under path: String) -> String { hv.dumpXenstore(under: path) }
     func addQuirk(_ q: PCIQuirk) throws { try back.addQuirk(q) }
     func setPermissive(_ a: PCIAddress, _ on: Bool) throws { try back.setPermissive(a, on) }
+}
+
+/// The mock as the administrator's daemon sees it: functions come from the
+/// device tree scanned at start; they are in-memory snapshots, whose reset
+/// always works (it restores the snapshot).
+extension MockHost: DaemonHost {
+    func openFunction(_ a: PCIAddress) throws -> PCIDeviceAccess {
+        guard let d = devices[a] else { throw CLIError.failure("\(a): no such function in \(source.root)") }
+        return d
+    }
+    func hasResetMethod(_ access: PCIDeviceAccess) -> Bool { true }
+    func released(_ addresses: [PCIAddress]) {}
+    func logInfo(_ s: String) { console.err(s) }
+    func logError(_ s: String) { console.err(s) }
 }

@@ -420,8 +420,8 @@ struct StatsJSON: Encodable {
 }
 
 /// `list --json`: NetBSD's /kern/xen/pci/<BDF> fields.
-struct ClaimedJSON: Encodable {
-    struct BAR: Encodable { var index: Int; var type: String; var start: String; var end: String; var size: UInt64 }
+struct ClaimedJSON: Codable {
+    struct BAR: Codable { var index: Int; var type: String; var start: String; var end: String; var size: UInt64 }
     var address: String, vendor: String, product: String, subsystemVendor: String, subsystemProduct: String, `class`: String
     var bars: [BAR]
     var irq: Int

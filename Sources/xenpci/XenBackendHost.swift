@@ -73,7 +73,7 @@ final class XenBackendHost {
         }
     }
 
-    private func saveEnabled() {
+    func saveEnabled() {
         guard let p = enabledPath else { return }
         try? (enabled.map(\.description).joined(separator: "\n") + "\n").write(toFile: p, atomically: true, encoding: .utf8)
     }
@@ -85,7 +85,7 @@ final class XenBackendHost {
     /// not wired to). The toolstack maps that irq as the guest's pirq and the
     /// interrupt line the guest reads is it. Only for a function no driver
     /// holds (the kernel refuses otherwise; a stub driver enabled it itself).
-    private func enableInDom0(_ a: PCIAddress) {
+    func enableInDom0(_ a: PCIAddress) {
         let dir = "\(sysfsRoot)/bus/pci/devices/\(a)"
         guard (try? FileManager.default.destinationOfSymbolicLink(atPath: dir + "/driver")) == nil else { return }
         let on = (try? String(contentsOfFile: dir + "/enable", encoding: .utf8)).map { !$0.hasPrefix("0") }
@@ -97,6 +97,13 @@ final class XenBackendHost {
             let irq = (try? String(contentsOfFile: dir + "/irq", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
             log.info("[dom0 pciback] \(a): enabled in dom0 for its interrupt routing (irq \(irq))")
         }
+    }
+
+    /// Functions this process enabled in dom0, disabled again (`addresses`:
+    /// only those, for a run-time release).
+    func disableInDom0(_ addresses: [PCIAddress]) {
+        for a in enabled.reversed() where addresses.contains(a) { _ = writeSysfs("\(sysfsRoot)/bus/pci/devices/\(a)/enable", "0") }
+        enabled.removeAll { addresses.contains($0) }
     }
 
     private func disableInDom0() {
@@ -141,4 +148,33 @@ struct ConsoleLogHandler: LogHandler {
     func log(event: LogEvent) {
         console.err("\(event.level) \(event.message)")
     }
+}
+
+/// Xen as the administrator's daemon sees it: functions of this host's
+/// sysfs, enabled in dom0 while claimed (as the hide list's are).
+extension XenBackendHost: DaemonHost {
+    func openFunction(_ a: PCIAddress) throws -> PCIDeviceAccess {
+        guard try listSysfsDevices(root: sysfsRoot).contains(a) else {
+            throw CLIError.failure("\(a): no such function in \(sysfsRoot)/bus/pci/devices")
+        }
+        enableInDom0(a)
+        do { return try SysfsPCIDevice(root: sysfsRoot, address: a, inMemory: false) } catch {
+            released([a])
+            throw error
+        }
+    }
+
+    /// Linux has a `reset` file only for a function with a reset method.
+    func hasResetMethod(_ access: PCIDeviceAccess) -> Bool {
+        guard let d = access as? SysfsPCIDevice else { return true }
+        return FileManager.default.fileExists(atPath: d.path + "/reset")
+    }
+
+    func released(_ addresses: [PCIAddress]) {
+        disableInDom0(addresses)
+        saveEnabled()
+    }
+
+    func logInfo(_ s: String) { log.info("\(s)") }
+    func logError(_ s: String) { log.error("\(s)") }
 }

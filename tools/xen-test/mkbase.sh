@@ -14,8 +14,34 @@ apt_ready
 KPKG=$(kernel_pkg); [ -n "$KPKG" ] || die "cannot resolve the kernel package behind linux-image-amd64"
 XEN_PKGS=(xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER xen-utils-common xenstore-utils)
 INCLUDE="xen-utils-$XENVER,xenstore-utils,pciutils,kmod,busybox,iproute2,procps"
-MIRROR=${XT_MIRROR:-$(sed -n 's/^URIs: *\(http[^ ]*\/debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)}
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
+# The mirror this machine's apt uses: the first `deb` source for the suite
+# bookworm, in apt's reading order (sources.list, then sources.list.d/ by
+# name), one-line *.list or deb822 *.sources. XT_MIRROR overrides it.
+apt_mirror() {
+    local f files=()
+    [ -f /etc/apt/sources.list ] && files+=(/etc/apt/sources.list)
+    for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do [ -f "$f" ] && files+=("$f"); done
+    [ ${#files[@]} -gt 0 ] || return 0
+    printf '%s\n' "${files[@]}" | LC_ALL=C sort -s -t/ -k5 | while read -r f; do
+        case "$f" in
+        *.sources)  # deb822 stanzas, separated by blank lines
+            awk 'function flush() { if (deb && bw && uri != "") { print uri; found = 1; exit } deb = bw = 0; uri = "" }
+                 /^[ \t]*#/ { next }
+                 /^[ \t]*$/ { flush(); next }
+                 tolower($1) == "types:"  { for (i = 2; i <= NF; i++) if ($i == "deb") deb = 1 }
+                 tolower($1) == "suites:" { for (i = 2; i <= NF; i++) if ($i == "bookworm") bw = 1 }
+                 tolower($1) == "uris:"   { uri = $2 }
+                 tolower($1) == "enabled:" && tolower($2) == "no" { deb = 0 }
+                 END { if (!found) flush() }' "$f" ;;
+        *)          # deb [options] URI SUITE COMPONENTS...
+            awk '$1 == "deb" { i = 2; if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+                               if ($(i + 1) == "bookworm") { print $i; exit } }' "$f" ;;
+        esac
+    done | head -n1
+}
+MIRROR=${XT_MIRROR:-$(apt_mirror)}
+MIRROR=${MIRROR%/}
+[ -n "$MIRROR" ] || die "no 'deb' source for Debian bookworm in /etc/apt/sources.list or /etc/apt/sources.list.d/ (set XT_MIRROR=URL)"
 
 KEY=$( { cat "$XT/mkbase.sh" "$XT/common.sh"; echo "$INCLUDE $MIRROR"
          for p in "$KPKG" "${XEN_PKGS[@]}"; do echo "$p $(candidate "$p")"; done; } | sha256sum | cut -c1-16)

@@ -1,0 +1,117 @@
+import ArgumentParser
+import Foundation
+import PCIBack
+import XenHypervisor
+
+/// `--control PATH` of the commands that talk to the running backend.
+struct ControlOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The running backend's control socket.", valueName: "PATH"))
+    var control: String = ControlServer.defaultPath
+
+    /// Sends one request and prints the reply's message (when there is one).
+    @discardableResult
+    func send(_ line: String, print: Bool = true) throws -> ControlReply {
+        let r = try ControlClient.request(control, line)
+        if print, let m = r.message, !m.isEmpty { Console.standard.out(m) }
+        return r
+    }
+}
+
+/// BDFs as the operator typed them, checked here so bad input is one line
+/// naming it and nothing is sent; duplicates count once.
+func parseFunctions(_ texts: [String], _ verb: String) throws -> [PCIAddress] {
+    guard !texts.isEmpty else { throw CLIError.usage("\(verb): give at least one PCI function ([DDDD:]BB:SS.F)") }
+    var out: [PCIAddress] = []
+    for t in texts {
+        let a = try PCIAddress(parsing: t)
+        if !out.contains(a) { out.append(a) }
+    }
+    return out
+}
+
+struct AssignableAdd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "assignable-add",
+        abstract: "Make functions assignable: the running backend claims them (as xl pci-assignable-add).",
+        discussion: "All or none: when one cannot be claimed, none is.")
+    @OptionGroup var control: ControlOptions
+    @Flag(name: .customLong("no-strict-reset"), help: "Claim a function that has no reset method (only its saved state is restored at release).")
+    var noStrictReset = false
+    @Argument(help: "[DDDD:]BB:SS.F ...") var bdf: [String] = []
+
+    func run() throws {
+        let l = try parseFunctions(bdf, "assignable-add")
+        try control.send((["assignable-add"] + (noStrictReset ? ["--no-strict-reset"] : []) + l.map(\.description)).joined(separator: " "))
+    }
+}
+
+struct AssignableRemove: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "assignable-remove",
+        abstract: "Give functions back to dom0: reset, golden state restored (as xl pci-assignable-remove).",
+        discussion: "Refused, naming the guest, while a guest holds one of them (detach it first); all or none.")
+    @OptionGroup var control: ControlOptions
+    @Argument(help: "[DDDD:]BB:SS.F ...") var bdf: [String] = []
+
+    func run() throws {
+        let l = try parseFunctions(bdf, "assignable-remove")
+        try control.send((["assignable-remove"] + l.map(\.description)).joined(separator: " "))
+    }
+}
+
+struct AssignableList: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "assignable-list",
+        abstract: "List the functions the running backend holds, with the guest of each (as xl pci-assignable-list).")
+    @OptionGroup var control: ControlOptions
+    func run() throws { try control.send("assignable-list") }
+}
+
+struct SetCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "set",
+        abstract: "Set a function's option in the running backend: permissive on|off.",
+        discussion: "Permissive lets the guest write config space registers no field emulates (Linux pciback's permissive); it stays set for the function's next guests until changed.")
+    @OptionGroup var control: ControlOptions
+    @Argument(help: "[DDDD:]BB:SS.F") var bdf: String
+    @Argument(help: "permissive") var setting: String
+    @Argument(help: "on or off") var value: String
+
+    func run() throws {
+        let a = try PCIAddress(parsing: bdf)
+        guard setting == "permissive" else { throw CLIError.usage("set: unknown setting '\(setting)' (expected permissive)") }
+        guard value == "on" || value == "off" else { throw CLIError.usage("set \(a) permissive: '\(value)' is not on or off") }
+        try control.send("set \(a) permissive \(value)")
+    }
+}
+
+struct QuirkCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "quirk",
+        abstract: "Add or remove a quirk in the running backend: one more register a guest may write, and only MASK's bits.",
+        discussion: "'xenpci status' names, for each denied write, the quirk that would allow it.")
+    @OptionGroup var control: ControlOptions
+    @Argument(help: "add or remove") var action: String
+    @Argument(help: "[DDDD:]BB:SS.F-REG:SIZE:MASK") var quirk: String
+
+    func run() throws {
+        guard action == "add" || action == "remove" else { throw CLIError.usage("quirk: '\(action)' is not add or remove") }
+        let q = try PCIQuirk(parsing: quirk)
+        try control.send("quirk \(action) \(q)")
+    }
+}
+
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "Every function the running backend holds: guest, guest address, interrupts, requests, errors, denied writes with the quirk that would allow each.")
+    @OptionGroup var control: ControlOptions
+    @Flag(help: "One line of JSON: an array, one object per function.")
+    var json = false
+
+    func run() throws {
+        let f = try control.send("status", print: false).functions ?? []
+        if json { Console.standard.out(jsonLine(f)); return }
+        Console.standard.out(f.isEmpty ? "no function is assignable" : f.map(\.text).joined(separator: "\n"))
+    }
+}

@@ -1,0 +1,483 @@
+import Foundation
+import PCIBack
+import XenHypervisor
+
+/// What the administrator's daemon needs of the host the backend runs on:
+/// the mock (`MockHost`) or Xen (`XenBackendHost`).
+protocol DaemonHost: AnyObject {
+    var back: PCIBack { get }
+    /// Opens a function of this host for claiming (on Xen: enabled in dom0
+    /// too, for its interrupt routing; undone by `released`).
+    func openFunction(_ a: PCIAddress) throws -> PCIDeviceAccess
+    /// Whether the function has a reset method (the strict reset policy).
+    func hasResetMethod(_ access: PCIDeviceAccess) -> Bool
+    /// Functions no longer claimed, or whose claim failed after `openFunction`.
+    func released(_ addresses: [PCIAddress])
+    func logInfo(_ s: String)
+    func logError(_ s: String)
+}
+
+/// The running backend's administration (issue 14): run-time claims and
+/// releases, permissive and quirks, status, the config file and its reload.
+/// Its state is kept under the backend's own lock (`withAdminLock`): the
+/// backend calls `backendEvent` with that lock held, so one lock orders both
+/// and neither side can wait for the other.
+final class AdminDaemon {
+    let host: DaemonHost
+    var back: PCIBack { host.back }
+    /// The file SIGHUP re-reads (nil: none was given and the default is absent).
+    let configPath: String?
+    private(set) var config: DaemonConfig?
+    /// The options the administrator set, by function: applied again after
+    /// the backend clears them (a function leaving its guest, an export
+    /// taking permissive from the toolstack's options).
+    private(set) var options: [PCIAddress: FunctionOptions] = [:]
+    /// Request counts seen by `sample`, and when they last changed: the time
+    /// since a function's last request without touching the request path.
+    private var activity: [PCIAddress: (ops: Int, at: ContinuousClock.Instant?)] = [:]
+    private var reportedEnforceErrors: Set<String> = []
+
+    init(host: DaemonHost, configPath: String?, config: DaemonConfig?) {
+        self.host = host
+        self.configPath = configPath
+        self.config = config
+        let back = host.back
+        back.withAdminLock {
+            let previous = back.onEvent
+            back.onEvent = { [weak self] e in
+                previous?(e)
+                switch e {
+                case .error, .notice: break
+                default: self?.enforce()
+                }
+            }
+        }
+    }
+
+    // MARK: claims
+
+    /// Claims the config file's functions with their options: all, or none
+    /// (an error names FILE:LINE). Functions already claimed (the hide list)
+    /// only get their options.
+    func applyConfigAtStart() throws {
+        guard let c = config else { return }
+        try back.withAdminLock {
+            var claimed: [PCIAddress] = []
+            do {
+                for e in c.entries {
+                    if !back.isClaimed(e.address) {
+                        try claimOne(e.address, e.options, at: e)
+                        claimed.append(e.address)
+                    } else {
+                        try apply(e.address, e.options, from: e)
+                    }
+                    options[e.address] = e.options
+                }
+            } catch {
+                try? back.releaseAll(claimed)
+                host.released(claimed)
+                options = [:]
+                throw error
+            }
+            if !c.entries.isEmpty { host.logInfo("[dom0 pciback] \(c.path): \(c.entries.count) function(s) assignable") }
+        }
+    }
+
+    /// Opens, checks the reset policy, claims and sets the options of one
+    /// function; on failure nothing of it stays.
+    private func claimOne(_ a: PCIAddress, _ o: FunctionOptions, at e: DaemonConfig.Entry?) throws {
+        let access: PCIDeviceAccess
+        do { access = try host.openFunction(a) } catch { throw located(e, error) }
+        do {
+            if !o.noStrictReset && !host.hasResetMethod(access) {
+                throw CLIError.failure("\(a): has no reset method (strict reset); set no-strict-reset = yes in its section, or use 'assignable-add --no-strict-reset', to claim it with only its saved state restored")
+            }
+            try back.claim(access)
+        } catch {
+            host.released([a])
+            throw located(e, error)
+        }
+        do { try apply(a, o, from: e) } catch {
+            try? back.releaseAll([a])
+            host.released([a])
+            throw error
+        }
+    }
+
+    /// Sets `o` on a claimed function: its quirks replace the current ones.
+    private func apply(_ a: PCIAddress, _ o: FunctionOptions, from e: DaemonConfig.Entry?, keeping kept: [PCIQuirk] = []) throws {
+        try back.setQuirks(a, kept)
+        // One at a time: a quirk the device refuses is named by its own line.
+        var have = kept
+        for (i, q) in o.quirks.enumerated() where !have.contains(q) {
+            have.append(q)
+            do { try back.setQuirks(a, have) } catch { throw located(e, error, line: e?.quirkLines[safe: i]) }
+        }
+        if o.permissive { try back.setPermissive(a, true) }
+    }
+
+    /// An error about a config entry, as FILE:LINE (the section's line unless given).
+    private func located(_ e: DaemonConfig.Entry?, _ error: Error, line: Int? = nil) -> Error {
+        guard let e, let path = config?.path ?? configPath else { return error }
+        let c = CLIError.from(error)
+        if c.message.hasPrefix(path + ":") { return c } // located already
+        return CLIError(message: "\(path):\(line ?? e.line): [\(e.address)]: \(c.message)", status: c.status)
+    }
+
+    /// `assignable-add`: every function claimed, or none.
+    func addAssignable(_ addresses: [PCIAddress], noStrictReset: Bool) throws {
+        try back.withAdminLock {
+            for a in addresses where back.isClaimed(a) { throw CLIError.failure("\(a): already assignable") }
+            var done: [PCIAddress] = []
+            do {
+                for a in addresses {
+                    var o = options[a] ?? config?.entry(a)?.options ?? FunctionOptions()
+                    if noStrictReset { o.noStrictReset = true }
+                    try claimOne(a, o, at: nil)
+                    done.append(a)
+                    if o != FunctionOptions() { options[a] = o }
+                }
+            } catch {
+                try? back.releaseAll(done)
+                host.released(done)
+                throw error
+            }
+            for a in done { host.logInfo("[dom0 pciback] \(a): assignable (claimed at run time)") }
+        }
+    }
+
+    /// `assignable-remove`: every function released (reset, golden state),
+    /// or none: refused, naming the guest, while a guest holds one.
+    func removeAssignable(_ addresses: [PCIAddress]) throws {
+        try back.withAdminLock {
+            try back.releaseAll(addresses)
+            host.released(addresses)
+            for a in addresses {
+                options[a] = nil
+                activity[a] = nil
+                host.logInfo("[dom0 pciback] \(a): released at run time: reset, golden state restored")
+            }
+        }
+    }
+
+    func setPermissive(_ a: PCIAddress, _ on: Bool) throws {
+        try back.withAdminLock {
+            try back.setPermissive(a, on)
+            options[a, default: FunctionOptions()].permissive = on
+            host.logInfo("[dom0 pciback] \(a): permissive \(on ? "on" : "off")")
+        }
+    }
+
+    func addQuirk(_ q: PCIQuirk) throws {
+        try back.withAdminLock {
+            try back.addQuirk(q)
+            options[q.address, default: FunctionOptions()].quirks.append(q)
+            host.logInfo("[dom0 pciback] \(q.address): quirk \(q) added")
+        }
+    }
+
+    func removeQuirk(_ q: PCIQuirk) throws {
+        try back.withAdminLock {
+            try back.removeQuirk(q)
+            options[q.address]?.quirks.removeAll { $0 == q }
+            host.logInfo("[dom0 pciback] \(q.address): quirk \(q) removed")
+        }
+    }
+
+    /// Puts the administrator's options back where the backend cleared them.
+    /// Called with every backend event (under its lock) and once a second.
+    func enforce() {
+        back.withAdminLock {
+            for (a, o) in options.sorted(by: { $0.key < $1.key }) {
+                guard let perm = back.permissive(of: a), let cur = back.quirks(of: a) else { continue }
+                if o.permissive && !perm { try? back.setPermissive(a, true) }
+                let missing = o.quirks.filter { !cur.contains($0) }
+                guard !missing.isEmpty else { continue }
+                do { try back.setQuirks(a, cur + missing) } catch {
+                    // Reported once: it fails the same way every time.
+                    if reportedEnforceErrors.insert("\(a) \(error)").inserted {
+                        host.logError("[dom0 pciback] \(a): cannot put its quirks back: \(error)")
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: reload (SIGHUP)
+
+    /// Re-reads the config file and applies only the difference: functions
+    /// new in it claimed, functions gone from it released unless a guest
+    /// holds them, changed options applied; unchanged entries are not
+    /// touched. A bad file or a claim or option that fails changes nothing.
+    /// Returns the summary line it logged.
+    @discardableResult
+    func reload() -> String {
+        guard let path = configPath else {
+            host.logInfo("[dom0 pciback] reload: no config file (start with --config FILE or create \(DaemonConfig.defaultPath))")
+            return "no config file"
+        }
+        let new: DaemonConfig
+        do { new = try DaemonConfig.load(path) } catch {
+            let line = "reload \(path): \(CLIError.from(error).message); nothing changed"
+            host.logError("[dom0 pciback] \(line)")
+            return line
+        }
+        return back.withAdminLock {
+            let old = config ?? DaemonConfig(path: path)
+            var undo: [() -> Void] = []
+            var claimed: [PCIAddress] = [], changed: [PCIAddress] = [], released: [PCIAddress] = [], held: [String] = []
+            var newOptions = options
+            let saved = config
+            config = new // errors below name the new file's lines
+            do {
+                for e in new.entries {
+                    let a = e.address
+                    let before = old.entry(a)?.options
+                    // Unchanged: not touched (not even claimed again after an assignable-remove).
+                    if let before, before == e.options { continue }
+                    if !back.isClaimed(a) {
+                        try claimOne(a, e.options, at: e)
+                        undo.append { [back, host] in try? back.releaseAll([a]); host.released([a]) }
+                        claimed.append(a)
+                        newOptions[a] = e.options
+                        continue
+                    }
+                    let perm = back.permissive(of: a)!, quirks = back.quirks(of: a)!
+                    undo.append { [back] in try? back.setQuirks(a, quirks); try? back.setPermissive(a, perm) }
+                    // Quirks the old entry set and the new one lacks go; run-time ones stay.
+                    let dropped = (before?.quirks ?? []).filter { !e.options.quirks.contains($0) }
+                    let kept = quirks.filter { !dropped.contains($0) }
+                    var o = e.options
+                    o.permissive = false // set below only when the file changed it
+                    try apply(a, o, from: e, keeping: kept)
+                    if e.options.permissive != (before?.permissive ?? false) { try back.setPermissive(a, e.options.permissive) }
+                    o.quirks = back.quirks(of: a) ?? []
+                    o.permissive = before?.permissive == e.options.permissive ? options[a]?.permissive ?? perm : e.options.permissive
+                    newOptions[a] = o
+                    changed.append(a)
+                }
+            } catch {
+                for u in undo.reversed() { u() }
+                config = saved
+                let line = "reload \(path): \(CLIError.from(error).message); nothing changed"
+                host.logError("[dom0 pciback] \(line)")
+                return line
+            }
+            for e in old.entries where new.entry(e.address) == nil && back.isClaimed(e.address) {
+                if let h = back.guestHolding(e.address) {
+                    held.append("\(e.address) (dom\(h.guest))")
+                    continue
+                }
+                do {
+                    try back.releaseAll([e.address])
+                    host.released([e.address])
+                    released.append(e.address)
+                    newOptions[e.address] = nil
+                    activity[e.address] = nil
+                } catch {
+                    host.logError("[dom0 pciback] reload: \(e.address): \(error)")
+                }
+            }
+            options = newOptions
+            func list(_ l: [PCIAddress]) -> String { l.isEmpty ? "none" : l.map(\.description).joined(separator: " ") }
+            let unchanged = new.entries.count - claimed.count - changed.count
+            var line = "reloaded \(path): claimed \(list(claimed)); released \(list(released)); options changed \(list(changed)); \(unchanged) unchanged"
+            if !held.isEmpty { line += "; still held, left claimed: \(held.joined(separator: " "))" }
+            host.logInfo("[dom0 pciback] \(line)")
+            return line
+        }
+    }
+
+    // MARK: status
+
+    /// Notes which functions' request counts moved since the last call:
+    /// called once a second by the control thread, and by `status`.
+    func sample() {
+        back.withAdminLock {
+            let now = ContinuousClock.now
+            var seen: [PCIAddress: (ops: Int, at: ContinuousClock.Instant?)] = [:]
+            for s in back.statistics() {
+                let n = s.ops.values.reduce(0, +)
+                if let prev = activity[s.address], n >= prev.ops {
+                    seen[s.address] = (n, n == prev.ops ? prev.at : now)
+                } else {
+                    seen[s.address] = (n, n > 0 ? now : nil) // first seen (or claimed again)
+                }
+            }
+            activity = seen
+        }
+    }
+
+    func status() -> [FunctionStatusJSON] {
+        back.withAdminLock {
+            sample()
+            let now = ContinuousClock.now
+            return back.adminStatus().map { s in
+                let since = activity[s.info.address]?.at.map { Int((now - $0).components.seconds) }
+                return FunctionStatusJSON(s, configured: config?.entry(s.info.address) != nil, secondsSinceLastRequest: since)
+            }
+        }
+    }
+
+    // MARK: the control protocol
+
+    /// One request line -> one reply (docs: xenpci(8), CONTROL SOCKET).
+    func handle(_ line: String) -> ControlReply {
+        do { return try dispatch(line.split(separator: " ", omittingEmptySubsequences: true).map(String.init)) } catch {
+            let e = CLIError.from(error)
+            return ControlReply(ok: false, error: e.message, status: e.status)
+        }
+    }
+
+    private func dispatch(_ w: [String]) throws -> ControlReply {
+        guard let verb = w.first else { throw CLIError.usage("empty request") }
+        let args = w.dropFirst()
+        switch verb {
+        case "assignable-add":
+            let strict = args.first != "--no-strict-reset"
+            let l = try parseFunctions(Array(strict ? args : args.dropFirst()), verb)
+            try addAssignable(l, noStrictReset: !strict)
+            return ControlReply(message: l.map { "\($0): assignable" }.joined(separator: "\n"))
+        case "assignable-remove":
+            let l = try parseFunctions(Array(args), verb)
+            try removeAssignable(l)
+            return ControlReply(message: l.map { "\($0): released (reset, golden state restored)" }.joined(separator: "\n"))
+        case "assignable-list", "status":
+            guard args.isEmpty else { throw CLIError.usage("\(verb) takes no arguments") }
+            let f = status()
+            if verb == "status" { return ControlReply(functions: f) }
+            return ControlReply(message: f.map { s in s.address + (s.guest.map { " dom\($0) as \(s.guestAddress ?? "?")" } ?? "") }.joined(separator: "\n"),
+                                functions: f)
+        case "list":
+            guard args.isEmpty else { throw CLIError.usage("list takes no arguments") }
+            let l = back.listing()
+            return ControlReply(message: l.map(\.text).joined(), listing: l.map(ClaimedJSON.init))
+        case "set":
+            guard args.count == 3 else { throw CLIError.usage("set: expected BDF permissive on|off") }
+            let a = try PCIAddress(parsing: args[args.startIndex])
+            guard args[args.startIndex + 1] == "permissive" else { throw CLIError.usage("set: unknown setting '\(args[args.startIndex + 1])' (expected permissive)") }
+            guard let on = ["on": true, "off": false][args[args.startIndex + 2]] else {
+                throw CLIError.usage("set \(a) permissive: '\(args[args.startIndex + 2])' is not on or off")
+            }
+            try setPermissive(a, on)
+            return ControlReply(message: "\(a): permissive \(on ? "on" : "off")")
+        case "quirk":
+            guard args.count == 2, ["add", "remove"].contains(args[args.startIndex]) else { throw CLIError.usage("quirk: expected add|remove BDF-REG:SIZE:MASK") }
+            let q = try PCIQuirk(parsing: args[args.startIndex + 1])
+            if args[args.startIndex] == "add" { try addQuirk(q) } else { try removeQuirk(q) }
+            return ControlReply(message: "\(q.address): quirk \(q) \(args[args.startIndex] == "add" ? "added" : "removed")")
+        default:
+            throw CLIError.usage("unknown request '\(verb)' (assignable-add, assignable-remove, assignable-list, set, quirk, status, list)")
+        }
+    }
+}
+
+/// The reply to one control request: one line of JSON.
+struct ControlReply: Codable {
+    var ok = true
+    var error: String?
+    var status: Int32?
+    /// What the client prints (text mode).
+    var message: String?
+    var functions: [FunctionStatusJSON]?
+    var listing: [ClaimedJSON]?
+}
+
+/// One claimed function in `xenpci status --json`.
+struct FunctionStatusJSON: Codable, Equatable {
+    struct Write: Codable, Equatable { var offset: String; var size: Int; var count: Int; var action: String; var quirk: String? }
+    var address: String
+    var vendor: String
+    var device: String
+    var guest: Int?
+    var guestAddress: String?
+    var readOnly: Bool
+    var irq: Int
+    var interruptMode: String
+    var msiPirqs: [UInt32]
+    var msixPirqs: [UInt32]
+    var requests: Int
+    var ops: [String: Int]
+    var errors: [String: Int]
+    var deniedWrites: [Write]
+    var permissive: Bool
+    var quirks: [String]
+    /// Listed in the config file (else: the hide list or assignable-add).
+    var configured: Bool
+    /// Seconds since its request count last moved, to the second; nil when
+    /// no request was seen since the daemon started.
+    var secondsSinceLastRequest: Int?
+
+    init(_ s: AdminFunctionStatus, configured: Bool, secondsSinceLastRequest: Int?) {
+        let st = s.statistics
+        address = s.info.address.description
+        vendor = hex(s.info.vendorID, 4)
+        device = hex(s.info.deviceID, 4)
+        guest = s.info.guest.map(Int.init)
+        guestAddress = s.info.guestAddress?.description
+        readOnly = s.info.readOnly
+        irq = s.info.irq
+        interruptMode = s.interruptMode
+        msiPirqs = s.msiPirqs
+        msixPirqs = s.msixPirqs
+        requests = st.ops.values.reduce(0, +)
+        ops = Dictionary(st.ops.map { ("\($0.key)", $0.value) }, uniquingKeysWith: +)
+        errors = Dictionary(st.errors.map { ("\($0.key)", $0.value) }, uniquingKeysWith: +)
+        deniedWrites = st.refusedWrites.map {
+            Write(offset: "0x" + hex($0.offset, 3), size: $0.size, count: $0.count, action: $0.denied ? "denied" : "dropped", quirk: $0.quirk)
+        }
+        permissive = st.permissive
+        quirks = st.quirks.map(\.description)
+        self.configured = configured
+        self.secondsSinceLastRequest = secondsSinceLastRequest
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case address, vendor, device, guest, guestAddress, readOnly, irq, interruptMode, msiPirqs, msixPirqs
+        case requests, ops, errors, deniedWrites, permissive, quirks, configured, secondsSinceLastRequest
+    }
+
+    /// Every key always present (null for none), so scripts can rely on the shape.
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(address, forKey: .address)
+        try c.encode(vendor, forKey: .vendor)
+        try c.encode(device, forKey: .device)
+        try c.encode(guest, forKey: .guest)
+        try c.encode(guestAddress, forKey: .guestAddress)
+        try c.encode(readOnly, forKey: .readOnly)
+        try c.encode(irq, forKey: .irq)
+        try c.encode(interruptMode, forKey: .interruptMode)
+        try c.encode(msiPirqs, forKey: .msiPirqs)
+        try c.encode(msixPirqs, forKey: .msixPirqs)
+        try c.encode(requests, forKey: .requests)
+        try c.encode(ops, forKey: .ops)
+        try c.encode(errors, forKey: .errors)
+        try c.encode(deniedWrites, forKey: .deniedWrites)
+        try c.encode(permissive, forKey: .permissive)
+        try c.encode(quirks, forKey: .quirks)
+        try c.encode(configured, forKey: .configured)
+        try c.encode(secondsSinceLastRequest, forKey: .secondsSinceLastRequest)
+    }
+
+    /// The text form of `xenpci status`.
+    var text: String {
+        var s = address + " \(vendor):\(device)"
+        s += guest.map { " dom\($0) as \(guestAddress ?? "?")" } ?? " (not assigned)"
+        s += "\n\tinterrupts: \(interruptMode)" + (interruptMode == "intx" ? " irq \(irq)" : " pirqs \((interruptMode == "msi" ? msiPirqs : msixPirqs).map(String.init).joined(separator: " "))")
+        s += "\n\trequests: \(requests)" + (secondsSinceLastRequest.map { ", last \($0) s ago" } ?? "")
+        if !ops.isEmpty { s += " (" + ops.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + ")" }
+        if !errors.isEmpty { s += "\n\terrors: " + errors.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") }
+        for w in deniedWrites {
+            s += "\n\t\(w.action) write \(w.offset).\(w.size) x\(w.count)" + (w.quirk.map { ": allowed by quirk \($0)" } ?? "")
+        }
+        s += "\n\tpermissive \(permissive ? "on" : "off")" + (quirks.isEmpty ? "" : "; quirks " + quirks.joined(separator: " "))
+        if readOnly { s += "\n\tread-only (a host driver owns it)" }
+        if configured { s += "\n\tfrom the config file" }
+        return s
+    }
+}
+
+extension Array {
+    subscript(safe i: Int) -> Element? { indices.contains(i) ? self[i] : nil }
+}
