@@ -40,6 +40,15 @@ public final class PCIBack {
         case error(DomID?, String)
         /// Worth a line in the log, not an error (a takeover, say).
         case notice(DomID?, String)
+
+        /// The guest behind an error or notice, which it may be causing on
+        /// purpose: such lines are rate-limited per guest.
+        var guestCaused: DomID? {
+            switch self {
+            case .error(let d?, _), .notice(let d?, _): return d
+            default: return nil
+            }
+        }
     }
 
     let hv: Hypervisor
@@ -108,7 +117,7 @@ public final class PCIBack {
     /// guest can cause is rate-limited per guest (see `GuestLogLimit`).
     func emit(_ e: Event) {
         var events = [e]
-        if case .error(let d?, _) = e, let i = lock.withLock({ instances[d] }) {
+        if let d = e.guestCaused, let i = lock.withLock({ instances[d] }) {
             guard let summary = i.logLimit.admit(now: ContinuousClock.now) else { return }
             if summary > 0 { events.insert(.error(d, "\(summary) more message(s) about dom\(d) suppressed (rate limit)"), at: 0) }
         }

@@ -121,6 +121,7 @@ extension PCIBack {
             let pirq = try routing.mapMSI(device: d.address, guest: i.domid)
             d.msiPirqs = [pirq]
             try d.mediation.setEnable(.msi, true)
+            emit(.notice(i.domid, "\(d.address): MSI on: pirq \(pirq)"))
             return (.success, pirq)
         } catch {
             emit(.error(i.domid, "\(d.address): enable MSI: \(error)"))
@@ -189,6 +190,7 @@ extension PCIBack {
                 op.pointee.setMSIXEntry(n, e)
             }
             try d.mediation.setEnable(.msix, true)
+            emit(.notice(i.domid, "\(d.address): MSI-X on: entries \(entries) -> pirqs \(pirqs)"))
             return (.success, nvec)
         } catch {
             emit(.error(i.domid, "\(d.address): enable MSI-X: \(error)"))
