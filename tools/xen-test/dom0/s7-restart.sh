@@ -49,6 +49,25 @@ grep -q 'taken over' /tmp/xt/backend.log || fail "the backend did not take dom$d
 wait_ok 5 || fail "I/O stopped after the planned restart"
 ev "after SIGUSR1 + restart: $(count_ok) good blocks"
 
+# 3 (issue 14): the pool changed at run time through the control socket
+# while the guest keeps working; status --json read back.
+X=0000:00:06.1
+nsr=""; [ -e /sys/bus/pci/devices/$X/reset ] || nsr=--no-strict-reset   # no reset method: say so
+"$XENPCI" assignable-add $nsr $X > /tmp/xt/admin.log 2>&1 || { cat /tmp/xt/admin.log; fail "xenpci assignable-add $nsr $X failed"; }
+"$XENPCI" assignable-list > /tmp/xt/alist.txt 2>&1
+grep -q "$X" /tmp/xt/alist.txt || fail "assignable-list does not show $X: $(cat /tmp/xt/alist.txt | tr '\n' ' ')"
+ev "assignable-list after assignable-add $X: $(tr '\n' ' ' < /tmp/xt/alist.txt)"
+"$XENPCI" status --json > /tmp/xt/status.json 2>&1 || fail "xenpci status --json failed: $(head -c 300 /tmp/xt/status.json)"
+ev "status --json: $(head -c 600 /tmp/xt/status.json)"
+grep -q "\"$D\"" /tmp/xt/status.json && grep -q '"msixPirqs"' /tmp/xt/status.json && grep -q '"interruptMode" *: *"msix"' /tmp/xt/status.json \
+    || fail "status --json does not show $D with its MSI-X pirqs"
+if "$XENPCI" assignable-remove $D > /tmp/xt/arm.txt 2>&1; then fail "assignable-remove $D succeeded while dom$domid holds it"; fi
+grep -q "dom$domid" /tmp/xt/arm.txt || fail "assignable-remove $D was refused without naming dom$domid: $(cat /tmp/xt/arm.txt)"
+ev "assignable-remove $D while dom$domid holds it: $(cat /tmp/xt/arm.txt)"
+"$XENPCI" assignable-remove $X > /tmp/xt/admin.log 2>&1 || { cat /tmp/xt/admin.log; fail "xenpci assignable-remove $X failed"; }
+wait_ok 2 || fail "I/O stopped while the pool changed"
+ev "pool changed at run time (add, list, status, refused remove, remove) while the guest kept working: $(count_ok) good blocks"
+
 wait_guest $G '^@@XT restart done' 150 > /dev/null || fail "the guest's loop did not finish"
 log=$(guest_log $G)
 tr -d '\r' < "$log" | grep -E '^@@XT blk nvme .*MISMATCH|^@@XT blk nvme .*MISSING' | head -n 1 | while read -r l; do fail "data: $l"; done || exit 1
