@@ -9,9 +9,9 @@
 # device is never reset under it; at the end a plain SIGTERM releases it.
 . /xt/lib.sh
 have_sub backend attach detach
-D=0000:02:00.0
+D=0000:02:00.0 P=0000:00:06.0   # P: in the pool from the start, released at run time
 linux_pciback_off
-HIDE="($D)" backend_start
+HIDE="($D)($P)" backend_start
 G=xt-s7
 domid=$(guest_create $G "xt_role=restart xt_rounds=45") || exit 1
 "$XENPCI" attach "$domid" $D > /tmp/xt/attach.log 2>&1 || { cat /tmp/xt/attach.log; fail "xenpci attach $domid $D failed"; }
@@ -29,7 +29,7 @@ pid=$(cat "$PIDS/backend.pid")
 kill -KILL "$pid"; wait "$pid" 2>/dev/null
 mv /tmp/xt/backend.log /tmp/xt/backend-1.log
 ev "killed the backend (SIGKILL) after $(count_ok) good blocks"
-HIDE="($D)" backend_start
+HIDE="($D)($P)" backend_start
 grep -E 'taken over|left alone' /tmp/xt/backend.log | while read -r l; do ev "backend after SIGKILL: ${l#*\] }"; done
 grep -q 'taken over' /tmp/xt/backend.log || fail "the restarted backend did not take dom$domid over: $(tail -n 3 /tmp/xt/backend.log | tr '\n' ' ')"
 wait_ok 5 || fail "I/O stopped after the backend was killed and restarted"
@@ -44,7 +44,7 @@ wait "$pid"; rc=$?
 grep -E 'stopped' /tmp/xt/backend.log | tail -n 1 | while read -r l; do ev "backend on SIGUSR1: ${l#*\] }"; done
 [ "$(xenstore-read /local/domain/0/backend/pci/$domid/0/state)" = 4 ] || fail "SIGUSR1 changed the guest's backend state"
 mv /tmp/xt/backend.log /tmp/xt/backend-2.log
-HIDE="($D)" backend_start
+HIDE="($D)($P)" backend_start
 grep -q 'taken over' /tmp/xt/backend.log || fail "the backend did not take dom$domid over after SIGUSR1"
 wait_ok 5 || fail "I/O stopped after the planned restart"
 ev "after SIGUSR1 + restart: $(count_ok) good blocks"
@@ -64,9 +64,13 @@ grep -q "\"$D\"" /tmp/xt/status.json && grep -q '"msixPirqs"' /tmp/xt/status.jso
 if "$XENPCI" assignable-remove $D > /tmp/xt/arm.txt 2>&1; then fail "assignable-remove $D succeeded while dom$domid holds it"; fi
 grep -q "dom$domid" /tmp/xt/arm.txt || fail "assignable-remove $D was refused without naming dom$domid: $(cat /tmp/xt/arm.txt)"
 ev "assignable-remove $D while dom$domid holds it: $(cat /tmp/xt/arm.txt)"
-"$XENPCI" assignable-remove $X > /tmp/xt/admin.log 2>&1 || { cat /tmp/xt/admin.log; fail "xenpci assignable-remove $X failed"; }
+"$XENPCI" assignable-remove $P > /tmp/xt/admin.log 2>&1 || { cat /tmp/xt/admin.log; fail "xenpci assignable-remove $P failed"; }
+"$XENPCI" assignable-list > /tmp/xt/alist.txt 2>&1
+grep -q "$P" /tmp/xt/alist.txt && fail "assignable-list still shows $P after assignable-remove"
+[ $(( $(cfg_word $P 4) & 4 )) = 0 ] || fail "$P: bus master on after assignable-remove"
+ev "assignable-list after assignable-remove $P: $(tr '\n' ' ' < /tmp/xt/alist.txt)"
 wait_ok 2 || fail "I/O stopped while the pool changed"
-ev "pool changed at run time (add, list, status, refused remove, remove) while the guest kept working: $(count_ok) good blocks"
+ev "pool changed at run time ($X made assignable, $P released, status read, a held function's removal refused) while the guest kept working: $(count_ok) good blocks"
 
 wait_guest $G '^@@XT restart done' 150 > /dev/null || fail "the guest's loop did not finish"
 log=$(guest_log $G)
