@@ -121,7 +121,8 @@ public final class PCIBack {
             guard let summary = i.logLimit.admit(now: ContinuousClock.now) else { return }
             if summary > 0 { events.insert(.error(d, "\(summary) more message(s) about dom\(d) suppressed (rate limit)"), at: 0) }
         }
-        lock.afterUnlock { [weak self] in for ev in events { self?.onEvent?(ev) } }
+        guard let handler = onEvent else { return }
+        lock.afterUnlock { for ev in events { handler(ev) } }
     }
 
     // MARK: devices (pciback_pci_match / pciback_pci_attach)
