@@ -57,6 +57,10 @@ nsr=""; [ -e /sys/bus/pci/devices/$X/reset ] || nsr=--no-strict-reset   # no res
 "$XENPCI" assignable-list > /tmp/xt/alist.txt 2>&1
 grep -q "$X" /tmp/xt/alist.txt || fail "assignable-list does not show $X: $(cat /tmp/xt/alist.txt | tr '\n' ' ')"
 ev "assignable-list after assignable-add $X: $(tr '\n' ' ' < /tmp/xt/alist.txt)"
+"$XENPCI" set $X permissive on > /tmp/xt/admin.log 2>&1 || { cat /tmp/xt/admin.log; fail "xenpci set $X permissive on failed"; }
+"$XENPCI" quirk add $X-0x44:4:0xffffffff > /tmp/xt/admin.log 2>&1 || { cat /tmp/xt/admin.log; fail "xenpci quirk add $X-0x44:4:0xffffffff failed"; }
+if "$XENPCI" quirk add $X-0x10:4:0xffffffff > /tmp/xt/q.txt 2>&1; then fail "a quirk over BAR0 was accepted"; fi
+ev "quirk over BAR0 refused: $(cat /tmp/xt/q.txt)"
 "$XENPCI" status --json > /tmp/xt/status.json 2>&1 || fail "xenpci status --json failed: $(head -c 300 /tmp/xt/status.json)"
 ev "status --json: $(head -c 600 /tmp/xt/status.json)"
 grep -q "\"$D\"" /tmp/xt/status.json && grep -q '"msixPirqs"' /tmp/xt/status.json && grep -q '"interruptMode" *: *"msix"' /tmp/xt/status.json \
@@ -64,6 +68,9 @@ grep -q "\"$D\"" /tmp/xt/status.json && grep -q '"msixPirqs"' /tmp/xt/status.jso
 if "$XENPCI" assignable-remove $D > /tmp/xt/arm.txt 2>&1; then fail "assignable-remove $D succeeded while dom$domid holds it"; fi
 grep -q "dom$domid" /tmp/xt/arm.txt || fail "assignable-remove $D was refused without naming dom$domid: $(cat /tmp/xt/arm.txt)"
 ev "assignable-remove $D while dom$domid holds it: $(cat /tmp/xt/arm.txt)"
+grep -q '"permissive" *: *true' /tmp/xt/status.json || fail "status --json does not show $X permissive"
+"$XENPCI" quirk remove $X-0x44:4:0xffffffff > /tmp/xt/admin.log 2>&1 || { cat /tmp/xt/admin.log; fail "xenpci quirk remove failed"; }
+"$XENPCI" set $X permissive off > /tmp/xt/admin.log 2>&1 || { cat /tmp/xt/admin.log; fail "xenpci set $X permissive off failed"; }
 "$XENPCI" assignable-remove $P > /tmp/xt/admin.log 2>&1 || { cat /tmp/xt/admin.log; fail "xenpci assignable-remove $P failed"; }
 "$XENPCI" assignable-list > /tmp/xt/alist.txt 2>&1
 grep -q "$P" /tmp/xt/alist.txt && fail "assignable-list still shows $P after assignable-remove"
