@@ -108,7 +108,7 @@ linux_pciback_off() {
     for d in /sys/bus/pci/drivers/pciback/0000:*; do
         [ -e "$d" ] && xl pci-assignable-remove "$(basename "$d")" > /dev/null 2>&1
     done
-    rmmod xen_pciback 2>/dev/null || note "rmmod xen_pciback failed: $(ls /sys/bus/pci/drivers/pciback 2>&1 | tr '\n' ' ')"
+    rmmod xen_pciback 2>/dev/null || { note "rmmod xen_pciback failed (refcount $(cat /sys/module/xen_pciback/refcnt 2>/dev/null))"; return 1; }
 }
 
 # ------------------------------------------------------------------ our backend

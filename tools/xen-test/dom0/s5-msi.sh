@@ -45,7 +45,7 @@ guest_report() {
 }
 
 for b in $MSI_BDFS; do [ -e /sys/bus/pci/devices/$b ] || fail "device $b missing in dom0"; done
-linux_pciback_off
+linux_pciback_off || fail "Linux's xen-pciback is loaded and cannot be unloaded: it would serve our guest's backend directory too"
 xl dmesg -c > /dev/null 2>&1   # from here on, Xen's log is this scenario's
 
 # ---- run 1: our backend
