@@ -135,9 +135,11 @@ final class Harness {
 
     @discardableResult
     func waitBackend(_ dom: DomID, _ s: XenState, timeout: Duration = .seconds(3)) -> Bool {
-        eventually("backend dom\(dom) state \(s) (now \(read(be(dom) + "/state") ?? "none"))", timeout: timeout) {
+        let ok = eventually("backend dom\(dom) state \(s) (now \(read(be(dom) + "/state") ?? "none"))", timeout: timeout) {
             read(be(dom) + "/state") == s.xenstoreValue
         }
+        back.waitForResets() // resets run on workers: a state reached includes the resets it started
+        return ok
     }
 
     func shutdown() {
