@@ -275,12 +275,7 @@ public final class PCIBack {
                 instances.removeAll()
                 devices.removeAll()
             }
-            try? xs.unwatch(backendRoot, token: "pciback")
-            try? xs.unwatch("@releaseDomain", token: "release")
-            routing.abandon()
-            gnttab.close()
-            evtchn.close()
-            xs.close()
+            closeHandles(keepingInterrupts: true)
             return
         }
         lock.withLock {
@@ -298,9 +293,15 @@ public final class PCIBack {
             devices.removeAll()
             persist()
         }
+        closeHandles(keepingInterrupts: false)
+    }
+
+    /// The end of `stop`: watches gone, handles closed. Keeping interrupts
+    /// (a planned restart), pirqs stay mapped and MSI-X tables prepared.
+    private func closeHandles(keepingInterrupts: Bool) {
         try? xs.unwatch(backendRoot, token: "pciback")
         try? xs.unwatch("@releaseDomain", token: "release")
-        routing.close()
+        if keepingInterrupts { routing.abandon() } else { routing.close() }
         gnttab.close()
         evtchn.close()
         xs.close()

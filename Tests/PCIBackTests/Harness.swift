@@ -64,13 +64,20 @@ final class Harness {
     /// connects a raw frontend.
     func export(_ dev: PCIDeviceAccess, opts: String = Harness.defaultOpts) throws -> RawFrontend {
         try back.claim(dev)
-        try create(1, [(dev.address, opts)])
+        return try connectGuest([(dev.address, opts)])
+    }
+
+    /// Dom1 given functions already claimed, its frontend connected.
+    func connectGuest(_ devs: [(PCIAddress, String)]) throws -> RawFrontend {
+        try create(1, devs)
         #expect(waitBackend(1, .initialised))
         let f = try RawFrontend(self)
         try f.connect()
         #expect(waitBackend(1, .connected))
         return f
     }
+
+    func connectGuest(_ addrs: PCIAddress...) throws -> RawFrontend { try connectGuest(addrs.map { ($0, Self.defaultOpts) }) }
 
     func be(_ dom: DomID) -> String { "/local/domain/0/backend/pci/\(dom)/0" }
     func fe(_ dom: DomID) -> String { "/local/domain/\(dom)/device/pci/0" }

@@ -13,11 +13,7 @@ struct TakeoverTests {
     func running(_ store: BackendStateStore) throws -> (Harness, RawFrontend) {
         let h = try Harness(stateStore: store)
         try h.claim(Fixture.nvme, Fixture.e1000)
-        try h.create(1, Fixture.nvme, Fixture.e1000)
-        #expect(h.waitBackend(1, .initialised))
-        let f = try RawFrontend(h)
-        try f.connect()
-        #expect(h.waitBackend(1, .connected))
+        let f = try h.connectGuest(Fixture.nvme, Fixture.e1000)
         try f.setState(.connected)
         #expect(try f.write(v00, 4, 2, 0x0006) == .success)
         #expect(try f.send(msixOp(v00, entries: [0, 1]))?.err == 0)
