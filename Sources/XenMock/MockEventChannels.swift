@@ -59,11 +59,12 @@ final class MockEventChannels: MockHandle, EventChannels, @unchecked Sendable {
     }
 
     func notify(_ port: EvtchnPort) throws {
-        try hv.locked {
+        let inPlace: (handler: MockHypervisor.InPlaceHandler, port: EvtchnPort)? = try hv.locked {
             try begin(.evtchnNotify, "port \(port)")
             let p = try owned(port, .evtchnNotify)
-            guard case .interdomain(let rd, let rp) = p.state else { return } // unbound: dropped, as Xen does
-            guard hv.faults.shouldDeliver() else { return }
+            guard case .interdomain(let rd, let rp) = p.state else { return nil } // unbound: dropped, as Xen does
+            guard hv.faults.shouldDeliver() else { return nil }
+            if let h = hv.ports[Key(dom: rd, port: rp)]?.inPlace { return (h, rp) }
             if let d = hv.faults.delay {
                 let ns = d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000
                 DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(ns))) { [hv] in
@@ -72,7 +73,10 @@ final class MockEventChannels: MockHandle, EventChannels, @unchecked Sendable {
             } else {
                 hv.raise(Key(dom: rd, port: rp))
             }
+            return nil
         }
+        // Outside the lock: the handler calls back into the mock (notify).
+        if let inPlace { inPlace.handler(inPlace.port) }
     }
 
     /// Called with the lock held by the delivering side.
@@ -128,6 +132,25 @@ final class MockEventChannels: MockHandle, EventChannels, @unchecked Sendable {
             for (k, p) in hv.ports where k.dom == dom && p.handle == id { release(k.port) }
             closed = true
             hv.evtchnHandles[id] = nil
+        }
+    }
+}
+
+extension MockDomain {
+    /// For tests and fuzzing without threads: a notify from the peer of
+    /// `port` (bound by this domain) runs `handler` synchronously on the
+    /// notifying thread, with no mock lock held, instead of queueing an event
+    /// for this domain. A backend that answers inside `handler` has its reply
+    /// on the page before the frontend's `notify` returns, so the frontend's
+    /// wait finds it at once. Dropped notifies (fault injection) are still
+    /// dropped; a delay is ignored. Unbinding the port removes the handler.
+    public func deliverInPlace(port: EvtchnPort, _ handler: @escaping (EvtchnPort) -> Void) throws {
+        try hypervisor.locked {
+            let k = MockHypervisor.PortKey(dom: id, port: port)
+            guard hypervisor.ports[k] != nil else {
+                throw XenError(EINVAL, "evtchn deliver-in-place", "dom\(id) port \(port) is not bound")
+            }
+            hypervisor.ports[k]!.inPlace = handler
         }
     }
 }

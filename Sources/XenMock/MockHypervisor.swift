@@ -30,7 +30,12 @@ public final class MockHypervisor: @unchecked Sendable {
 
     // event channels
     enum PortState { case unbound(remote: DomID), interdomain(remote: DomID, port: EvtchnPort) }
-    struct Port { var handle: Int; var state: PortState; var pending = false; var masked = false }
+    typealias InPlaceHandler = (EvtchnPort) -> Void
+    struct Port {
+        var handle: Int; var state: PortState; var pending = false; var masked = false
+        /// MockDomain.deliverInPlace: notifies from the peer call this instead.
+        var inPlace: InPlaceHandler?
+    }
     struct PortKey: Hashable { var dom: DomID; var port: EvtchnPort }
     var ports: [PortKey: Port] = [:]
     var evtchnHandles: [Int: MockEventChannels] = [:]

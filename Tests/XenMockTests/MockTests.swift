@@ -329,6 +329,31 @@ struct EventTests {
         try fe.unbind(p)
         #expect(errno { try fe.unbind(fp) } == ENOTCONN)
     }
+
+    @Test("deliverInPlace: the peer's notify runs the handler on its own thread before returning; unbind removes it")
+    func inPlace() throws {
+        let w = World()
+        let (fe, fp, be, bp) = try Self.pair(w)
+        defer { fe.close(); be.close() }
+        var calls: [(EvtchnPort, Thread)] = []
+        try w.dom0.deliverInPlace(port: bp) { p in
+            calls.append((p, Thread.current))
+            try? be.notify(bp) // the handler may call back into the mock: no lock is held
+        }
+        try fe.notify(fp)
+        #expect(calls.count == 1 && calls.first?.0 == bp && calls.first?.1 == Thread.current)
+        #expect(try be.pending() == nil, "handled in place: nothing queued for dom0")
+        #expect(try fe.wait(timeout: .seconds(1)) == fp, "the handler's own notify is delivered as usual")
+        w.hv.faults.dropEvents(1)
+        try fe.notify(fp)
+        #expect(calls.count == 1, "a dropped notify is dropped in place too")
+        #expect(errno { try w.dom0.deliverInPlace(port: bp + 7) { _ in } } == EINVAL, "only a bound port")
+        try be.unbind(bp)
+        let bp2 = try be.bindInterdomain(remote: 1, remotePort: fp)
+        try fe.notify(fp)
+        #expect(calls.count == 1, "unbinding removed the handler")
+        #expect(try be.wait(timeout: .seconds(1)) == bp2)
+    }
 }
 
 @Suite("Mock fault injection")
