@@ -85,7 +85,8 @@ extension XPCIFrontend {
     /// Every device and function of one root: 32 x 8, function 0 may be
     /// missing (pass-through exports single functions). Functions in `known`
     /// are kept as they are; new ones are read in full. A backend error on
-    /// the vendor id means "not there"; a broken channel ends the scan.
+    /// the vendor id means "not there"; a broken channel ends the scan, and
+    /// so does detach (its next request fails at once).
     func scanRoot(_ root: PCIRoot, known: [PCIAddress: PCIFunction]) throws -> [PCIFunction] {
         var out: [PCIFunction] = []
         for dev in UInt8(0)..<32 {
@@ -96,6 +97,7 @@ extension XPCIFrontend {
                 let vendor = id & 0xFFFF
                 if vendor == 0xFFFF || vendor == 0 { continue }
                 if let f = known[a], UInt32(f.vendorID) == vendor { out.append(f); continue }
+                locked { _ = scanning.insert(a) }
                 out.append(try readFunction(a))
             }
         }

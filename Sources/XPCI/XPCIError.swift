@@ -20,6 +20,9 @@ public enum XPCIError: Error, CustomStringConvertible, Sendable {
     case badArgument(String)
     /// A hypervisor call failed.
     case xen(XenError)
+    /// `detach()` was called: the request was not sent, or its wait was cut
+    /// short (a slow backend must not hold detach for requests x timeout).
+    case detaching(op: PCIOpCommand, address: PCIAddress)
 
     public var description: String {
         switch self {
@@ -33,6 +36,7 @@ public enum XPCIError: Error, CustomStringConvertible, Sendable {
         case .backendLied(let what): return "backend sent an impossible value: \(what)"
         case .badArgument(let what): return "bad argument: \(what)"
         case .xen(let e): return e.description
+        case .detaching(let op, let a): return "\(op) on \(a): abandoned, the frontend is detaching"
         }
     }
 
@@ -51,6 +55,11 @@ public enum XPCIEvent: Sendable, CustomStringConvertible {
     case deviceAdded(PCIFunction)
     case deviceRemoved(PCIAddress)
     case aer(AERRequest, AERResult)
+    /// `refused` AER requests beyond the rate limit were answered
+    /// `disconnect` without running a handler. At most two lines a window:
+    /// the first refusal at once, the rest of the window as one count when
+    /// the next window starts (or at teardown).
+    case aerRateLimited(refused: Int, limit: AERRateLimit)
     case error(XPCIError)
 
     public var description: String {
@@ -59,6 +68,8 @@ public enum XPCIEvent: Sendable, CustomStringConvertible {
         case .deviceAdded(let f): return "added \(f.address) \(hex(f.vendorID, 4)):\(hex(f.deviceID, 4))"
         case .deviceRemoved(let a): return "removed \(a)"
         case .aer(let r, let res): return "AER \(r.command) on \(r.address): \(res)"
+        case .aerRateLimited(let n, let l):
+            return "AER rate limit: \(n) backend request(s) beyond \(l) answered disconnect, no handler run"
         case .error(let e): return "error: \(e)"
         }
     }
@@ -93,20 +104,43 @@ public enum AERResult: Int32, Sendable, CaseIterable {
     case none = 1, canRecover, needReset, disconnect, recovered, noAERDriver
 }
 
+/// How many backend AER requests run the guest's handler: `burst` per
+/// `window` (a bucket of `burst` tokens refilled each window). The rest are
+/// answered `disconnect` at once, counted, and reported as rate-limited.
+public struct AERRateLimit: Equatable, Sendable, CustomStringConvertible {
+    public var burst: Int
+    public var window: Duration
+    public init(burst: Int = 16, window: Duration = .seconds(1)) {
+        self.burst = burst
+        self.window = window
+    }
+    public var description: String { "\(burst) per \(window)" }
+}
+
 /// Per-device request counters.
 public struct XPCIDeviceStatistics: Equatable, Sendable {
     public var ops = 0
     public var errors = 0
     public var timeouts = 0
     public init() {}
+
+    mutating func add(_ o: XPCIDeviceStatistics) {
+        ops += o.ops; errors += o.errors; timeouts += o.timeouts
+    }
 }
 
+/// `devices` holds only functions on the bus (and those a scan is reading),
+/// so reconnects and hotplug with changing addresses cannot grow it.
 public struct XPCIStatistics: Sendable {
     public var devices: [PCIAddress: XPCIDeviceStatistics] = [:]
+    /// Requests for addresses not on the bus (the empty slots a scan probes,
+    /// typos) and the counters of functions since removed.
+    public var other = XPCIDeviceStatistics()
+    /// AER requests the backend posted, and those refused by the rate limit.
+    public var aerRequests = 0
+    public var aerRateLimited = 0
     public var total: XPCIDeviceStatistics {
-        devices.values.reduce(into: XPCIDeviceStatistics()) {
-            $0.ops += $1.ops; $0.errors += $1.errors; $0.timeouts += $1.timeouts
-        }
+        devices.values.reduce(into: other) { $0.add($1) }
     }
     public subscript(_ a: PCIAddress) -> XPCIDeviceStatistics { devices[a] ?? XPCIDeviceStatistics() }
 }

@@ -14,7 +14,9 @@ import PCIModel
 ///
 /// Threads: requests run on the caller's thread, serialised by `opLock`,
 /// which waits on the event channel itself. A "xenbus" thread follows the
-/// backend's state through a xenstore watch and serves AER requests (bit 2).
+/// backend's state through a xenstore watch and serves AER requests (bit 2);
+/// with `Options.xenbusThread` false there is none and the caller runs that
+/// work with `drain()` (tests and fuzzing: no threads, no timing).
 public final class XPCIFrontend: @unchecked Sendable {
     public struct Options: Sendable {
         /// How long a request waits for the backend (docs/PROTOCOL.md §4).
@@ -32,6 +34,13 @@ public final class XPCIFrontend: @unchecked Sendable {
         /// spin on the flag word this long before blocking on the event
         /// channel. Zero (the default) blocks at once.
         public var spinBeforeBlock: Duration = .zero
+        /// false: attach starts no xenbus thread; the caller does its work
+        /// (backend state changes, the scan they start, AER requests) with
+        /// `drain()`, on its own thread, when it chooses (like NIO's
+        /// EmbeddedEventLoop). For tests and fuzzing; real use keeps true.
+        public var xenbusThread: Bool = true
+        /// How many backend AER requests run the handler (issue 13).
+        public var aerRateLimit = AERRateLimit()
 
         public init(requestTimeout: Duration = .seconds(2), connectTimeout: Duration = .seconds(10),
                     instance: Int = 0, enableDecodeOnScan: Bool = true, maxRoots: Int = 256) {
@@ -61,6 +70,9 @@ public final class XPCIFrontend: @unchecked Sendable {
     var grant: SharedGrant?
     /// Wakes the xenbus thread: shutdown, or an AER request seen by a requester.
     var kickFD: Int32 = -1
+    /// Signalled once by detach and left readable: a request waiting for the
+    /// backend wakes and gives up (a slow backend must not hold detach).
+    var abortFD: Int32 = -1
 
     var domid: DomID = 0
     public private(set) var frontendPath = ""
@@ -75,8 +87,12 @@ public final class XPCIFrontend: @unchecked Sendable {
     var connectError: XPCIError?
     var bus: [PCIAddress: PCIFunction] = [:]
     var rootList: [PCIRoot] = []
+    /// New functions a scan in progress is reading (their requests are
+    /// counted under their address before they reach `bus`).
+    var scanning: Set<PCIAddress> = []
     var aerHandlers: [PCIAddress: (AERRequest) -> AERResult] = [:]
     var stats = XPCIStatistics()
+    var aerThrottle: AERThrottle
     var eventHandler: ((XPCIEvent) -> Void)?
 
     /// Serialises requests; guards `channelBroken` and the channel itself.
@@ -89,6 +105,9 @@ public final class XPCIFrontend: @unchecked Sendable {
     public init(hypervisor: Hypervisor, options: Options = .init()) throws {
         guard options.instance >= 0 else { throw XPCIError.badArgument("instance \(options.instance) is negative") }
         guard options.requestTimeout > .zero else { throw XPCIError.badArgument("request timeout must be positive") }
+        guard options.aerRateLimit.burst >= 0, options.aerRateLimit.window > .zero else {
+            throw XPCIError.badArgument("AER rate limit \(options.aerRateLimit): the burst must not be negative, the window must be positive")
+        }
         hv = hypervisor
         self.options = options
         sc = .allocate(capacity: 1)
@@ -96,6 +115,7 @@ public final class XPCIFrontend: @unchecked Sendable {
         sc.pointee.sc_shared_gntref = Self.grantInvalid
         sc.pointee.sc_backend_status = Int32(XPCI_BACKEND_DISCONNECTED)
         watchToken = "xpci\(options.instance)"
+        aerThrottle = AERThrottle(options.aerRateLimit)
     }
 
     deinit {
@@ -152,6 +172,8 @@ public final class XPCIFrontend: @unchecked Sendable {
             gntshr = try hv.openGrantSharing()
             kickFD = xenpci_eventfd_open()
             guard kickFD >= 0 else { throw XenError(errno, "eventfd", "xenbus thread wakeup") }
+            abortFD = xenpci_eventfd_open()
+            guard abortFD >= 0 else { throw XenError(errno, "eventfd", "detach wakeup") }
             try readBackendLocation(store)
             locked { connectError = nil; frontState = .initialising; backendState = nil }
             try store.watch(backendPath + "/state", token: watchToken)
@@ -161,7 +183,8 @@ public final class XPCIFrontend: @unchecked Sendable {
             closeHandles()
             throw XPCIError.wrap(error)
         }
-        sc.pointee.sc_shutdown = 0
+        locked { sc.pointee.sc_shutdown = 0 }
+        guard options.xenbusThread else { return }
         let t = Thread { [unowned self] in self.xenbusThread() }
         t.name = "xpci\(options.instance) xenbus"
         thread = t
@@ -243,8 +266,35 @@ public final class XPCIFrontend: @unchecked Sendable {
                 if e.token == watchToken { backendChanged(readBackendState()) }
             }
             if ready[2] { serviceEvents(); aside = false }
-            else if ready[1] || aside { aside = !serviceEvents(unlessBusy: true) }
+            else if ready[1] || aside { aside = serviceEvents(unlessBusy: true) == .busy }
         }
+    }
+
+    /// The xenbus thread's work, done on the caller's thread when
+    /// `Options.xenbusThread` is false: backend state changes (and the
+    /// connect, scan or teardown they start), then AER requests, until
+    /// nothing is left or `maxRounds` rounds ran (a backend answering every
+    /// notify with a new AER request cannot keep the caller here).
+    /// Returns the number of watch events and AER requests handled.
+    @discardableResult
+    public func drain(maxRounds: Int = 1000) throws -> Int {
+        guard !options.xenbusThread else {
+            throw XPCIError.badArgument("drain() is for Options.xenbusThread = false; the xenbus thread does this work")
+        }
+        guard let store = xs else { throw XPCIError.notConnected(state) }
+        var handled = 0
+        for _ in 0..<maxRounds {
+            var n = 0
+            xenpci_eventfd_drain(kickFD)
+            while let e = store.nextWatchEvent() {
+                if e.token == watchToken { backendChanged(readBackendState()) }
+                n += 1
+            }
+            if serviceEvents() == .answeredAER { n += 1 }
+            if n == 0 { break }
+            handled += n
+        }
+        return handled
     }
 
     var shutdownRequested: Bool { locked { sc.pointee.sc_shutdown != 0 } }
@@ -286,7 +336,13 @@ public final class XPCIFrontend: @unchecked Sendable {
     }
 
     func report(_ body: () throws -> Void) {
-        do { try body() } catch { emit(.error(XPCIError.wrap(error))) }
+        do { try body() } catch { reportError(XPCIError.wrap(error)) }
+    }
+
+    /// An abandoned request is what detach asked for, not an error to log.
+    func reportError(_ e: XPCIError) {
+        if case .detaching = e { return }
+        emit(.error(e))
     }
 
     // MARK: connect
@@ -304,16 +360,26 @@ public final class XPCIFrontend: @unchecked Sendable {
             let rs = try readRoots()
             var found: [PCIFunction] = []
             for r in rs { found += try scanRoot(r, known: [:]) }
-            locked {
-                rootList = rs
-                bus = Dictionary(uniqueKeysWithValues: found.map { ($0.address, $0) })
-            }
+            locked { setBus(Dictionary(uniqueKeysWithValues: found.map { ($0.address, $0) }), roots: rs) }
             for f in found { emit(.deviceAdded(f)) }
             try switchState(.connected)
         } catch {
             let e = XPCIError.wrap(error)
-            locked { connectError = e; stateCond.broadcast() }
-            emit(.error(e))
+            locked { setBus(bus, roots: rootList); connectError = e; stateCond.broadcast() }
+            reportError(e)
+        }
+    }
+
+    /// Lock held. Replaces the bus and ends any scan; statistics of
+    /// functions no longer on it move to `other`, so per-address entries
+    /// stay bounded by the functions present however often addresses change.
+    func setBus(_ new: [PCIAddress: PCIFunction], roots: [PCIRoot]) {
+        bus = new
+        rootList = roots
+        scanning = []
+        for (a, s) in stats.devices where bus[a] == nil {
+            stats.other.add(s)
+            stats.devices[a] = nil
         }
     }
 
@@ -333,7 +399,11 @@ public final class XPCIFrontend: @unchecked Sendable {
             }
             gone.append(a)
         }
-        let removed = locked { gone.filter { bus.removeValue(forKey: $0) != nil } }
+        let removed: [PCIAddress] = locked {
+            let r = gone.filter { bus[$0] != nil }
+            setBus(bus.filter { !r.contains($0.key) }, roots: rootList)
+            return r
+        }
         for a in removed { emit(.deviceRemoved(a)) }
         try switchState(.reconfiguring)
     }
@@ -347,7 +417,7 @@ public final class XPCIFrontend: @unchecked Sendable {
         var found: [PCIFunction] = []
         for r in rs { found += try scanRoot(r, known: known) }
         let now = Dictionary(uniqueKeysWithValues: found.map { ($0.address, $0) })
-        locked { rootList = rs; bus = now }
+        locked { setBus(now, roots: rs) }
         for a in known.keys.sorted() where now[a] == nil { emit(.deviceRemoved(a)) }
         for f in found where known[f.address] == nil { emit(.deviceAdded(f)) }
         try switchState(.connected)
@@ -423,6 +493,7 @@ public final class XPCIFrontend: @unchecked Sendable {
     /// teardown at all.
     func closeDown() {
         removeAllDevices()
+        flushAERReports()
         opLock.lock()
         teardownChannel()
         opLock.unlock()
@@ -433,8 +504,7 @@ public final class XPCIFrontend: @unchecked Sendable {
     func removeAllDevices() {
         let gone: [PCIAddress] = locked {
             let a = bus.keys.sorted()
-            bus = [:]
-            rootList = []
+            setBus([:], roots: [])
             return a
         }
         for a in gone { emit(.deviceRemoved(a)) }
@@ -462,25 +532,33 @@ public final class XPCIFrontend: @unchecked Sendable {
         evtchn?.close(); evtchn = nil
         gntshr?.close(); gntshr = nil
         if kickFD >= 0 { Foundation.close(kickFD); kickFD = -1 }
+        if abortFD >= 0 { Foundation.close(abortFD); abortFD = -1 }
     }
 
-    /// xpci_xenbus_detach: Closing, wait (bounded) for the backend to follow,
-    /// free the bus, end the grant, close the port, Closed, then stop the
-    /// xenbus thread and close every handle. Afterwards attach() works again.
+    /// xpci_xenbus_detach: stop the xenbus thread, Closing, wait for the
+    /// backend to follow, free the bus, end the grant, close the port,
+    /// Closed, close every handle. Afterwards attach() works again.
+    /// Returns within the connect timeout even mid-scan against a backend
+    /// that answers slowly or never: requests in flight give up and new ones
+    /// fail at once (`XPCIError.detaching`), so the scan ends at its next
+    /// request, and the Closing handshake gets what is left of the time.
     public func detach() throws {
         guard let store = xs else { return }
+        let deadline = ContinuousClock.now + options.connectTimeout
         locked { sc.pointee.sc_shutdown = 1 }
-        if kickFD >= 0 { _ = xenpci_eventfd_signal(kickFD) }
+        _ = xenpci_eventfd_signal(abortFD)
+        _ = xenpci_eventfd_signal(kickFD)
         if thread != nil { threadDone.wait(); thread = nil }
         var firstError: Error?
         let fe = state
         if fe != .initialising && fe != .closed && fe != .unknown {
             do {
                 try switchState(.closing)
-                try waitBackendClosing(store)
+                try waitBackendClosing(store, until: deadline)
             } catch { firstError = firstError ?? error }
         }
         removeAllDevices()
+        flushAERReports()
         opLock.lock()
         teardownChannel()
         opLock.unlock()
@@ -489,10 +567,9 @@ public final class XPCIFrontend: @unchecked Sendable {
         if let e = firstError { throw XPCIError.wrap(e) }
     }
 
-    /// Waits up to the connect timeout for the backend to reach Closing or
-    /// Closed (or disappear); a silent backend does not hang detach.
-    func waitBackendClosing(_ store: XenStore) throws {
-        let deadline = ContinuousClock.now + options.connectTimeout
+    /// Waits until `deadline` for the backend to reach Closing or Closed (or
+    /// disappear); a silent backend does not hang detach.
+    func waitBackendClosing(_ store: XenStore, until deadline: ContinuousClock.Instant) throws {
         while true {
             let be = readBackendState()
             locked { backendState = be }
@@ -514,7 +591,8 @@ extension Duration {
 /// poll(2) on several descriptors for readability; EINTR retried.
 func pollAny(_ fds: [Int32], timeout: Duration?) throws -> [Bool] {
     var p = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-    let ms: Int32 = timeout.map { Int32(clamping: Int64($0.seconds * 1000)) } ?? -1
+    // Rounded up: a wait of under a millisecond must not become a busy poll.
+    let ms: Int32 = timeout.map { Int32(clamping: Int64(($0.seconds * 1000).rounded(.up))) } ?? -1
     while true {
         let r = poll(&p, nfds_t(p.count), ms)
         if r >= 0 { return p.map { $0.revents & Int16(POLLIN) != 0 } }

@@ -9,13 +9,15 @@ extension XPCIFrontend {
     /// sets bit 0, notifies, and waits on the event channel until the backend
     /// clears bit 0 or the request timeout passes. A timeout marks the channel
     /// broken: nothing new is posted until the backend has cleared bit 0, so a
-    /// late reply can never be taken for the next request.
+    /// late reply can never be taken for the next request. Once detach has
+    /// begun nothing is posted and a wait in progress ends at once.
     func doOp(_ op: xen_pci_op, _ a: PCIAddress) throws -> xen_pci_op {
         opLock.lock()
         defer { opLock.unlock() }
         let cmd = op.command ?? .confRead
         guard sc.pointee.sc_backend_status == Int32(XPCI_BACKEND_CONNECTED), let page, let ev = evtchn,
               sc.pointee.sc_evtchn != 0 else { throw XPCIError.notConnected(state) }
+        guard !shutdownRequested else { throw XPCIError.detaching(op: cmd, address: a) }
         let port = sc.pointee.sc_evtchn
         if channelBroken {
             guard page.flags & XenPCI.frontendActive == 0 else {
@@ -34,9 +36,12 @@ extension XPCIFrontend {
                     channelBroken = true
                     throw XPCIError.timeout(op: cmd, address: a, after: options.requestTimeout)
                 }
-                if try pollReadable(ev.fileDescriptor, timeout: left), let p = try ev.pending() {
-                    try ev.unmask(p)
+                let ready = try pollAny([ev.fileDescriptor, abortFD], timeout: left)
+                if ready[1] {
+                    channelBroken = true // the reply may still land; the channel is torn down next
+                    throw XPCIError.detaching(op: cmd, address: a)
                 }
+                if ready[0], let p = try ev.pending() { try ev.unmask(p) }
             }
         } catch let e as XenError {
             channelBroken = true
@@ -75,6 +80,7 @@ extension XPCIFrontend {
             count(a) { $0.ops += 1 }
             return r
         } catch let e as XPCIError {
+            if case .detaching = e { throw e } // not the backend's doing: not counted
             count(a) {
                 $0.ops += 1
                 if case .timeout = e { $0.timeouts += 1 } else { $0.errors += 1 }
@@ -83,8 +89,14 @@ extension XPCIFrontend {
         }
     }
 
+    /// Counts under the function's address when it is on the bus (or being
+    /// read by a scan), else under `other`: a backend that makes the scan
+    /// probe new addresses on every reconnect cannot grow the statistics.
     func count(_ a: PCIAddress, _ body: (inout XPCIDeviceStatistics) -> Void) {
-        locked { body(&stats.devices[a, default: XPCIDeviceStatistics()]) }
+        locked {
+            if bus[a] != nil || scanning.contains(a) { body(&stats.devices[a, default: XPCIDeviceStatistics()]) }
+            else { body(&stats.other) }
+        }
     }
 
     static func checkAccess(_ offset: Int, _ size: Int) throws {
@@ -182,21 +194,42 @@ extension XPCIFrontend {
     /// requester saw bit 2: with no request in flight (opLock), take the
     /// pending event; if the backend posted an AER request, answer it outside
     /// the lock (the handler may issue config requests).
-    /// With `unlessBusy`, returns false at once when a request is in flight
-    /// (its requester takes the event; issue 9).
+    /// With `unlessBusy`, returns `.busy` at once when a request is in
+    /// flight (its requester takes the event; issue 9).
     @discardableResult
-    func serviceEvents(unlessBusy: Bool = false) -> Bool {
-        if unlessBusy { guard opLock.try() else { return false } } else { opLock.lock() }
-        guard let page, let ev = evtchn, sc.pointee.sc_evtchn != 0 else { opLock.unlock(); return true }
+    func serviceEvents(unlessBusy: Bool = false) -> ServiceResult {
+        if unlessBusy { guard opLock.try() else { return .busy } } else { opLock.lock() }
+        guard let page, let ev = evtchn, sc.pointee.sc_evtchn != 0 else { opLock.unlock(); return .idle }
         let port = sc.pointee.sc_evtchn
         if let p = try? ev.pending() { try? ev.unmask(p) }
         let aer = page.flags & XenPCI.backendActive != 0 ? page.snapshotAER() : nil
         opLock.unlock()
-        guard let aer else { return true }
-        let result = handleAER(aer)
+        guard let aer else { return .idle }
+        let result = admitAER() ? handleAER(aer) : .disconnect
         page.completeAER(err: result.rawValue)
         try? ev.notify(port)
-        return true
+        return .answeredAER
+    }
+
+    enum ServiceResult { case busy, idle, answeredAER }
+
+    /// The rate limit (issue 13): true when this AER request may run the
+    /// handler. A refused one is answered `disconnect` (no recovery was
+    /// attempted) and counted; the report lines are emitted outside the lock.
+    func admitAER() -> Bool {
+        let (admitted, reports) = locked {
+            stats.aerRequests += 1
+            let r = aerThrottle.take(at: .now)
+            if !r.admitted { stats.aerRateLimited += 1 }
+            return r
+        }
+        for n in reports { emit(.aerRateLimited(refused: n, limit: options.aerRateLimit)) }
+        return admitted
+    }
+
+    /// At teardown: refusals of the last window not reported yet.
+    func flushAERReports() {
+        if let n = locked({ aerThrottle.flush() }) { emit(.aerRateLimited(refused: n, limit: options.aerRateLimit)) }
     }
 
     /// Linux pcifront_common_process: find the device's handler and call it.

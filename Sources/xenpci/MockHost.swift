@@ -51,6 +51,7 @@ final class MockHost: HostControls {
         case .deviceAdded(let f): console.err("\(tag) found \(f.address.shortDescription) \(hex(f.vendorID, 4)):\(hex(f.deviceID, 4)) class \(hex(f.classCode >> 8, 4))")
         case .deviceRemoved(let a): console.err("\(tag) removed \(a.shortDescription)")
         case .aer(let r, let res): console.err("\(tag) AER \(r.command) on \(r.address.shortDescription) (channel \(r.channelState)): answered \(res)")
+        case .aerRateLimited: console.err("\(tag) \(e)")
         case .error(let err): console.err("\(tag) \(err)")
         }
     }

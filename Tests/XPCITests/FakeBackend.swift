@@ -322,6 +322,17 @@ final class FakeBackend: @unchecked Sendable {
     /// Posts an AER request (bit 2) and waits for the frontend to clear it;
     /// returns `aer_op.err` (the pci_ers_result) or nil on timeout.
     func postAER(_ cmd: UInt32, _ a: PCIAddress, channelState: Int32 = 2, timeout: Duration = .seconds(5)) -> Int32? {
+        guard let page = sendAER(cmd, a, channelState: channelState) else { return nil }
+        let deadline = ContinuousClock.now + timeout
+        while page.flags & XenPCI.backendActive != 0 {
+            if ContinuousClock.now > deadline { return nil }
+            usleep(500)
+        }
+        return page.snapshotAER().err
+    }
+
+    /// Posts an AER request and notifies, without waiting; nil when not connected.
+    func sendAER(_ cmd: UInt32, _ a: PCIAddress, channelState: Int32 = 2) -> SharedPage? {
         lock.lock(); let page = self.page, port = self.port; lock.unlock()
         guard let page else { return nil }
         var op = xen_pcie_aer_op()
@@ -329,12 +340,7 @@ final class FakeBackend: @unchecked Sendable {
         op.domain = UInt32(a.segment); op.bus = UInt32(a.bus); op.devfn = UInt32(a.devfn)
         page.postAER(op)
         try? ev.notify(port)
-        let deadline = ContinuousClock.now + timeout
-        while page.flags & XenPCI.backendActive != 0 {
-            if ContinuousClock.now > deadline { return nil }
-            usleep(500)
-        }
-        return page.snapshotAER().err
+        return page
     }
 }
 

@@ -25,9 +25,12 @@ final class Rig {
     }
 
     func frontend(instance: Int = 0, requestTimeout: Duration = .milliseconds(300),
-                  connectTimeout: Duration = .seconds(5), decode: Bool = true, attach: Bool = true) throws -> XPCIFrontend {
-        let f = try XPCIFrontend(hypervisor: hv.domain(1), options: .init(
-            requestTimeout: requestTimeout, connectTimeout: connectTimeout, instance: instance, enableDecodeOnScan: decode))
+                  connectTimeout: Duration = .seconds(5), decode: Bool = true, attach: Bool = true,
+                  _ configure: (inout XPCIFrontend.Options) -> Void = { _ in }) throws -> XPCIFrontend {
+        var o = XPCIFrontend.Options(requestTimeout: requestTimeout, connectTimeout: connectTimeout,
+                                     instance: instance, enableDecodeOnScan: decode)
+        configure(&o)
+        let f = try XPCIFrontend(hypervisor: hv.domain(1), options: o)
         f.onEvent = { [unowned self] e in eventLock.lock(); events.append(e); eventLock.unlock() }
         frontends.append(f)
         if attach { try f.attach() }
