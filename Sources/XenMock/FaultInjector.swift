@@ -16,6 +16,12 @@ public enum MockOperation: String, CaseIterable, Sendable {
     case openGrantTable = "open gnttab", openGrantSharing = "open gntshr", openInterruptRouting = "open physdev"
     case pirqMap = "physdev map-pirq", pirqUnmap = "physdev unmap-pirq"
     case msixPrepare = "physdev prepare-msix", msixRelease = "physdev release-msix"
+
+    // By case, not by name: a raw-value enum hashes its raw string by
+    // default, and every mock call counts its operation in a dictionary.
+    public func hash(into h: inout Hasher) {
+        h.combine(withUnsafeBytes(of: self) { $0.first ?? 0 })
+    }
 }
 
 /// Fault injection: make the Nth call of an operation fail with a chosen

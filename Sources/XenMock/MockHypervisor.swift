@@ -22,7 +22,8 @@ public final class MockHypervisor: @unchecked Sendable {
         var snapshot: XenstoreTree
         var start: UInt64
         var accessed: Set<String> = []
-        var replay: [(inout XenstoreTree) throws -> [(String, Bool)]] = []
+        /// The writes to redo at commit: where each fires, and how.
+        var replay: [(path: String, recurse: Bool, apply: (inout XenstoreTree) throws -> Void)] = []
     }
     var transactions: [UInt32: Transaction] = [:]
     var nextTransaction: UInt32 = 1

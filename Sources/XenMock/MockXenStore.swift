@@ -39,18 +39,18 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
             let p = try resolve(path, kind)
             try hv.faults.check(kind, domain: dom, p)
             if t != .none {
-                guard var tx = hv.transactions[t.id], tx.conn == id else {
+                guard hv.transactions[t.id]?.conn == id else {
                     throw XenError(ENOENT, kind.rawValue, "\(p): no transaction \(t.id)")
                 }
+                // Taken out while it changes, so its snapshot is not copied on
+                // write. The tree's operations validate before they change
+                // anything, so a failed one leaves it as it was.
+                var tx = hv.transactions.removeValue(forKey: t.id)!
+                let r: T
+                do { r = try body(&tx.snapshot, p) } catch { hv.transactions[t.id] = tx; throw error }
                 tx.accessed.insert(p)
                 tx.accessed.insert(XenstoreTree.parent(p))
-                let r = try body(&tx.snapshot, p)
-                if fires {
-                    tx.replay.append { tree in
-                        _ = try body(&tree, p)
-                        return [(p, recurse)]
-                    }
-                }
+                if fires { tx.replay.append((p, recurse, { tree in _ = try body(&tree, p) })) }
                 hv.transactions[t.id] = tx
                 return r
             }
@@ -128,10 +128,10 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
             var live = hv.tree
             var events: [(Int, XenstoreWatchEvent)] = []
             for step in tx.replay {
-                let before = live
-                for (p, recurse) in try step(&live) {
-                    events += hv.collectWatchEvents(p, recurse: recurse, tree: recurse ? before : live)
-                }
+                // Only a removal needs the tree as it was (copying it each step is costly).
+                let before = step.recurse ? live : nil
+                try step.apply(&live)
+                events += hv.collectWatchEvents(step.path, recurse: step.recurse, tree: before ?? live)
             }
             hv.tree = live
             hv.deliver(events)

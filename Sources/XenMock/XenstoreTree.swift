@@ -20,6 +20,12 @@ struct XenstoreTree {
         nodes = ["/": Node(value: "", perms: [XenstorePermission(0, .none)], generation: 1)]
     }
 
+    /// Bytes allowed in a path besides '/': xenstored's [A-Za-z0-9_@-].
+    static let pathByte: [Bool] = (0..<256).map { b in
+        let c = UInt8(b)
+        return (c >= 0x61 && c <= 0x7A) || (c >= 0x41 && c <= 0x5A) || (c >= 0x30 && c <= 0x39) || "_@-".utf8.contains(c)
+    }
+
     static let maxPath = 3072
     static let maxValue = 4096
 
@@ -29,15 +35,26 @@ struct XenstoreTree {
         guard path.hasPrefix("/") else { throw bad("not an absolute path") }
         guard path.utf8.count <= maxPath else { throw bad("longer than \(maxPath) bytes") }
         if path == "/" { return path }
-        guard !path.hasSuffix("/"), !path.contains("//") else { throw bad("empty path component") }
-        for c in path.unicodeScalars where !(c.isASCII && (CharacterSet.alphanumerics.contains(c) || "/_@-".unicodeScalars.contains(c))) {
-            throw bad("character '\(c)' not allowed")
+        // One pass over the bytes with a table (not CharacterSet or
+        // Foundation's contains): this runs on every xenstore call.
+        let slash = UInt8(ascii: "/")
+        var previous: UInt8 = 0
+        for b in path.utf8 {
+            if b == slash {
+                if previous == slash { throw bad("empty path component") }
+            } else if !XenstoreTree.pathByte[Int(b)] {
+                let c = path.unicodeScalars.first { !($0.isASCII && XenstoreTree.pathByte[Int($0.value)]) && $0 != "/" }!
+                throw bad("character '\(c)' not allowed")
+            }
+            previous = b
         }
+        guard previous != slash else { throw bad("empty path component") }
         return path
     }
 
     static func parent(_ path: String) -> String {
-        guard let i = path.lastIndex(of: "/"), path != "/" else { return "/" }
+        // The UTF-8 view: paths are ASCII, and Character search is slow.
+        guard let i = path.utf8.lastIndex(of: UInt8(ascii: "/")), path != "/" else { return "/" }
         return i == path.startIndex ? "/" : String(path[..<i])
     }
 
@@ -96,7 +113,7 @@ struct XenstoreTree {
         var perms = nodes[parent]!.perms
         if dom != 0 { perms[0].domid = dom }
         nodes[path] = Node(value: "", perms: perms, generation: generation)
-        nodes[parent]!.children.insert(String(path[path.index(after: path.lastIndex(of: "/")!)...]))
+        nodes[parent]!.children.insert(String(path[path.utf8.index(after: path.utf8.lastIndex(of: UInt8(ascii: "/"))!)...]))
         nodes[parent]!.generation = generation
         created.append(path)
         return created
