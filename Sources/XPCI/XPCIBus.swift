@@ -92,8 +92,7 @@ extension XPCIFrontend {
         for dev in UInt8(0)..<32 {
             for fn in UInt8(0)..<8 {
                 let a = PCIAddress(segment: root.segment, bus: root.bus, device: dev, function: fn)
-                let id: UInt32
-                do { id = try configRead(a, offset: PCIReg.vendorID, size: 4) } catch XPCIError.backend { continue }
+                guard let id = try readDwordIfPresent(a, offset: PCIReg.vendorID) else { continue }
                 let vendor = id & 0xFFFF
                 if vendor == 0xFFFF || vendor == 0 { continue }
                 if let f = known[a], UInt32(f.vendorID) == vendor { out.append(f); continue }
@@ -130,8 +129,7 @@ extension XPCIFrontend {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(range.count)
         for off in stride(from: range.lowerBound, to: range.upperBound, by: 4) {
-            let v: UInt32
-            do { v = try configRead(a, offset: off, size: 4) } catch XPCIError.backend { v = 0xFFFF_FFFF }
+            let v = try readDwordIfPresent(a, offset: off) ?? 0xFFFF_FFFF
             withUnsafeBytes(of: v.littleEndian) { bytes += $0 }
         }
         return bytes

@@ -70,22 +70,44 @@ extension XPCIFrontend {
     /// doOp plus statistics and the `err` check: one of the six values, and
     /// anything but success becomes a typed error (NetBSD swallowed them).
     func request(_ op: xen_pci_op, _ a: PCIAddress) throws -> xen_pci_op {
+        try requestResult(op, a).get()
+    }
+
+    /// `request` with the error returned, not thrown: a scan gets an error
+    /// for each of the hundreds of empty slots it probes, and a thrown error
+    /// costs an allocation and a cast.
+    func requestResult(_ op: xen_pci_op, _ a: PCIAddress) -> Result<xen_pci_op, XPCIError> {
         let cmd = op.command ?? .confRead
+        let e: XPCIError
         do {
             let r = try doOp(op, a)
-            guard let err = PCIOpError(rawValue: r.err) else {
-                throw XPCIError.backendLied("\(cmd) on \(a): err = \(r.err) is not one of the six protocol values")
+            if let err = PCIOpError(rawValue: r.err) {
+                if err == .success {
+                    count(a) { $0.ops += 1 }
+                    return .success(r)
+                }
+                e = .backend(err, op: cmd, address: a)
+            } else {
+                e = .backendLied("\(cmd) on \(a): err = \(r.err) is not one of the six protocol values")
             }
-            guard err == .success else { throw XPCIError.backend(err, op: cmd, address: a) }
-            count(a) { $0.ops += 1 }
-            return r
-        } catch let e as XPCIError {
-            if case .detaching = e { throw e } // not the backend's doing: not counted
-            count(a) {
-                $0.ops += 1
-                if case .timeout = e { $0.timeouts += 1 } else { $0.errors += 1 }
-            }
-            throw e
+        } catch {
+            e = XPCIError.wrap(error)
+            if case .detaching = e { return .failure(e) } // not the backend's doing: not counted
+        }
+        count(a) {
+            $0.ops += 1
+            if case .timeout = e { $0.timeouts += 1 } else { $0.errors += 1 }
+        }
+        return .failure(e)
+    }
+
+    /// A 4-byte config read where a backend error means "nothing there"
+    /// (nil); other failures (lies, timeouts, detach) are thrown.
+    func readDwordIfPresent(_ a: PCIAddress, offset: Int) throws -> UInt32? {
+        switch requestResult(xen_pci_op(command: .confRead, address: a, offset: Int32(offset), size: 4), a) {
+        case .success(let r): return r.value
+        case .failure(.backend): return nil
+        case .failure(let e): throw e
         }
     }
 
