@@ -29,9 +29,10 @@ extension XPCIFrontend {
         do {
             try ev.notify(port)
             if options.spinBeforeBlock > .zero { spinWhileActive(page, options.spinBeforeBlock) }
-            let deadline = ContinuousClock.now + options.requestTimeout
+            var deadline: ContinuousClock.Instant?  // read the clock only if the reply is not there yet
             while page.flags & XenPCI.frontendActive != 0 {
-                let left = ContinuousClock.now.duration(to: deadline)
+                if deadline == nil { deadline = ContinuousClock.now + options.requestTimeout }
+                let left = ContinuousClock.now.duration(to: deadline!)
                 if left <= .zero {
                     channelBroken = true
                     throw XPCIError.timeout(op: cmd, address: a, after: options.requestTimeout)
@@ -116,8 +117,12 @@ extension XPCIFrontend {
     /// probe new addresses on every reconnect cannot grow the statistics.
     func count(_ a: PCIAddress, _ body: (inout XPCIDeviceStatistics) -> Void) {
         locked {
-            if bus[a] != nil || scanning.contains(a) { body(&stats.devices[a, default: XPCIDeviceStatistics()]) }
-            else { body(&stats.other) }
+            // isEmpty first: a first scan probes hundreds of slots with both empty.
+            if (!bus.isEmpty && bus[a] != nil) || (!scanning.isEmpty && scanning.contains(a)) {
+                body(&stats.devices[a, default: XPCIDeviceStatistics()])
+            } else {
+                body(&stats.other)
+            }
         }
     }
 

@@ -17,11 +17,9 @@ public enum MockOperation: String, CaseIterable, Sendable {
     case pirqMap = "physdev map-pirq", pirqUnmap = "physdev unmap-pirq"
     case msixPrepare = "physdev prepare-msix", msixRelease = "physdev release-msix"
 
-    // By case, not by name: a raw-value enum hashes its raw string by
-    // default, and every mock call counts its operation in a dictionary.
-    public func hash(into h: inout Hasher) {
-        h.combine(withUnsafeBytes(of: self) { $0.first ?? 0 })
-    }
+    /// Declaration order (the one-byte tag of a payload-free enum): every
+    /// mock call is counted, in an array slot rather than a dictionary.
+    var index: Int { Int(withUnsafeBytes(of: self) { $0[0] }) }
 }
 
 /// Fault injection: make the Nth call of an operation fail with a chosen
@@ -39,7 +37,7 @@ public final class FaultInjector: @unchecked Sendable {
     // calls check them under the hypervisor lock (always taken first).
     private let lock = NSLock()
     private var rules: [Rule] = []
-    private var counts: [MockOperation: Int] = [:]
+    private var counts = [Int](repeating: 0, count: MockOperation.allCases.count)
     private var injectedCount = 0
     private var dropNotifications = 0
     private var dropAll = false
@@ -75,13 +73,14 @@ public final class FaultInjector: @unchecked Sendable {
 
     public func reset() { locked { rules.removeAll(); dropNotifications = 0; dropAll = false; delayBy = nil } }
 
-    public func count(_ op: MockOperation) -> Int { locked { counts[op, default: 0] } }
+    public func count(_ op: MockOperation) -> Int { locked { counts[op.index] } }
 
-    /// Called with the mock's lock held.
-    func check(_ op: MockOperation, domain: DomID, _ detail: String) throws {
+    /// Called with the mock's lock held. `detail` is built only for a
+    /// failure: this runs on every mock call.
+    func check(_ op: MockOperation, domain: DomID, _ detail: @autoclosure () -> String) throws {
         lock.lock()
         defer { lock.unlock() }
-        counts[op, default: 0] += 1
+        counts[op.index] += 1
         for i in rules.indices where rules[i].op == op && (rules[i].domain == nil || rules[i].domain == domain) {
             if rules[i].remainingBefore > 0 { rules[i].remainingBefore -= 1; continue }
             guard rules[i].times > 0 else { continue }
@@ -89,7 +88,8 @@ public final class FaultInjector: @unchecked Sendable {
             injectedCount += 1
             let code = rules[i].code
             rules.removeAll { $0.times == 0 }
-            throw XenError(code, op.rawValue, detail.isEmpty ? "(injected fault)" : "\(detail) (injected fault)")
+            let d = detail()
+            throw XenError(code, op.rawValue, d.isEmpty ? "(injected fault)" : "\(d) (injected fault)")
         }
     }
 

@@ -12,9 +12,9 @@ final class MockEventChannels: MockHandle, EventChannels, @unchecked Sendable {
 
     private typealias Key = MockHypervisor.PortKey
 
-    private func begin(_ op: MockOperation, _ detail: String) throws {
-        guard !closed else { throw XenError(EBADF, op.rawValue, "\(detail): handle closed") }
-        try hv.faults.check(op, domain: dom, detail)
+    private func begin(_ op: MockOperation, _ detail: @autoclosure () -> String) throws {
+        guard !closed else { throw XenError(EBADF, op.rawValue, "\(detail()): handle closed") }
+        try hv.faults.check(op, domain: dom, detail())
     }
 
     private func freePort() -> EvtchnPort {
