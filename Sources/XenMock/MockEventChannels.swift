@@ -159,11 +159,8 @@ extension MockHypervisor {
     /// Lock held. Marks a port pending; a port that is not masked is masked
     /// and queued on its handle (one delivery until the owner unmasks).
     func raise(_ k: PortKey) {
-        guard var p = ports[k] else { return }
-        if p.masked { p.pending = true; ports[k] = p; return }
-        p.masked = true
-        p.pending = true
-        ports[k] = p
-        evtchnHandles[p.handle]?.deliver(k.port)
+        // Changed in place: one lookup, the port (and its handler) not copied.
+        guard let handle = ports[k]?.raise() else { return }
+        evtchnHandles[handle]?.deliver(k.port)
     }
 }

@@ -36,8 +36,21 @@ public final class MockHypervisor: @unchecked Sendable {
         var handle: Int; var state: PortState; var pending = false; var masked = false
         /// MockDomain.deliverInPlace: notifies from the peer call this instead.
         var inPlace: InPlaceHandler?
+
+        /// Marks it pending; when it was not masked, masks it and returns
+        /// the handle to queue it on (one delivery until the owner unmasks).
+        mutating func raise() -> Int? {
+            pending = true
+            if masked { return nil }
+            masked = true
+            return handle
+        }
     }
-    struct PortKey: Hashable { var dom: DomID; var port: EvtchnPort }
+    struct PortKey: Hashable {
+        var dom: DomID; var port: EvtchnPort
+        // One word to hash: ports are looked up several times per notify.
+        func hash(into h: inout Hasher) { h.combine(UInt64(dom) << 32 | UInt64(port)) }
+    }
     var ports: [PortKey: Port] = [:]
     var evtchnHandles: [Int: MockEventChannels] = [:]
 
