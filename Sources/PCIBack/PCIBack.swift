@@ -27,6 +27,11 @@ public final class PCIBack {
         /// poll, spin this long watching every connected guest's bit 0.
         /// Zero (the default) blocks at once.
         public var spinBeforeBlock: Duration = .zero
+        /// False: the deterministic mode (what NIOEmbedded is to SwiftNIO).
+        /// `start()` starts no thread and resets wait in a queue; the caller
+        /// steps the backend with `drain()`, which serves what is pending
+        /// and runs the queued device work. For tests and fuzzers.
+        public var serviceThread = true
         public init() {}
     }
 
@@ -62,13 +67,11 @@ public final class PCIBack {
     let aerCondition = NSCondition()
     var devices: [PCIAddress: ClaimedDevice] = [:]
     var instances: [DomID: Instance] = [:]
-    var portOwner: [EvtchnPort: DomID] = [:]
     var deferredUnmask: [(port: EvtchnPort, at: ContinuousClock.Instant)] = []
     static let watchEventsPerTurn = 16
     static let requestsPerTurn = 64
     /// Resets run here, off the service thread and outside the lock.
-    let resetQueue = DispatchQueue(label: "pciback.reset", attributes: .concurrent)
-    let resets = DispatchGroup()
+    let deviceWork: DeviceWork
     private var thread: Thread?
     private let wake = xenpci_eventfd_open()
     private var stopping = false
@@ -90,6 +93,7 @@ public final class PCIBack {
     public init(hypervisor: Hypervisor, options: Options = Options(), stateStore: BackendStateStore? = nil) throws {
         hv = hypervisor
         self.options = options
+        deviceWork = DeviceWork(workers: options.serviceThread)
         store = stateStore
         do {
             for d in try stateStore?.load()?.devices ?? [] {
@@ -248,6 +252,7 @@ public final class PCIBack {
             if let p = recoveryProblem { emit(.error(nil, "saved state unusable: \(p); functions a running guest holds are left alone")) }
             adoptGuests()
         }
+        guard options.serviceThread else { return }
         let t = Thread { [unowned self] in self.run() }
         t.name = "pciback"
         thread = t
@@ -358,19 +363,30 @@ public final class PCIBack {
         return false
     }
 
-    /// Serves whatever is pending without a thread: tests drive the backend
-    /// step by step with this (the service thread calls the same code).
-    public func drain() {
-        while let e = xs.nextWatchEvent() { lock.withLock { watchFired(e) } }
-        while let p = try? evtchn.pending() { lock.withLock { handleEvent(p) } }
-        lock.withLock { unmaskDue() }
+    /// The deterministic mode's step (the service thread runs the same
+    /// code): serves every pending watch event and channel event, then the
+    /// queued device work, until nothing is left. Returns how many things
+    /// it did; a cap keeps a backend that feeds itself from spinning forever.
+    @discardableResult
+    public func drain(limit: Int = 100_000) -> Int {
+        var done = 0
+        while done < limit {
+            var n = 0
+            while let e = xs.nextWatchEvent() { lock.withLock { watchFired(e) }; n += 1 }
+            while let p = try? evtchn.pending() { lock.withLock { handleEvent(p) }; n += 1 }
+            lock.withLock { unmaskDue() }
+            n += deviceWork.runQueued()
+            if n == 0 { break }
+            done += n
+        }
+        return done
     }
 
     private func unmaskDue() {
         let now = ContinuousClock.now
         let due = deferredUnmask.filter { $0.at <= now }
         deferredUnmask.removeAll { $0.at <= now }
-        for d in due where portOwner[d.port] != nil {
+        for d in due where instance(port: d.port) != nil {
             try? evtchn.unmask(d.port)
             // Anything that arrived while paused is now delivered again.
         }

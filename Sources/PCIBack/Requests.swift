@@ -8,7 +8,8 @@ extension PCIBack {
     /// instance's private `op` (XSA-155); only the copy is read; only `err`,
     /// `value` and the MSI-X vectors are written back.
     func handleEvent(_ port: EvtchnPort) {
-        guard let domid = portOwner[port], let i = instances[domid], let sh = i.shared else { return }
+        guard let i = instance(port: port), let sh = i.shared else { return }
+        let domid = i.domid
         if i.aerPending && sh.flags & XenPCI.backendActive == 0 {
             aerCondition.lock(); i.aerDone = true; aerCondition.broadcast(); aerCondition.unlock()
             if sh.flags & XenPCI.frontendActive == 0 { try? evtchn.unmask(port); return } // the AER answer
@@ -54,7 +55,7 @@ extension PCIBack {
     func dispatch(_ i: Instance, _ op: UnsafeMutablePointer<xen_pci_op>) -> Int {
         var nvec = 0
         let cmd = PCIOpCommand(rawValue: op.pointee.cmd)
-        let d = op.pointee.address.flatMap(i.device)
+        let d = op.pointee.address.flatMap { exported(i, guest: $0) }
         var value: UInt32 = 0
         let err: PCIOpError
         switch cmd {

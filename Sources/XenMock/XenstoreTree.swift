@@ -29,11 +29,27 @@ struct XenstoreTree {
         guard path.hasPrefix("/") else { throw bad("not an absolute path") }
         guard path.utf8.count <= maxPath else { throw bad("longer than \(maxPath) bytes") }
         if path == "/" { return path }
-        guard !path.hasSuffix("/"), !path.contains("//") else { throw bad("empty path component") }
-        for c in path.unicodeScalars where !(c.isASCII && (CharacterSet.alphanumerics.contains(c) || "/_@-".unicodeScalars.contains(c))) {
+        // Byte scans, not Foundation: every operation on the mock comes here.
+        var previous: UInt8 = 0
+        for b in path.utf8 {
+            if b == UInt8(ascii: "/") && previous == b { throw bad("empty path component") }
+            previous = b
+        }
+        guard previous != UInt8(ascii: "/") else { throw bad("empty path component") }
+        for b in path.utf8 where !Self.allowed(b) {
+            let c = path.unicodeScalars.first { !$0.isASCII || !Self.allowed(UInt8($0.value)) }!
             throw bad("character '\(c)' not allowed")
         }
         return path
+    }
+
+    /// xenstored's path alphabet: ASCII letters, digits and `/_@-`.
+    static func allowed(_ b: UInt8) -> Bool {
+        switch b {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "/"), UInt8(ascii: "_"), UInt8(ascii: "@"), UInt8(ascii: "-"): return true
+        default: return false
+        }
     }
 
     static func parent(_ path: String) -> String {
