@@ -22,7 +22,9 @@ public final class MockHypervisor: @unchecked Sendable {
         var snapshot: XenstoreTree
         var start: UInt64
         var accessed: Set<String> = []
-        var replay: [(inout XenstoreTree) throws -> [(String, Bool)]] = []
+        /// Writes to redo at commit; `recursive` ones (removals) need the
+        /// tree as it was before them to find the watches they fire.
+        var replay: [(recursive: Bool, step: (inout XenstoreTree) throws -> String)] = []
     }
     var transactions: [UInt32: Transaction] = [:]
     var nextTransaction: UInt32 = 1

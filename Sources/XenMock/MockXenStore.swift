@@ -46,10 +46,10 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
                 tx.accessed.insert(XenstoreTree.parent(p))
                 let r = try body(&tx.snapshot, p)
                 if fires {
-                    tx.replay.append { tree in
+                    tx.replay.append((recurse, { tree in
                         _ = try body(&tree, p)
-                        return [(p, recurse)]
-                    }
+                        return p
+                    }))
                 }
                 hv.transactions[t.id] = tx
                 return r
@@ -127,11 +127,12 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
             }
             var live = hv.tree
             var events: [(Int, XenstoreWatchEvent)] = []
-            for step in tx.replay {
-                let before = live
-                for (p, recurse) in try step(&live) {
-                    events += hv.collectWatchEvents(p, recurse: recurse, tree: recurse ? before : live)
-                }
+            for (recursive, step) in tx.replay {
+                // A copy of the tree only where a removal needs it: a copy
+                // per write made every transaction quadratic.
+                let before = recursive ? live : nil
+                let p = try step(&live)
+                events += hv.collectWatchEvents(p, recurse: recursive, tree: before ?? live)
             }
             hv.tree = live
             hv.deliver(events)
