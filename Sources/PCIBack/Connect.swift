@@ -27,9 +27,10 @@ extension PCIBack {
         return nil
     }
 
-    /// The guest bound to `port` (NetBSD: the argument its handler was
-    /// established with); read from each instance's pbx_evtchn.
-    func instance(port: EvtchnPort) -> Instance? { instances.values.first { $0.port == port } }
+    /// The guest bound to `port`: NetBSD establishes the event handler with
+    /// the instance as its argument; `handlers` is that registration, and
+    /// the instance's pbx_evtchn must still name the port.
+    func instance(port: EvtchnPort) -> Instance? { handlers[port].flatMap { $0.port == port ? $0 : nil } }
 
     /// xen_pcibk_setup_backend: export every `dev-N`, publish `vdev-N`,
     /// `state-N`, the roots, go Initialised; attach if the frontend is ready.
@@ -163,12 +164,14 @@ extension PCIBack {
         }
         i.setMapping(m)
         i.port = port
+        handlers[port] = i
         emit(.connected(i.domid, port: port))
     }
 
     /// xen_pcibk_disconnect: unbind, then unmap, each exactly once.
     func disconnect(_ i: Instance) {
         if let p = i.port {
+            handlers[p] = nil
             deferredUnmask.removeAll { $0.port == p }
             do { try evtchn.unbind(p) } catch { emit(.error(i.domid, "unbind port \(p): \(error)")) }
             i.port = nil

@@ -67,6 +67,8 @@ public final class PCIBack {
     let aerCondition = NSCondition()
     var devices: [PCIAddress: ClaimedDevice] = [:]
     var instances: [DomID: Instance] = [:]
+    /// Event handler registrations: port -> the instance it was bound for.
+    var handlers: [EvtchnPort: Instance] = [:]
     var deferredUnmask: [(port: EvtchnPort, at: ContinuousClock.Instant)] = []
     static let watchEventsPerTurn = 16
     static let requestsPerTurn = 64

@@ -90,3 +90,34 @@ extension MemoryPCIDevice {
         virtualTime = true
     }
 }
+
+@Suite("pciback: AER requests against guests that do not answer")
+struct AERTests {
+    @Test("no answer: a timeout naming the guest; the bit is taken back so a late answer is not read as the next one")
+    func timeout() throws {
+        let (h, f) = try connected([Fixture.e1000])
+        let start = ContinuousClock.now
+        #expect(throws: PCIBackError.self) { try h.back.raiseAER(Fixture.e1000, .aerDetected, timeout: .milliseconds(200)) }
+        #expect(ContinuousClock.now - start < .seconds(2))
+        #expect(f.page.flags & XenPCI.backendActive == 0)
+        f.close()
+        h.expectClean()
+    }
+
+    @Test("the guest disconnects while the backend waits: notConnected, and its page is never read after the unmap")
+    func disconnectDuringWait() throws {
+        let (h, f) = try connected([Fixture.e1000])
+        let done = DispatchSemaphore(value: 0)
+        var outcome: Error?
+        Thread {
+            do { _ = try h.back.raiseAER(Fixture.e1000, .aerDetected, timeout: .seconds(20)) } catch { outcome = error }
+            done.signal()
+        }.start()
+        #expect(eventually("the request posted") { f.page.flags & XenPCI.backendActive != 0 })
+        try f.setState(.closing)
+        #expect(done.wait(timeout: .now() + 5) == .success, "raiseAER returned after the disconnect")
+        if case .notConnected? = outcome as? PCIBackError {} else { Issue.record("expected notConnected, got \(String(describing: outcome))") }
+        f.close()
+        h.expectClean()
+    }
+}
