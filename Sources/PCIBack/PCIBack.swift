@@ -32,6 +32,12 @@ public final class PCIBack {
         /// steps the backend with `drain()`, which serves what is pending
         /// and runs the queued device work. For tests and fuzzers.
         public var serviceThread = true
+        /// The service thread's nice value (nil: inherit). Linux's pciback
+        /// serves requests in kernel work items, ahead of dom0's processes;
+        /// a busy dom0 (device models, 256 guests connecting) must not keep
+        /// a guest's request waiting past pcifront's 2 s. Refused (not
+        /// root): reported, and the thread runs at the inherited priority.
+        public var servicePriority: Int32? = -10
         public init() {}
     }
 
@@ -255,7 +261,12 @@ public final class PCIBack {
             adoptGuests()
         }
         guard options.serviceThread else { return }
-        let t = Thread { [unowned self] in self.run() }
+        let t = Thread { [unowned self] in
+            if let nice = options.servicePriority, xenpci_thread_set_nice(nice) != 0 {
+                emit(.notice(nil, "service thread priority \(nice): \(String(cString: strerror(errno))); running at the inherited priority"))
+            }
+            self.run()
+        }
         t.name = "pciback"
         thread = t
         t.start()
@@ -333,14 +344,14 @@ public final class PCIBack {
             if moreWork { timeout = 0 }
             _ = poll(&fds, 3, timeout)
             if lock.withLock({ stopping }) { break }
-            // Bounded work per turn, watches and requests alternating: a
+            // Bounded work per turn, requests first, then watches: a
             // toolstack writing 2N+2 keys, or 256 guests connecting, cannot
             // keep requests waiting past pcifront's 2 s (nor the reverse).
-            var watchBudget = Self.watchEventsPerTurn
-            while watchBudget > 0, let e = xs.nextWatchEvent() { lock.withLock { watchFired(e) }; watchBudget -= 1 }
             served = false
             var requestBudget = Self.requestsPerTurn
             while requestBudget > 0, let p = try? evtchn.pending() { lock.withLock { handleEvent(p) }; served = true; requestBudget -= 1 }
+            var watchBudget = Self.watchEventsPerTurn
+            while watchBudget > 0, let e = xs.nextWatchEvent() { lock.withLock { watchFired(e) }; watchBudget -= 1 }
             moreWork = watchBudget == 0 || requestBudget == 0
             lock.withLock { unmaskDue() }
         }
