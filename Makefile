@@ -98,4 +98,4 @@ fuzz:
 # Replays the committed corpora through a normal build (part of `make test`).
 fuzz-replay:
 	$(SWIFT) build --product xenpci-fuzz
-	@for t in request xenstore hidelist frontend; do .build/debug/xenpci-fuzz $$t Tests/Fuzz/corpus/$$t || exit 1; done
+	@for t in request xenstore hidelist frontend guests; do .build/debug/xenpci-fuzz $$t Tests/Fuzz/corpus/$$t || exit 1; done

@@ -45,6 +45,9 @@ int xenpci_eventfd_open(void);
 int xenpci_eventfd_signal(int fd);
 void xenpci_eventfd_drain(int fd);
 
+/* Sets the calling thread's nice value (Linux: per thread). 0 or -1 with errno. */
+int xenpci_thread_set_nice(int nice);
+
 /* Layout table: what the C compiler says, for Swift's MemoryLayout checks. */
 struct xenpci_layout_row {
     const char *type;   /* struct name */

@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 
 #define COMPILER_BARRIER() __asm__ __volatile__("" ::: "memory")
 
@@ -187,4 +189,10 @@ void xenpci_eventfd_drain(int fd)
 {
     uint64_t v;
     (void)!read(fd, &v, sizeof(v));
+}
+
+int xenpci_thread_set_nice(int nice)
+{
+    /* PRIO_PROCESS with a thread id names that thread only on Linux. */
+    return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice);
 }

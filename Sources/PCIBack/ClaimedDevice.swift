@@ -13,7 +13,10 @@ final class ClaimedDevice {
     let vendorID: UInt16          // the host's ids (a VF's registers read 0xFFFF)
     let deviceID: UInt16
     var mediation: ConfigMediation
-    var guest: DomID?             // owner, mirrored in pb->pbx_instance
+    /// The owner: read from pb->pbx_instance, set by Instance.link/unlink.
+    var guest: DomID? { pb.pointee.pbx_instance.map { $0.pointee.pbx_domid } }
+    /// The address the guest sees (no NetBSD field: its pciback exports
+    /// functions at their host addresses).
     var guestAddress: PCIAddress?
     var msiPirqs: [UInt32] = []
     var msixPirqs: [UInt32] = []
@@ -28,6 +31,12 @@ final class ClaimedDevice {
 
     var address: PCIAddress { access.address }
 
+    /// The host address a device list entry names (pb_tag: segment << 16 | bus << 8 | devfn).
+    static func address(of pb: UnsafeMutablePointer<pciback_pci_dev>) -> PCIAddress {
+        PCIAddress(segment: UInt16(pb.pointee.pb_tag.tag >> 16), bus: UInt8(pb.pointee.pb_bus),
+                   device: UInt8(pb.pointee.pb_device), function: UInt8(pb.pointee.pb_function))
+    }
+
     /// pciback_pci_attach: identify the function, record its BARs and irq,
     /// save the golden state and reset it (unless a host driver owns it).
     /// `adopting`: the golden state a previous backend saved, for a function
@@ -40,12 +49,7 @@ final class ClaimedDevice {
             throw PCIBackError.refused("\(access.address): in use by the host driver '\(driver!)'; unbind it first (or allow read-only export)")
         }
         readOnly = inUse
-        var cs = ConfigSpace(size: access.configSize)
-        if let saved, saved.size == access.configSize {
-            cs = saved
-        } else {
-            for o in stride(from: 0, to: access.configSize, by: 4) { cs.write(o, 4, try access.readConfig(o, 4)) }
-        }
+        let cs = try saved.flatMap { $0.size == access.configSize ? $0 : nil } ?? access.readConfigSpace()
         // A VF's vendor and device registers read 0xFFFF: its ids are the host's.
         let ids = access.isVirtualFunction ? access.identity : nil
         vendorID = ids?.vendor ?? cs.vendorID

@@ -7,6 +7,31 @@ import XenHypervisor
 extension PCIBack {
     static let maxDevices: UInt64 = 256 // 32 slots x 8 functions
 
+    /// A guest's devices, found through its device list as
+    /// pciback_xenbus_evthandler finds them (the registry maps an entry's
+    /// address to the Swift object that serves it).
+    func exported(_ i: Instance) -> [ClaimedDevice] {
+        i.deviceList.compactMap { pb in devices[ClaimedDevice.address(of: pb)].flatMap { $0.pb == pb ? $0 : nil } }
+    }
+
+    func exported(_ i: Instance, host: PCIAddress) -> ClaimedDevice? { exported(i).first { $0.address == host } }
+
+    /// The device a guest addresses, by its guest-visible address (the
+    /// request path: walks the list without allocating).
+    func exported(_ i: Instance, guest a: PCIAddress) -> ClaimedDevice? {
+        var p = i.c.pointee.pbx_pb_pci_dev.slh_first
+        while let pb = p {
+            if let d = devices[ClaimedDevice.address(of: pb)], d.pb == pb, d.guestAddress == a { return d }
+            p = pb.pointee.pb_guest_next.sle_next
+        }
+        return nil
+    }
+
+    /// The guest bound to `port`: NetBSD establishes the event handler with
+    /// the instance as its argument; `handlers` is that registration, and
+    /// the instance's pbx_evtchn must still name the port.
+    func instance(port: EvtchnPort) -> Instance? { handlers[port].flatMap { $0.port == port ? $0 : nil } }
+
     /// xen_pcibk_setup_backend: export every `dev-N`, publish `vdev-N`,
     /// `state-N`, the roots, go Initialised; attach if the frontend is ready.
     func setupBackend(_ i: Instance) {
@@ -22,7 +47,7 @@ extension PCIBack {
         for n in 0..<Int(num) {
             let st = (try? xs.readIfPresent(p + "/state-\(n)")) ?? nil
             if st == XenState.closing.xenstoreValue || st == XenState.closed.xenstoreValue { continue }
-            if let h = hostAddress(i, n), i.exported[h] != nil { continue } // a reconnect: still ours
+            if let h = hostAddress(i, n), exported(i, host: h) != nil { continue } // a reconnect: still ours
             export(i, n)
         }
         publish(i)
@@ -49,12 +74,10 @@ extension PCIBack {
         guard let vaddr = adopted?.address ?? guestAddress(i, host) else { return refuse("dev-\(n) \(host): no free virtual slot (32 in use)") }
         let opts = (try? xs.readIfPresent(p + "/opts-\(n)")) ?? nil
         d.mediation.permissive = opts.map(XSValue.permissive) ?? false
-        d.guest = i.domid
         d.guestAddress = vaddr
         if let a = adopted { d.msiPirqs = a.msi; d.msixPirqs = a.msix }
         d.adoption = nil
         i.link(d)
-        i.exported[host] = d
         emit(.exported(i.domid, host: host, guest: vaddr))
         persist()
     }
@@ -68,7 +91,7 @@ extension PCIBack {
     /// 0000:00 and keep their function numbers; passthrough: the real address.
     func guestAddress(_ i: Instance, _ host: PCIAddress) -> PCIAddress? {
         if options.topology == .passthrough { return host }
-        let used = i.exported.values
+        let used = exported(i)
         if let sibling = used.first(where: { $0.address.segment == host.segment && $0.address.bus == host.bus && $0.address.device == host.device }),
            let v = sibling.guestAddress {
             return PCIAddress(segment: 0, bus: 0, device: v.device, function: host.function)
@@ -85,7 +108,7 @@ extension PCIBack {
         let p = i.backendPath
         // Where each exported device stands now in the (possibly compacted) dev-N list.
         let num = ((try? xs.readIfPresent(p + "/num_devs")) ?? nil).flatMap { XSValue.decimal($0, max: Self.maxDevices) } ?? 0
-        let slots = (0..<Int(num)).compactMap { n in hostAddress(i, n).flatMap { h in i.exported[h].map { (n, $0) } } }
+        let slots = (0..<Int(num)).compactMap { n in hostAddress(i, n).flatMap { h in exported(i, host: h).map { (n, $0) } } }
         do {
             try xs.transaction { t in
                 for (n, d) in slots {
@@ -106,11 +129,12 @@ extension PCIBack {
     /// vpci: one root, 0000:00. passthrough: the bus of each exported
     /// device whose parent bridge is not exported too.
     func computeRoots(_ i: Instance) -> [PCIRoot] {
-        if options.topology == .vpci { return i.exported.isEmpty ? [] : [PCIRoot(segment: 0, bus: 0)] }
-        let bridged = Set(i.exported.values.filter(\.isBridge).map {
+        let list = exported(i)
+        if options.topology == .vpci { return list.isEmpty ? [] : [PCIRoot(segment: 0, bus: 0)] }
+        let bridged = Set(list.filter(\.isBridge).map {
             PCIRoot(segment: $0.address.segment, bus: $0.golden.read8(PCIReg.secondaryBus))
         })
-        return Set(i.exported.values.map { PCIRoot(segment: $0.address.segment, bus: $0.address.bus) })
+        return Set(list.map { PCIRoot(segment: $0.address.segment, bus: $0.address.bus) })
             .subtracting(bridged).sorted()
     }
 
@@ -138,28 +162,22 @@ extension PCIBack {
             try? gnttab.unmap(m)
             return fatal(i, "binding dom\(i.domid) event channel \(remote): \(error)")
         }
-        i.mapping = m
+        i.setMapping(m)
         i.port = port
-        i.c.pointee.pbx_sh_info = m.address.assumingMemoryBound(to: xen_pci_sharedinfo.self)
-        i.c.pointee.pbx_shinfo_handle = m.handle
-        i.c.pointee.pbx_evtchn = port
-        portOwner[port] = i.domid
+        handlers[port] = i
         emit(.connected(i.domid, port: port))
     }
 
     /// xen_pcibk_disconnect: unbind, then unmap, each exactly once.
     func disconnect(_ i: Instance) {
         if let p = i.port {
-            portOwner[p] = nil
+            handlers[p] = nil
             deferredUnmask.removeAll { $0.port == p }
             do { try evtchn.unbind(p) } catch { emit(.error(i.domid, "unbind port \(p): \(error)")) }
             i.port = nil
-            i.c.pointee.pbx_evtchn = 0
         }
         if let m = i.mapping {
-            i.mapping = nil // cleared first: a failing unmap is never retried (NetBSD's double unmap)
-            i.c.pointee.pbx_sh_info = nil
-            i.c.pointee.pbx_shinfo_handle = UInt32.max
+            i.setMapping(nil) // cleared first: a failing unmap is never retried (NetBSD's double unmap)
             do { try gnttab.unmap(m) } catch { emit(.error(i.domid, "unmap grant \(m.ref): \(error)")) }
             emit(.disconnected(i.domid))
         }
@@ -176,7 +194,7 @@ extension PCIBack {
         for n in 0..<Int(num) {
             guard let st = (try? xs.readIfPresent(p + "/state-\(n)")) ?? nil, let s = XenState(xenstore: st) else { continue }
             switch s {
-            case .initialising where hostAddress(i, n).map({ i.exported[$0] == nil }) ?? true:
+            case .initialising where hostAddress(i, n).map({ exported(i, host: $0) == nil }) ?? true:
                 export(i, n)
             case .closing:
                 if let h = hostAddress(i, n) { unexport(i, h) }
@@ -193,11 +211,10 @@ extension PCIBack {
     /// Takes a device away from its guest: MSI off, pirqs unmapped, reset,
     /// golden state, permissive and quirks cleared (XSA-302/306).
     func unexport(_ i: Instance, _ host: PCIAddress) {
-        guard let d = i.exported.removeValue(forKey: host) else { return }
+        guard let d = exported(i, host: host) else { return }
         releaseInterrupts(i, d)
         resetInBackground(d)
         i.unlink(d)
-        d.guest = nil
         d.guestAddress = nil
         emit(.unexported(i.domid, host: d.address))
         persist()
@@ -218,7 +235,7 @@ extension PCIBack {
     /// The frontend closed: its devices stay exported to the guest but are
     /// reset, so a reconnecting frontend starts from a clean device.
     func quiesceDevices(_ i: Instance) {
-        for d in i.exported.values.sorted(by: { $0.address < $1.address }) {
+        for d in exported(i).sorted(by: { $0.address < $1.address }) {
             releaseInterrupts(i, d)
             resetInBackground(d)
         }
@@ -238,8 +255,7 @@ extension PCIBack {
         if !d.readOnly, let cmd = try? d.access.readConfig(PCIReg.command, 2), UInt16(cmd) & PCICommand.master != 0 {
             try? d.access.writeConfig(PCIReg.command, 2, cmd & ~UInt32(PCICommand.master))
         }
-        resets.enter()
-        resetQueue.async { [self] in
+        deviceWork.submit { [self] in
             let result = Result { try d.resetHardware() }
             lock.withLock {
                 d.resetting = false
@@ -252,17 +268,17 @@ extension PCIBack {
                 }
                 persist()
             }
-            resets.leave()
         }
     }
 
-    /// Waits, without the lock, until no reset is running.
-    func waitForResets() { resets.wait() }
+    /// Waits, without the lock, until no reset is running (the
+    /// deterministic mode runs the queued ones here).
+    func waitForResets() { deviceWork.finish() }
 
     /// The guest or its backend directory is gone: release everything.
     func destroy(_ i: Instance) {
         disconnect(i)
-        for h in i.exported.keys.sorted() { unexport(i, h) }
+        for h in exported(i).map(\.address).sorted() { unexport(i, h) }
         try? xs.unwatch(i.frontendPath + "/state", token: "front:\(i.domid)")
         instances[i.domid] = nil
     }

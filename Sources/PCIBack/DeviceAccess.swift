@@ -25,12 +25,25 @@ public protocol PCIDeviceAccess: AnyObject {
     /// The ids the host kernel gives the function (sysfs `vendor`, `device`):
     /// a VF's own vendor and device registers read 0xFFFF.
     var identity: (vendor: UInt16, device: UInt16)? { get }
+    /// Waits out a transition the function needs time for (a power-state
+    /// change): real hardware sleeps; a simulated device may count instead.
+    func settle(microseconds: UInt32)
+    /// The whole config space at once (the golden state at claim): one
+    /// read where the device allows it, instead of 1024 dword reads.
+    func readConfigSpace() throws -> ConfigSpace
 }
 
 extension PCIDeviceAccess {
     public var physicalFunction: PCIDeviceAccess? { nil }
     public var identity: (vendor: UInt16, device: UInt16)? { nil }
     public var isVirtualFunction: Bool { physicalFunction != nil }
+    public func settle(microseconds: UInt32) { usleep(microseconds) }
+
+    public func readConfigSpace() throws -> ConfigSpace {
+        var cs = ConfigSpace(size: configSize)
+        for o in stride(from: 0, to: configSize, by: 4) { cs.write(o, 4, try readConfig(o, 4)) }
+        return cs
+    }
 
     /// Memory decoding as Xen sees it for MSI-X: the PF's bit for a VF.
     public func memoryDecodeEnabled() throws -> Bool {
@@ -158,6 +171,18 @@ public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
         var v = value.littleEndian
         let n = pwrite(fd, &v, size, off_t(offset))
         guard n == size else { throw PCIBackError.hardware("\(address): write config 0x\(hex(offset, 3))/\(size): \(String(cString: strerror(errno)))") }
+    }
+
+    public func readConfigSpace() throws -> ConfigSpace {
+        lock.lock(); defer { lock.unlock() }
+        accessCount += configSize / 4
+        if let m = memory { return m }
+        var bytes = [UInt8](repeating: 0, count: configSize)
+        let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, configSize, 0) }
+        guard n == configSize else {
+            throw PCIBackError.hardware("\(address): read config space (\(configSize) bytes): \(n < 0 ? String(cString: strerror(errno)) : "\(n) bytes read")")
+        }
+        return ConfigSpace(bytes: bytes)
     }
 
     /// An aligned access inside the config space: anything else is a bug in

@@ -2,9 +2,12 @@ import Foundation
 import PCIModel
 import XenHypervisor
 
-/// One guest's connection: NetBSD's `pb_xenbus_instance`. The C struct
-/// holds the domid, the bound port, the mapped shared page, the grant
-/// handle and the private copy of the request being served.
+/// One guest's connection: NetBSD's `pb_xenbus_instance`, the state of
+/// record for what it holds. The C struct holds the domid, the bound port,
+/// the mapped shared page and its grant handle, the private copy of the
+/// request being served and the guest's device list; what is read of them
+/// is read there. Swift adds what NetBSD keeps elsewhere (xenbus paths and
+/// states, flood and log counters) and nothing the struct already has.
 final class Instance {
     let c: UnsafeMutablePointer<pb_xenbus_instance>
     let domid: DomID
@@ -12,11 +15,9 @@ final class Instance {
     let frontendPath: String     // /local/domain/<domid>/device/pci/0
     var state: XenState = .unknown
     var frontState: XenState = .unknown
-    var mapping: GrantMapping?
-    var port: EvtchnPort?
-    /// Host address -> the device exported from it. Keyed by address, not by
-    /// `dev-N` index: the toolstack compacts the `*-N` keys after a removal.
-    var exported: [PCIAddress: ClaimedDevice] = [:]
+    /// The mapped page's grant ref, for messages only: the unmap needs the
+    /// address and handle, which the struct holds.
+    private var mappedRef: GrantRef = 0
     var roots: [PCIRoot] = []
     // Flood control (XSA-332).
     var spuriousInWindow = 0
@@ -40,13 +41,39 @@ final class Instance {
         c.pointee.pbx_shinfo_handle = UInt32.max
     }
 
-    deinit { c.deallocate() }
+    deinit {
+        // No device may keep pointing at a freed instance.
+        for pb in deviceList { pb.pointee.pbx_instance = nil; pb.pointee.pb_guest_next.sle_next = nil }
+        c.deallocate()
+    }
 
-    var connected: Bool { mapping != nil && port != nil }
+    /// pbx_evtchn; 0 (never a valid port) when unbound.
+    var port: EvtchnPort? {
+        get { c.pointee.pbx_evtchn == 0 ? nil : EvtchnPort(c.pointee.pbx_evtchn) }
+        set { c.pointee.pbx_evtchn = newValue ?? 0 }
+    }
+
+    /// pbx_sh_info and pbx_shinfo_handle.
+    var mapping: GrantMapping? {
+        c.pointee.pbx_sh_info.map { GrantMapping(address: UnsafeMutableRawPointer($0), handle: c.pointee.pbx_shinfo_handle, domain: domid, ref: mappedRef) }
+    }
+
+    func setMapping(_ m: GrantMapping?) {
+        c.pointee.pbx_sh_info = m?.address.assumingMemoryBound(to: xen_pci_sharedinfo.self)
+        c.pointee.pbx_shinfo_handle = m?.handle ?? UInt32.max
+        mappedRef = m?.ref ?? 0
+    }
+
+    var connected: Bool { c.pointee.pbx_sh_info != nil && port != nil }
     var shared: SharedPage? { c.pointee.pbx_sh_info.map { SharedPage(UnsafeMutableRawPointer($0)) } }
 
-    /// The device a guest addresses, by its guest-visible address.
-    func device(_ a: PCIAddress) -> ClaimedDevice? { exported.values.first { $0.guestAddress == a } }
+    /// The guest's devices, newest first: the pbx_pb_pci_dev list.
+    var deviceList: [UnsafeMutablePointer<pciback_pci_dev>] {
+        var out: [UnsafeMutablePointer<pciback_pci_dev>] = []
+        var p = c.pointee.pbx_pb_pci_dev.slh_first
+        while let cur = p { out.append(cur); p = cur.pointee.pb_guest_next.sle_next }
+        return out
+    }
 
     /// SLIST upkeep of the C mirror: the guest's device list and back pointers.
     func link(_ d: ClaimedDevice) {

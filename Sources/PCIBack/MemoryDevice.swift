@@ -17,6 +17,10 @@ public final class MemoryPCIDevice: PCIDeviceAccess, @unchecked Sendable {
     private let pristine: ConfigSpace
     private(set) public var accessCount = 0
     private(set) public var resetCount = 0
+    /// Virtual time: transitions are counted in `settledMicroseconds`
+    /// instead of slept (fuzzing: one input must cost microseconds).
+    public var virtualTime = false
+    private(set) public var settledMicroseconds: UInt64 = 0
 
     /// `config` shorter than 256 bytes is padded with 0xFF (absent bytes);
     /// longer than 256 is taken as extended space, up to 4096.
@@ -34,9 +38,7 @@ public final class MemoryPCIDevice: PCIDeviceAccess, @unchecked Sendable {
 
     /// A copy of a fixture (or any sysfs-shaped tree) under another address.
     public convenience init(copying d: SysfsPCIDevice, as address: PCIAddress) throws {
-        var b: [UInt8] = []
-        for o in stride(from: 0, to: d.configSize, by: 4) { b += withUnsafeBytes(of: try d.readConfig(o, 4).littleEndian, Array.init) }
-        self.init(address: address, config: b, resources: d.resources, irq: d.irq)
+        self.init(address: address, config: try d.readConfigSpace().bytes, resources: d.resources, irq: d.irq)
     }
 
     public func readConfig(_ offset: Int, _ size: Int) throws -> UInt32 {
@@ -55,6 +57,18 @@ public final class MemoryPCIDevice: PCIDeviceAccess, @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         accessCount += 1
         config.write(offset, size, value)
+    }
+
+    public func readConfigSpace() throws -> ConfigSpace {
+        lock.lock(); defer { lock.unlock() }
+        accessCount += configSize / 4
+        return config
+    }
+
+    public func settle(microseconds: UInt32) {
+        guard virtualTime else { usleep(microseconds); return }
+        lock.lock(); defer { lock.unlock() }
+        settledMicroseconds += UInt64(microseconds)
     }
 
     public func reset() throws {

@@ -27,6 +27,17 @@ public final class PCIBack {
         /// poll, spin this long watching every connected guest's bit 0.
         /// Zero (the default) blocks at once.
         public var spinBeforeBlock: Duration = .zero
+        /// False: the deterministic mode (what NIOEmbedded is to SwiftNIO).
+        /// `start()` starts no thread and resets wait in a queue; the caller
+        /// steps the backend with `drain()`, which serves what is pending
+        /// and runs the queued device work. For tests and fuzzers.
+        public var serviceThread = true
+        /// The service thread's nice value (nil: inherit). Linux's pciback
+        /// serves requests in kernel work items, ahead of dom0's processes;
+        /// a busy dom0 (device models, 256 guests connecting) must not keep
+        /// a guest's request waiting past pcifront's 2 s. Refused (not
+        /// root): reported, and the thread runs at the inherited priority.
+        public var servicePriority: Int32? = -10
         public init() {}
     }
 
@@ -62,13 +73,13 @@ public final class PCIBack {
     let aerCondition = NSCondition()
     var devices: [PCIAddress: ClaimedDevice] = [:]
     var instances: [DomID: Instance] = [:]
-    var portOwner: [EvtchnPort: DomID] = [:]
+    /// Event handler registrations: port -> the instance it was bound for.
+    var handlers: [EvtchnPort: Instance] = [:]
     var deferredUnmask: [(port: EvtchnPort, at: ContinuousClock.Instant)] = []
     static let watchEventsPerTurn = 16
     static let requestsPerTurn = 64
     /// Resets run here, off the service thread and outside the lock.
-    let resetQueue = DispatchQueue(label: "pciback.reset", attributes: .concurrent)
-    let resets = DispatchGroup()
+    let deviceWork: DeviceWork
     private var thread: Thread?
     private let wake = xenpci_eventfd_open()
     private var stopping = false
@@ -90,6 +101,7 @@ public final class PCIBack {
     public init(hypervisor: Hypervisor, options: Options = Options(), stateStore: BackendStateStore? = nil) throws {
         hv = hypervisor
         self.options = options
+        deviceWork = DeviceWork(workers: options.serviceThread)
         store = stateStore
         do {
             for d in try stateStore?.load()?.devices ?? [] {
@@ -248,7 +260,13 @@ public final class PCIBack {
             if let p = recoveryProblem { emit(.error(nil, "saved state unusable: \(p); functions a running guest holds are left alone")) }
             adoptGuests()
         }
-        let t = Thread { [unowned self] in self.run() }
+        guard options.serviceThread else { return }
+        let t = Thread { [unowned self] in
+            if let nice = options.servicePriority, xenpci_thread_set_nice(nice) != 0 {
+                emit(.notice(nil, "service thread priority \(nice): \(String(cString: strerror(errno))); running at the inherited priority"))
+            }
+            self.run()
+        }
         t.name = "pciback"
         thread = t
         t.start()
@@ -326,14 +344,14 @@ public final class PCIBack {
             if moreWork { timeout = 0 }
             _ = poll(&fds, 3, timeout)
             if lock.withLock({ stopping }) { break }
-            // Bounded work per turn, watches and requests alternating: a
+            // Bounded work per turn, requests first, then watches: a
             // toolstack writing 2N+2 keys, or 256 guests connecting, cannot
             // keep requests waiting past pcifront's 2 s (nor the reverse).
-            var watchBudget = Self.watchEventsPerTurn
-            while watchBudget > 0, let e = xs.nextWatchEvent() { lock.withLock { watchFired(e) }; watchBudget -= 1 }
             served = false
             var requestBudget = Self.requestsPerTurn
             while requestBudget > 0, let p = try? evtchn.pending() { lock.withLock { handleEvent(p) }; served = true; requestBudget -= 1 }
+            var watchBudget = Self.watchEventsPerTurn
+            while watchBudget > 0, let e = xs.nextWatchEvent() { lock.withLock { watchFired(e) }; watchBudget -= 1 }
             moreWork = watchBudget == 0 || requestBudget == 0
             lock.withLock { unmaskDue() }
         }
@@ -358,19 +376,30 @@ public final class PCIBack {
         return false
     }
 
-    /// Serves whatever is pending without a thread: tests drive the backend
-    /// step by step with this (the service thread calls the same code).
-    public func drain() {
-        while let e = xs.nextWatchEvent() { lock.withLock { watchFired(e) } }
-        while let p = try? evtchn.pending() { lock.withLock { handleEvent(p) } }
-        lock.withLock { unmaskDue() }
+    /// The deterministic mode's step (the service thread runs the same
+    /// code): serves every pending watch event and channel event, then the
+    /// queued device work, until nothing is left. Returns how many things
+    /// it did; a cap keeps a backend that feeds itself from spinning forever.
+    @discardableResult
+    public func drain(limit: Int = 100_000) -> Int {
+        var done = 0
+        while done < limit {
+            var n = 0
+            while let e = xs.nextWatchEvent() { lock.withLock { watchFired(e) }; n += 1 }
+            while let p = try? evtchn.pending() { lock.withLock { handleEvent(p) }; n += 1 }
+            lock.withLock { unmaskDue() }
+            n += deviceWork.runQueued()
+            if n == 0 { break }
+            done += n
+        }
+        return done
     }
 
     private func unmaskDue() {
         let now = ContinuousClock.now
         let due = deferredUnmask.filter { $0.at <= now }
         deferredUnmask.removeAll { $0.at <= now }
-        for d in due where portOwner[d.port] != nil {
+        for d in due where instance(port: d.port) != nil {
             try? evtchn.unmask(d.port)
             // Anything that arrived while paused is now delivered again.
         }

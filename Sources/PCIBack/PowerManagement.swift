@@ -48,7 +48,7 @@ extension PCIDeviceAccess {
         try writeConfig(pmcsr, 2, UInt32(value))
         let from = PowerState(pmcsr: old), to = PowerState(pmcsr: value)
         let wait = from.recovery(to: to)
-        if from != to && wait > 0 { usleep(wait) }
+        if from != to && wait > 0 { settle(microseconds: wait) }
     }
 
     /// Moves the function with a PM capability at `pm` to `state`, leaving

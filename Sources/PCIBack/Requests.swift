@@ -8,7 +8,8 @@ extension PCIBack {
     /// instance's private `op` (XSA-155); only the copy is read; only `err`,
     /// `value` and the MSI-X vectors are written back.
     func handleEvent(_ port: EvtchnPort) {
-        guard let domid = portOwner[port], let i = instances[domid], let sh = i.shared else { return }
+        guard let i = instance(port: port), let sh = i.shared else { return }
+        let domid = i.domid
         if i.aerPending && sh.flags & XenPCI.backendActive == 0 {
             aerCondition.lock(); i.aerDone = true; aerCondition.broadcast(); aerCondition.unlock()
             if sh.flags & XenPCI.frontendActive == 0 { try? evtchn.unmask(port); return } // the AER answer
@@ -54,7 +55,7 @@ extension PCIBack {
     func dispatch(_ i: Instance, _ op: UnsafeMutablePointer<xen_pci_op>) -> Int {
         var nvec = 0
         let cmd = PCIOpCommand(rawValue: op.pointee.cmd)
-        let d = op.pointee.address.flatMap(i.device)
+        let d = op.pointee.address.flatMap { exported(i, guest: $0) }
         var value: UInt32 = 0
         let err: PCIOpError
         switch cmd {
@@ -285,15 +286,22 @@ extension PCIBack {
         }
         defer { lock.withLock { i.aerPending = false } }
         try? evtchn.notify(port)
-        let deadline = Date().addingTimeInterval(Double((timeout ?? options.aerTimeout).components.seconds) +
-                                                 Double((timeout ?? options.aerTimeout).components.attoseconds) / 1e18)
-        aerCondition.lock()
-        while !i.aerDone && sh.flags & XenPCI.backendActive != 0 {
-            if !aerCondition.wait(until: min(deadline, Date().addingTimeInterval(0.05))) && Date() >= deadline { break }
+        let deadline = ContinuousClock.now + (timeout ?? options.aerTimeout)
+        // The page is read only under the backend lock and while the guest
+        // is connected: a disconnect on the service thread unmaps it.
+        func answered() -> Bool? { lock.withLock { i.connected && i.shared?.pointer == sh.pointer ? sh.flags & XenPCI.backendActive == 0 : nil } }
+        // Woken by the answer's event or a disconnect, else every 50 ms; a
+        // guest that sets the bit again itself gets no busy loop.
+        while let done = answered(), !done, ContinuousClock.now < deadline {
+            aerCondition.lock()
+            if !i.aerDone { _ = aerCondition.wait(until: Date().addingTimeInterval(0.05)) }
+            i.aerDone = false
+            aerCondition.unlock()
         }
-        aerCondition.unlock()
         return try lock.withLock {
-            guard i.connected else { throw PCIBackError.notConnected("\(host): the frontend disconnected during the AER request") }
+            guard i.connected, i.shared?.pointer == sh.pointer else {
+                throw PCIBackError.notConnected("\(host): the frontend disconnected during the AER request")
+            }
             if sh.flags & XenPCI.backendActive != 0 {
                 sh.clearFlags(XenPCI.backendActive) // a late answer must not be read as the next one
                 throw PCIBackError.timeout("\(host): dom\(i.domid) did not answer the \(cmd) request in time")

@@ -95,7 +95,7 @@ extension PCIBack {
                 i.roots = computeRoots(i)
                 if [.initialised, .connected, .reconfiguring, .reconfigured].contains(fs) {
                     attach(i)
-                    emit(.notice(domid, "taken over: \(i.exported.count) function(s), frontend \(fs), backend \(state) (no state change)"))
+                    emit(.notice(domid, "taken over: \(exported(i).count) function(s), frontend \(fs), backend \(state) (no state change)"))
                     if let port = i.port, let sh = i.shared, sh.flags & XenPCI.frontendActive != 0 { handleEvent(port) }
                 }
             default:

@@ -13,6 +13,14 @@ public struct ConfigSpace: Equatable, Sendable {
     /// Reads 1, 2 or 4 bytes; bytes beyond the end read as 0xFF, as a
     /// master abort would.
     public func read(_ offset: Int, _ width: Int) -> UInt32 {
+        if offset >= 0 && offset + width <= bytes.count {
+            switch width {
+            case 1: return UInt32(bytes[offset])
+            case 2: return UInt32(bytes.withUnsafeBytes { UInt16(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: UInt16.self)) })
+            case 4: return bytes.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: UInt32.self)) }
+            default: break
+            }
+        }
         var v: UInt32 = 0
         for i in 0..<width {
             let o = offset + i
@@ -27,6 +35,10 @@ public struct ConfigSpace: Equatable, Sendable {
     public func read32(_ o: Int) -> UInt32 { read(o, 4) }
 
     public mutating func write(_ offset: Int, _ width: Int, _ value: UInt32) {
+        if width == 4 && offset >= 0 && offset + 4 <= bytes.count {
+            bytes.withUnsafeMutableBytes { $0.storeBytes(of: value.littleEndian, toByteOffset: offset, as: UInt32.self) }
+            return
+        }
         for i in 0..<width where offset + i >= 0 && offset + i < bytes.count {
             bytes[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * i))
         }

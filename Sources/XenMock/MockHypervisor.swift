@@ -22,8 +22,9 @@ public final class MockHypervisor: @unchecked Sendable {
         var snapshot: XenstoreTree
         var start: UInt64
         var accessed: Set<String> = []
-        /// The writes to redo at commit: where each fires, and how.
-        var replay: [(path: String, recurse: Bool, apply: (inout XenstoreTree) throws -> Void)] = []
+        /// Writes to redo at commit; `recursive` ones (removals) need the
+        /// tree as it was before them to find the watches they fire.
+        var replay: [(recursive: Bool, step: (inout XenstoreTree) throws -> String)] = []
     }
     var transactions: [UInt32: Transaction] = [:]
     var nextTransaction: UInt32 = 1

@@ -50,7 +50,12 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
                 do { r = try body(&tx.snapshot, p) } catch { hv.transactions[t.id] = tx; throw error }
                 tx.accessed.insert(p)
                 tx.accessed.insert(XenstoreTree.parent(p))
-                if fires { tx.replay.append((p, recurse, { tree in _ = try body(&tree, p) })) }
+                if fires {
+                    tx.replay.append((recurse, { tree in
+                        _ = try body(&tree, p)
+                        return p
+                    }))
+                }
                 hv.transactions[t.id] = tx
                 return r
             }
@@ -127,11 +132,12 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
             }
             var live = hv.tree
             var events: [(Int, XenstoreWatchEvent)] = []
-            for step in tx.replay {
-                // Only a removal needs the tree as it was (copying it each step is costly).
-                let before = step.recurse ? live : nil
-                try step.apply(&live)
-                events += hv.collectWatchEvents(step.path, recurse: step.recurse, tree: before ?? live)
+            for (recursive, step) in tx.replay {
+                // A copy of the tree only where a removal needs it: a copy
+                // per write made every transaction quadratic.
+                let before = recursive ? live : nil
+                let p = try step(&live)
+                events += hv.collectWatchEvents(p, recurse: recursive, tree: before ?? live)
             }
             hv.tree = live
             hv.deliver(events)

@@ -20,12 +20,6 @@ struct XenstoreTree {
         nodes = ["/": Node(value: "", perms: [XenstorePermission(0, .none)], generation: 1)]
     }
 
-    /// Bytes allowed in a path besides '/': xenstored's [A-Za-z0-9_@-].
-    static let pathByte: [Bool] = (0..<256).map { b in
-        let c = UInt8(b)
-        return (c >= 0x61 && c <= 0x7A) || (c >= 0x41 && c <= 0x5A) || (c >= 0x30 && c <= 0x39) || "_@-".utf8.contains(c)
-    }
-
     static let maxPath = 3072
     static let maxValue = 4096
 
@@ -35,21 +29,27 @@ struct XenstoreTree {
         guard path.hasPrefix("/") else { throw bad("not an absolute path") }
         guard path.utf8.count <= maxPath else { throw bad("longer than \(maxPath) bytes") }
         if path == "/" { return path }
-        // One pass over the bytes with a table (not CharacterSet or
-        // Foundation's contains): this runs on every xenstore call.
-        let slash = UInt8(ascii: "/")
+        // Byte scans, not Foundation: every operation on the mock comes here.
         var previous: UInt8 = 0
         for b in path.utf8 {
-            if b == slash {
-                if previous == slash { throw bad("empty path component") }
-            } else if !XenstoreTree.pathByte[Int(b)] {
-                let c = path.unicodeScalars.first { !($0.isASCII && XenstoreTree.pathByte[Int($0.value)]) && $0 != "/" }!
-                throw bad("character '\(c)' not allowed")
-            }
+            if b == UInt8(ascii: "/") && previous == b { throw bad("empty path component") }
             previous = b
         }
-        guard previous != slash else { throw bad("empty path component") }
+        guard previous != UInt8(ascii: "/") else { throw bad("empty path component") }
+        for b in path.utf8 where !Self.allowed(b) {
+            let c = path.unicodeScalars.first { !$0.isASCII || !Self.allowed(UInt8($0.value)) }!
+            throw bad("character '\(c)' not allowed")
+        }
         return path
+    }
+
+    /// xenstored's path alphabet: ASCII letters, digits and `/_@-`.
+    static func allowed(_ b: UInt8) -> Bool {
+        switch b {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "/"), UInt8(ascii: "_"), UInt8(ascii: "@"), UInt8(ascii: "-"): return true
+        default: return false
+        }
     }
 
     static func parent(_ path: String) -> String {

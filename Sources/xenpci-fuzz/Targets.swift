@@ -7,7 +7,7 @@ import XenMock
 /// The fuzz targets. Each takes arbitrary bytes; a broken invariant is a
 /// crash (fatalError), which is what libFuzzer records.
 enum FuzzTarget: String, CaseIterable {
-    case request, xenstore, hidelist, frontend
+    case request, xenstore, hidelist, frontend, guests
 
     func run(_ data: [UInt8]) {
         switch self {
@@ -15,23 +15,54 @@ enum FuzzTarget: String, CaseIterable {
         case .xenstore: fuzzXenstore(data)
         case .hidelist: fuzzHideList(data)
         case .frontend: fuzzFrontend(data)
+        case .guests: fuzzGuests(data)
         }
     }
 }
 
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-let e1000 = try! SysfsPCIDevice(root: repoRoot + "/Tests/Fixtures/qemu-q35", address: PCIAddress(bus: 0, device: 3, function: 0), inMemory: true)
+
+/// A fixture's config space read once; each input gets a fresh in-memory
+/// copy in virtual time (power transitions counted, not slept).
+final class FixtureImage {
+    let config: [UInt8]
+    let resources: [PCIResource]
+    let irq: Int
+
+    init(_ address: PCIAddress) {
+        let d = try! SysfsPCIDevice(root: repoRoot + "/Tests/Fixtures/qemu-q35", address: address, inMemory: true)
+        config = stride(from: 0, to: d.configSize, by: 4).flatMap { o in withUnsafeBytes(of: try! d.readConfig(o, 4).littleEndian, Array.init) }
+        resources = d.resources
+        irq = d.irq
+    }
+
+    func device(at a: PCIAddress) -> MemoryPCIDevice {
+        let d = MemoryPCIDevice(address: a, config: config, resources: resources, irq: irq)
+        d.virtualTime = true
+        return d
+    }
+}
+
+let e1000Image = FixtureImage(PCIAddress(bus: 0, device: 3, function: 0))
+let virtioNetImage = FixtureImage(PCIAddress(bus: 0, device: 4, function: 0)) // MSI-X
+
+/// A backend that runs only when stepped (`drain()`): one input, no threads.
+func deterministicBackend(_ dom0: MockDomain) -> PCIBack {
+    var o = PCIBack.Options()
+    o.serviceThread = false
+    return try! PCIBack(hypervisor: dom0, options: o)
+}
 
 /// dom1's frontend and backend directories as a toolstack would write them,
 /// but with the backend keys given raw (fuzzed values included).
-func writeDirectories(_ ts: XenStore, backend keys: [(String, String)]) -> (backend: String, frontend: String) {
-    let b = "/local/domain/0/backend/pci/1/0", fe = "/local/domain/1/device/pci/0"
+func writeDirectories(_ ts: XenStore, dom: DomID = 1, backend keys: [(String, String)]) -> (backend: String, frontend: String) {
+    let b = "/local/domain/0/backend/pci/\(dom)/0", fe = "/local/domain/\(dom)/device/pci/0"
     try! ts.transaction { t in
         for (k, v) in [("backend", b), ("backend-id", "0"), ("state", "1")] { try ts.write(fe + "/" + k, v, transaction: t) }
-        try ts.setPermissions(fe, [XenstorePermission(1, .none), XenstorePermission(0, .read)], transaction: t)
+        try ts.setPermissions(fe, [XenstorePermission(dom, .none), XenstorePermission(0, .read)], transaction: t)
         try ts.mkdir(b, transaction: t)
-        try ts.setPermissions(b, [XenstorePermission(0, .none), XenstorePermission(1, .read)], transaction: t)
-        for (k, v) in [("frontend", fe), ("frontend-id", "1")] + keys { try ts.write(b + "/" + k, v, transaction: t) }
+        try ts.setPermissions(b, [XenstorePermission(0, .none), XenstorePermission(dom, .read)], transaction: t)
+        for (k, v) in [("frontend", fe), ("frontend-id", String(dom))] + keys { try ts.write(b + "/" + k, v, transaction: t) }
     }
     return (b, fe)
 }
@@ -46,7 +77,7 @@ func fields(_ data: [UInt8], _ n: Int) -> [String?] {
 // MARK: request: arbitrary shared-page op and arbitrary config space
 
 let requestHV = MockHypervisor()
-let requestBack: PCIBack = { _ = requestHV.domain(0x7FEE); return try! PCIBack(hypervisor: requestHV.domain(0)) }()
+let requestBack: PCIBack = { _ = requestHV.domain(0x7FEE); return deterministicBackend(requestHV.domain(0)) }()
 
 func fuzzRequest(_ data: [UInt8]) {
     // Layout: op (548) | 7 BAR sizes (u32 each) | config (rest, up to 4096)
@@ -62,16 +93,36 @@ func fuzzRequest(_ data: [UInt8]) {
 
 // MARK: xenstore: every value the backend reads from a guest or the toolstack
 
+/// One backend for the whole run, as in dom0: each input is one guest's
+/// life (created, its keys and the toolstack's fuzzed, served, destroyed),
+/// after which the backend must be exactly where it started: no instance,
+/// the function free and reset, nothing open beyond its own handles. That
+/// keeps inputs independent, and checks what a long-running backend needs.
+final class XenstoreRig {
+    let hv = MockHypervisor()
+    let ts: XenStore
+    let back: PCIBack
+    let baseline: [String]
+
+    init() {
+        let dom0 = hv.domain(0)
+        ts = try! dom0.openXenStore()
+        back = deterministicBackend(dom0)
+        try! back.claim(e1000Image.device(at: PCIAddress(bus: 0, device: 3, function: 0)))
+        try! back.start()
+        baseline = hv.leaks()
+    }
+}
+
+let xenstoreRig = XenstoreRig()
+
 func fuzzXenstore(_ data: [UInt8]) {
     let f = fields(data, 7)
-    let hv = MockHypervisor()
-    let dom0 = hv.domain(0), guest = hv.domain(1)
-    let ts = try! dom0.openXenStore()
-    let back = try! PCIBack(hypervisor: dom0)
-    try! back.claim(MemoryPCIDevice(copying: e1000, as: PCIAddress(bus: 0, device: 3, function: 0)))
-    try! back.start()
+    let r = xenstoreRig, ts = r.ts
+    let guest = r.hv.domain(1)
     let (b, fe) = writeDirectories(ts, backend: [("num_devs", f[3] ?? "1"), ("dev-0", f[4] ?? "0000:00:03.0"),
                                                  ("state-0", f[5] ?? "1"), ("opts-0", f[6] ?? "permissive=0"), ("state", "1")])
+    r.back.drain()
     // The guest: a page, a port, and its three keys (fuzzed where given).
     let xs = try! guest.openXenStore(), gs = try! guest.openGrantSharing(), ev = try! guest.openEventChannels()
     let g = try! gs.share(with: 0, writable: true)
@@ -82,26 +133,24 @@ func fuzzXenstore(_ data: [UInt8]) {
         try xs.write(fe + "/magic", f[2] ?? "7", transaction: t)
         try xs.write(fe + "/state", "3", transaction: t)
     }
-    let end = ContinuousClock.now + .milliseconds(200)
-    var state = ""
-    while ContinuousClock.now < end {
-        state = (try? ts.readIfPresent(b + "/state")) ?? nil ?? ""
-        if state == "4" || state == "5" { break }
-        usleep(200)
-    }
-    if state == "4" { // connected: one request through the real path
+    r.back.drain()
+    if (try? ts.readIfPresent(b + "/state")) == "4" { // connected: one request through the real path
         let sh = SharedPage(g.address)
         sh.postRequest(xen_pci_op(command: .confRead, address: PCIAddress(bus: 0, device: 0, function: 0), offset: 0, size: 4))
         try? ev.notify(p)
-        let stop = ContinuousClock.now + .seconds(2)
-        while sh.flags & XenPCI.frontendActive != 0 && ContinuousClock.now < stop { usleep(50) }
+        r.back.drain()
         if sh.flags & XenPCI.frontendActive != 0 { fatalError("xenstore: connected backend never answered") }
     }
-    back.stop()
-    try? gs.endAccess(g); try? ev.unbind(p)
-    gs.close(); ev.close(); xs.close(); ts.close()
-    let leaks = hv.leaks()
-    if !leaks.isEmpty { fatalError("xenstore: leaks after stop: \(leaks)") }
+    // The guest dies; the toolstack removes what it wrote (libxl does).
+    r.hv.destroyDomain(1)
+    r.back.drain()
+    try? ts.remove("/local/domain/0/backend/pci/1")
+    r.back.drain()
+    if !r.back.guestStatistics().isEmpty { fatalError("xenstore: the backend still serves \(r.back.guestStatistics().map(\.domid)) after dom1 died") }
+    if let d = r.back.listing().first(where: { $0.guest != nil }) { fatalError("xenstore: \(d.address) still exported to dom\(d.guest!) after dom1 died") }
+    let leaks = r.hv.leaks()
+    if leaks != r.baseline { fatalError("xenstore: after dom1 died: \(leaks.filter { !r.baseline.contains($0) }) (and gone: \(r.baseline.filter { !leaks.contains($0) }))") }
+    xs.close(); gs.close(); ev.close()
 }
 
 // MARK: hide list
