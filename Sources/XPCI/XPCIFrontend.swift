@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XenHypervisor
 import PCIModel
 
@@ -100,6 +101,8 @@ public final class XPCIFrontend: @unchecked Sendable {
     var channelBroken = false
 
     var thread: Thread?
+    /// Requests posted so far: the xenbus thread stands aside while they come.
+    let requestsPosted = Atomic<UInt64>(0)
     let threadDone = DispatchSemaphore(value: 0)
 
     public init(hypervisor: Hypervisor, options: Options = .init()) throws {
@@ -253,10 +256,14 @@ public final class XPCIFrontend: @unchecked Sendable {
         // one and queueing on opLock cost two context switches and a futex
         // wake per request. So when the event channel fires during a request
         // this thread stands aside: it leaves the port out of its poll set for
-        // up to `standAside`, then looks again. An AER request is not delayed
-        // by it: a requester that sees bit 2 kicks this thread.
-        let standAside: Duration = .milliseconds(10)
+        // up to `standAside`, then looks again, and stays aside while requests
+        // keep coming (with many guests each one is used every few ms, and
+        // rejoining in between cost a wake-up per request). An AER request
+        // is not delayed by it during requests (a requester that sees bit 2
+        // kicks this thread), and by at most `standAside` between them.
+        let standAside: Duration = .milliseconds(50)
         var aside = false
+        var seen = requestsPosted.load(ordering: .relaxed)
         while !shutdownRequested {
             let fds = [store.fileDescriptor, aside ? -1 : ev.fileDescriptor, kickFD]
             guard let ready = try? pollAny(fds, timeout: aside ? standAside : nil) else { break }
@@ -266,7 +273,12 @@ public final class XPCIFrontend: @unchecked Sendable {
                 if e.token == watchToken { backendChanged(readBackendState()) }
             }
             if ready[2] { serviceEvents(); aside = false }
-            else if ready[1] || aside { aside = serviceEvents(unlessBusy: true) == .busy }
+            else if ready[1] || aside {
+                let posted = requestsPosted.load(ordering: .relaxed)
+                let busy = serviceEvents(unlessBusy: true) == .busy
+                aside = busy || posted != seen
+                seen = posted
+            }
         }
     }
 

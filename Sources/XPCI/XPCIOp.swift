@@ -26,6 +26,7 @@ extension XPCIFrontend {
             channelBroken = false // the late reply came; it is dropped unread
         }
         page.postRequest(op)
+        requestsPosted.add(1, ordering: .relaxed)
         do {
             try ev.notify(port)
             if options.spinBeforeBlock > .zero { spinWhileActive(page, options.spinBeforeBlock) }

@@ -284,9 +284,3 @@ func fuzzFrontend(_ data: [UInt8]) {
     if !leaks.isEmpty { fatalError("frontend: leaks after detach: \(leaks)") }
 }
 
-final class Flag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var v = false
-    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return v }
-    func set() { lock.lock(); v = true; lock.unlock() }
-}
