@@ -282,6 +282,13 @@ struct PCIAddressTests {
         #expect(XenState(xenstore: "4") == .connected)
         #expect(XenState(xenstore: "9") == nil)
         #expect(XenState(xenstore: "x") == nil)
+        #expect(XenState(xenstore: " 4\t") == .connected, "ASCII blanks, as xenbus's %d reads it")
+        #expect(XenState(xenstore: "04") == .connected)
+        #expect(XenState(xenstore: "\u{00A0}4") == nil, "no Unicode blanks")
+        #expect(XenState(xenstore: "\u{0664}") == nil, "no non-ASCII digits")
+        #expect(XenState(xenstore: "4 4") == nil)
+        #expect(XenState(xenstore: "") == nil)
+        #expect(XenState(xenstore: "99999999999") == nil)
         #expect(XenState.allCases.map(\.rawValue) == Array(0...8))
         #expect(XenState.reconfigured.rawValue == XenbusStateReconfigured.rawValue)
     }
