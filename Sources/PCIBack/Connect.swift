@@ -1,6 +1,7 @@
 import Foundation
 import PCIModel
 import XenHypervisor
+import XenPCIABI
 
 /// Export, connect, reconfigure and teardown: the xenbus side of
 /// NetBSD's pciback_xenbus_* functions with Linux's behaviour.

@@ -1,6 +1,8 @@
 import Foundation
 import PCIModel
 import XenHypervisor
+import CXenPCI
+import XenPCIABI
 
 /// pciback(4): exports claimed PCI functions to guests over xenbus.
 ///

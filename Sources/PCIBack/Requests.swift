@@ -1,6 +1,8 @@
 import Foundation
 import PCIModel
 import XenHypervisor
+import CXenPCI
+import XenPCIABI
 
 /// The op path: pciback_xenbus_evthandler and the dispatch of each command.
 extension PCIBack {

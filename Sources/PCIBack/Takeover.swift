@@ -1,6 +1,7 @@
 import Foundation
 import PCIModel
 import XenHypervisor
+import XenPCIABI
 
 /// Restart without harm (issue 13): a backend that starts while guests use
 /// functions a previous backend served takes them over as they are. A

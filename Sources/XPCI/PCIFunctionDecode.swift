@@ -1,4 +1,5 @@
 import PCIModel
+import XenPCIABI
 
 /// Decoded capabilities: what a driver needs to find its registers, and
 /// what an `lspci -v`-like view prints.

@@ -1,6 +1,8 @@
 import Foundation
 import XenHypervisor
 import PCIModel
+import CXenPCI
+import XenPCIABI
 
 /// xpci(4): the Xen PV PCI frontend, ported from NetBSD's
 /// `sys/arch/xen/xen/xpci_xenbus.c` onto the C softc mirror

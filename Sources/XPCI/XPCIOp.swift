@@ -1,5 +1,7 @@
 import Foundation
 import XenHypervisor
+import CXenPCI
+import XenPCIABI
 
 /// The op path: one request at a time on the caller's thread, the reply
 /// checked before anything in it is believed.

@@ -1,5 +1,6 @@
 import Foundation
 import XenHypervisor
+import XenPCIABI
 
 /// One vector a backend mapped: what Xen would have programmed, so a test
 /// can check the entries and table base the backend asked for.

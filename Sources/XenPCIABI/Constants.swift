@@ -1,4 +1,4 @@
-@_exported import CXenPCI
+import CXenPCI
 import Foundation
 
 public typealias DomID = UInt16

@@ -1,3 +1,5 @@
+import CXenPCI
+
 /// The shared page seen through the C shim: every access to memory the other
 /// domain can write goes through an atomic or a one-shot copy.
 public struct SharedPage: @unchecked Sendable {

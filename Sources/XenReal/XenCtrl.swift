@@ -2,6 +2,7 @@ import CXenPCI
 import Foundation
 import XenHypervisor
 import XenToolstack
+import XenPCIABI
 
 /// A libxenctrl handle (/dev/xen/privcmd): the dom0 calls of PCI
 /// pass-through. Errors carry the call's name and its arguments.

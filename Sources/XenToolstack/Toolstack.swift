@@ -1,5 +1,6 @@
 import Foundation
 import XenHypervisor
+import XenPCIABI
 
 /// The hypervisor grants PCI pass-through needs besides xenstore (libxl's
 /// `pci_add_dm_done` / `pci_remove_detached` for a PV guest). `XenCtrl`

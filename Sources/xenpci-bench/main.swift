@@ -7,6 +7,7 @@ import PCIModel
 import Synchronization
 import XPCI
 import XenMock
+import XenPCIABI
 
 // MARK: arguments
 

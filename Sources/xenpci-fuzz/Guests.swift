@@ -1,6 +1,9 @@
 import Foundation
 import PCIBack
 import XenMock
+import CXenPCI
+import XenHypervisor
+import XenPCIABI
 
 // MARK: guests: a hostile guest's actions against the deterministic backend
 

@@ -7,6 +7,7 @@ import XenToolstack
 import XenReal
 import XenMock
 import XPCI
+import XenPCIABI
 
 struct XenPCICommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,6 +1,7 @@
 import PCIBack
 import PCIModel
 import XPCI
+import XenPCIABI
 
 /// `xenpci demo --tour`: a short script made for the devices at hand.
 enum Tour {

@@ -2,6 +2,8 @@ import Foundation
 import Testing
 @testable import PCIBack
 import XenMock
+import CXenPCI
+import XenPCIABI
 
 /// Each backend bug of NetBSD's pciback.c (docs/NETBSD-PORT.md), as a test that
 /// fails on NetBSD's behaviour.

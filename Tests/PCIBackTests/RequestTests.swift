@@ -2,6 +2,8 @@ import Foundation
 import Testing
 @testable import PCIBack
 import XenMock
+import CXenPCI
+import XenPCIABI
 
 /// docs/PROTOCOL.md §5, row by row, through raw requests in the shared page.
 @Suite("pciback requests (PROTOCOL §5)", .serialized)

@@ -2,6 +2,8 @@ import Foundation
 import Testing
 @testable import PCIBack
 import XenMock
+import CXenPCI
+import XenPCIABI
 
 @Suite("pciback xenbus: connect, hotplug, close", .serialized)
 struct XenbusTests {

@@ -5,6 +5,8 @@ import PCIModel
 import XPCI
 import XenMock
 import XenToolstack
+import XenHypervisor
+import XenPCIABI
 
 let fixtureRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .appendingPathComponent("Fixtures/qemu-q35").path

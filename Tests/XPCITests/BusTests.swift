@@ -3,6 +3,7 @@ import Testing
 import XenMock
 import PCIModel
 @testable import XPCI
+import XenPCIABI
 
 private let addr = Rig.addr
 

@@ -3,6 +3,9 @@ import Testing
 import XenMock
 import PCIModel
 @testable import XPCI
+import CXenPCI
+import XenHypervisor
+import XenPCIABI
 
 private let addr = Rig.addr
 

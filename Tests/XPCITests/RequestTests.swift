@@ -3,6 +3,8 @@ import Testing
 import XenMock
 import PCIModel
 @testable import XPCI
+import CXenPCI
+import XenPCIABI
 
 private let addr = Rig.addr
 private let rich = addr("00:01.0")

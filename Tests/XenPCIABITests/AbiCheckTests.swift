@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import CXenPCI
 
 /// Runs tools/abi-check (the same program as `make abi-check`) against the
 /// installed libxen-dev headers.

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import XenPCIABI
+import CXenPCI
 
 /// Swift's view of every mirrored struct must equal the C compiler's.
 @Suite("Layout: Swift MemoryLayout vs C offsetof")
