@@ -1,8 +1,9 @@
 // swift-tools-version:6.0
-// The architecture, bottom to top:
+// The architecture, bottom to top (no @_exported: each file imports what it uses):
+//   PCIModel (PCI only, nothing Xen: addresses, config space, capabilities)
 //   CXenPCI (C ABI: shared page, NetBSD softcs, flag atomics)
-//   -> XenPCIABI (Swift views: states, commands, errors, PCI addresses, shared page)
-//   -> XenHypervisor (interfaces: xenstore, grants, event channels)  +  PCIModel (config space, capabilities)
+//   -> XenPCIABI (Swift views: states, commands, errors, PCI roots, shared page)
+//   -> XenHypervisor (interfaces: xenstore, grants, event channels)
 //   -> XenMock (in-process hypervisor; a library product, not a test helper)
 //   -> PCIBack (pciback(4)) and XPCI (xpci(4)): they see the interfaces only
 //   -> xenpci (the command: picks a hypervisor and runs the drivers)
@@ -24,16 +25,16 @@ let package = Package(
     targets: [
         .target(name: "CXenPCI", path: ".", sources: ["CShims/CXenPCI"], publicHeadersPath: "Headers",
                 linkerSettings: [.linkedLibrary("dl")]),
-        .target(name: "XenPCIABI", dependencies: ["CXenPCI"]),
-        .target(name: "XenHypervisor", dependencies: ["XenPCIABI"]),
-        .target(name: "PCIModel", dependencies: ["XenPCIABI"]),
-        .target(name: "XenMock", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor"]),
+        .target(name: "XenPCIABI", dependencies: ["CXenPCI", "PCIModel"]),
+        .target(name: "XenHypervisor", dependencies: ["XenPCIABI", "PCIModel"]),
+        .target(name: "PCIModel"),
+        .target(name: "XenMock", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel"]),
         .target(name: "PCIBack", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel"]),
         .target(name: "XPCI", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel"]),
         // The real Xen libraries, dlopen()ed by soname at run time (never linked).
         // What libxl does for PCI pass-through, over any XenStore: the demo and `xenpci attach`.
-        .target(name: "XenToolstack", dependencies: ["XenPCIABI", "XenHypervisor"]),
-        .target(name: "XenReal", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "XenToolstack"]),
+        .target(name: "XenToolstack", dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel"]),
+        .target(name: "XenReal", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel", "XenToolstack"]),
         .executableTarget(
             name: "xenpci",
             dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel", "XenMock", "XenReal", "XenToolstack", "PCIBack", "XPCI",
@@ -43,7 +44,7 @@ let package = Package(
         .executableTarget(name: "xenpci-fuzz", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel", "PCIBack", "XPCI", "XenMock"]),
         // issue 9: `make bench` (docs/PERFORMANCE.md); the C reference is bench/xenpci_ref.c.
         .executableTarget(name: "xenpci-bench", dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel", "XenMock", "XenToolstack", "PCIBack", "XPCI"]),
-        .testTarget(name: "XenPCIABITests", dependencies: ["CXenPCI", "XenPCIABI"]),
+        .testTarget(name: "XenPCIABITests", dependencies: ["CXenPCI", "XenPCIABI", "PCIModel"]),
         .testTarget(name: "XenMockTests", dependencies: ["XenHypervisor", "XenMock"]),
         .testTarget(name: "PCIModelTests", dependencies: ["PCIModel"]),
         .testTarget(name: "PCIBackTests", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel", "PCIBack", "XenMock"]),
@@ -51,7 +52,7 @@ let package = Package(
         .testTarget(name: "PairTests", dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel", "PCIBack", "XPCI", "XenMock", "XenToolstack"]),
         .testTarget(name: "CLITests", dependencies: ["xenpci", "XenPCIABI", "XenHypervisor", "PCIBack", "PCIModel", "XPCI", "XenMock",
                                                      .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "XenRealTests", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "XenReal", "XenToolstack", "XenMock"]),
+        .testTarget(name: "XenRealTests", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel", "XenReal", "XenToolstack", "XenMock"]),
     ],
     // Swift 5 mode: the drivers share raw pointers into memory another domain
     // writes, which the Swift 6 Sendable checker cannot reason about; the C

@@ -1,6 +1,5 @@
 import Foundation
 import PCIModel
-import XenPCIABI
 
 /// A host PCI function as the backend reaches it. The same code serves a
 /// live Linux `/sys` and a fixture tree shaped like it.

@@ -1,5 +1,4 @@
 import PCIModel
-import XenPCIABI
 
 /// One entry of a hide list: a function, or a wildcard over a bus or slot.
 public struct PCIPattern: Equatable, CustomStringConvertible, Sendable {

@@ -1,6 +1,5 @@
 import Foundation
 import PCIModel
-import XenPCIABI
 
 /// A function that exists only in memory: for fuzzing, load tests and
 /// benchmarks that need more devices than there are fixtures. Reset puts

@@ -1,6 +1,5 @@
 import Foundation
 import PCIModel
-import XenPCIABI
 
 /// Strict parsers for values read from xenstore: a guest or toolstack
 /// writes them, so anything but the exact expected form is refused.

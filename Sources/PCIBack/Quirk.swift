@@ -1,6 +1,5 @@
 import Foundation
 import PCIModel
-import XenPCIABI
 
 /// A quirk line, `[DDDD:]BB:SS.F-REG:SIZE:MASK`: one extra register the guest
 /// may write, and only the bits of MASK (Linux ignores the mask; we do not).

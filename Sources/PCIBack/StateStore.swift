@@ -1,6 +1,5 @@
 import Foundation
 import PCIModel
-import XenPCIABI
 
 /// What a restarted backend needs and xenstore cannot tell it (issue 13):
 /// per claimed function, the golden state saved at claim (the hardware now

@@ -1,5 +1,3 @@
-import XenPCIABI
-
 /// A function's configuration space as bytes (256 or 4096), little-endian
 /// accessors, and the structure both drivers need: header type, BARs and
 /// capability lists.

@@ -1,5 +1,4 @@
 import PCIModel
-import XenPCIABI
 
 /// Decoded capabilities: what a driver needs to find its registers, and
 /// what an `lspci -v`-like view prints.

@@ -2,6 +2,7 @@ import Foundation
 import XenHypervisor
 import CXenPCI
 import XenPCIABI
+import PCIModel
 
 /// The op path: one request at a time on the caller's thread, the reply
 /// checked before anything in it is believed.

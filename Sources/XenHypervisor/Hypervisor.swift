@@ -1,4 +1,5 @@
 import XenPCIABI
+import PCIModel
 
 /// What a driver needs from a hypervisor, and nothing more. Drivers are
 /// written against this; the mock and the real Xen binding implement it.

@@ -1,4 +1,5 @@
 import CXenPCI
+import PCIModel
 
 /// The shared page seen through the C shim: every access to memory the other
 /// domain can write goes through an atomic or a one-shot copy.

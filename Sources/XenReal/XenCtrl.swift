@@ -3,6 +3,7 @@ import Foundation
 import XenHypervisor
 import XenToolstack
 import XenPCIABI
+import PCIModel
 
 /// A libxenctrl handle (/dev/xen/privcmd): the dom0 calls of PCI
 /// pass-through. Errors carry the call's name and its arguments.

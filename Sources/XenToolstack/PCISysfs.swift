@@ -1,6 +1,6 @@
 import Foundation
 import XenHypervisor
-import XenPCIABI
+import PCIModel
 
 /// What the toolstack reads about a host PCI function from Linux sysfs
 /// (`/sys/bus/pci/devices/<BDF>/{resource,irq,config}`). The root is a

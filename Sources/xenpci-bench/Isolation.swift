@@ -5,7 +5,6 @@ import Synchronization
 import XPCI
 import XenHypervisor
 import XenMock
-import XenPCIABI
 
 /// A function whose reset takes `delay` (a real FLR takes 100 ms and more).
 final class SlowResetDevice: PCIDeviceAccess, @unchecked Sendable {

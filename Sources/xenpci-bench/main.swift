@@ -7,7 +7,6 @@ import PCIModel
 import Synchronization
 import XPCI
 import XenMock
-import XenPCIABI
 
 // MARK: arguments
 

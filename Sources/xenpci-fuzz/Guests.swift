@@ -4,6 +4,7 @@ import XenMock
 import CXenPCI
 import XenHypervisor
 import XenPCIABI
+import PCIModel
 
 // MARK: guests: a hostile guest's actions against the deterministic backend
 

@@ -8,6 +8,7 @@ import XenReal
 import XenMock
 import XPCI
 import XenPCIABI
+import PCIModel
 
 struct XenPCICommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,7 +1,6 @@
 import Foundation
 import PCIBack
 import PCIModel
-import XenPCIABI
 
 /// Where the backend's devices come from: this machine's sysfs or a fixture
 /// tree shaped like it. Devices are opened as in-memory snapshots, so the

@@ -2,7 +2,7 @@ import Foundation
 import PCIBack
 import XPCI
 import XenHypervisor
-import XenPCIABI
+import PCIModel
 
 /// A failure the command reports in one line, with a sysexits(3) status.
 struct CLIError: Error, CustomStringConvertible {

@@ -1,7 +1,6 @@
 import Foundation
 import PCIModel
 import XPCI
-import XenPCIABI
 
 /// lspci's options as the shell takes them: `-n`, `-nn`, `-v`, `-x`,
 /// `-xxx`, `-xxxx`, `-s [[[[DDDD]:]BB]:][SS][.[F]]`, and `--json`.

@@ -1,7 +1,6 @@
 import PCIBack
 import PCIModel
 import XPCI
-import XenPCIABI
 
 /// `xenpci demo --tour`: a short script made for the devices at hand.
 enum Tour {

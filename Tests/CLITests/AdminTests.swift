@@ -6,7 +6,6 @@ import PCIModel
 import XenHypervisor
 import XenMock
 import Logging
-import XenPCIABI
 
 /// A scratch directory for a socket and a config file (sun_path is short:
 /// /tmp, not the test's temporary directory).

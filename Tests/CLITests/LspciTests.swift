@@ -4,7 +4,6 @@ import Testing
 import PCIBack
 import PCIModel
 import XPCI
-import XenPCIABI
 
 /// Our lspci against pciutils' on the same bytes: the captured outputs in
 /// the fixtures, live lspci on this machine, and `lspci -F` on a dump of

@@ -5,7 +5,6 @@ import Testing
 import PCIBack
 import PCIModel
 import XenMock
-import XenPCIABI
 
 /// What running on a real Xen 4.17 (make xen-test) showed, reproduced on the
 /// mock or on plain files.

@@ -4,7 +4,6 @@ import Testing
 import PCIBack
 import PCIModel
 import XPCI
-import XenPCIABI
 
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 let q35 = repoRoot + "/Tests/Fixtures/qemu-q35"

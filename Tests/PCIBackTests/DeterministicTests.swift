@@ -4,6 +4,7 @@ import Testing
 import XenMock
 import CXenPCI
 import XenPCIABI
+import PCIModel
 
 /// The deterministic mode (issue 13): no service thread, no workers; the
 /// backend does nothing until the caller steps it with `drain()`, which is

@@ -5,6 +5,7 @@ import XenMock
 import CXenPCI
 import XenHypervisor
 import XenPCIABI
+import PCIModel
 
 let fixtureRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .appendingPathComponent("Fixtures/qemu-q35").path

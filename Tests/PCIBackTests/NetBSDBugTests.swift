@@ -4,6 +4,7 @@ import Testing
 import XenMock
 import CXenPCI
 import XenPCIABI
+import PCIModel
 
 /// Each backend bug of NetBSD's pciback.c (docs/NETBSD-PORT.md), as a test that
 /// fails on NetBSD's behaviour.

@@ -4,6 +4,7 @@ import Testing
 import XenMock
 import CXenPCI
 import XenPCIABI
+import PCIModel
 
 /// docs/PROTOCOL.md §5, row by row, through raw requests in the shared page.
 @Suite("pciback requests (PROTOCOL §5)", .serialized)

@@ -4,6 +4,7 @@ import Testing
 import XenMock
 import CXenPCI
 import XenPCIABI
+import PCIModel
 
 @Suite("pciback xenbus: connect, hotplug, close", .serialized)
 struct XenbusTests {

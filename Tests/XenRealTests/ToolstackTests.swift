@@ -5,6 +5,7 @@ import XenMock
 import XenReal
 import XenHypervisor
 import XenPCIABI
+import PCIModel
 
 /// Records the libxenctrl calls the toolstack would make; can fail one.
 final class RecordingPermissions: PassthroughPermissions, @unchecked Sendable {
