@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 // The architecture, bottom to top (no @_exported: each file imports what it uses):
 //   PCIModel (PCI only, nothing Xen: addresses, config space, capabilities)
-//   CXenPCI (C ABI: shared page, NetBSD softcs, flag atomics)
+//   CXenPCI (C wire ABI: shared page, flag atomics)  +  CXenPCISoftc (NetBSD softcs)  +  CXenLibs (Xen libraries)
 //   -> XenPCIABI (Swift views: states, commands, errors, PCI roots, shared page)
 //   -> XenHypervisor (interfaces: xenstore, grants, event channels)
 //   -> XenMock (in-process hypervisor; a library product, not a test helper)
@@ -23,18 +23,24 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
-        .target(name: "CXenPCI", path: ".", sources: ["CShims/CXenPCI"], publicHeadersPath: "Headers",
+        // Three C modules, so each Swift module sees only the C it needs: the wire
+        // ABI and shim (everyone), the NetBSD softcs (the drivers, their state of
+        // record), the Xen libraries' dlopen() tables (XenReal).
+        .target(name: "CXenPCI", path: ".", sources: ["CShims/CXenPCI"], publicHeadersPath: "Headers/CXenPCI"),
+        .target(name: "CXenPCISoftc", dependencies: ["CXenPCI"], path: ".", sources: ["CShims/CXenPCISoftc"],
+                publicHeadersPath: "Headers/CXenPCISoftc"),
+        .target(name: "CXenLibs", path: ".", sources: ["CShims/CXenLibs"], publicHeadersPath: "Headers/CXenLibs",
                 linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "XenPCIABI", dependencies: ["CXenPCI", "PCIModel"]),
         .target(name: "XenHypervisor", dependencies: ["XenPCIABI", "PCIModel"]),
         .target(name: "PCIModel"),
         .target(name: "XenMock", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel"]),
-        .target(name: "PCIBack", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel"]),
-        .target(name: "XPCI", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel"]),
+        .target(name: "PCIBack", dependencies: ["CXenPCI", "CXenPCISoftc", "XenPCIABI", "XenHypervisor", "PCIModel"]),
+        .target(name: "XPCI", dependencies: ["CXenPCI", "CXenPCISoftc", "XenPCIABI", "XenHypervisor", "PCIModel"]),
         // The real Xen libraries, dlopen()ed by soname at run time (never linked).
         // What libxl does for PCI pass-through, over any XenStore: the demo and `xenpci attach`.
         .target(name: "XenToolstack", dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel"]),
-        .target(name: "XenReal", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel", "XenToolstack"]),
+        .target(name: "XenReal", dependencies: ["CXenLibs", "XenPCIABI", "XenHypervisor", "PCIModel", "XenToolstack"]),
         .executableTarget(
             name: "xenpci",
             dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel", "XenMock", "XenReal", "XenToolstack", "PCIBack", "XPCI",
@@ -44,15 +50,15 @@ let package = Package(
         .executableTarget(name: "xenpci-fuzz", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel", "PCIBack", "XPCI", "XenMock"]),
         // issue 9: `make bench` (docs/PERFORMANCE.md); the C reference is bench/xenpci_ref.c.
         .executableTarget(name: "xenpci-bench", dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel", "XenMock", "XenToolstack", "PCIBack", "XPCI"]),
-        .testTarget(name: "XenPCIABITests", dependencies: ["CXenPCI", "XenPCIABI", "PCIModel"]),
+        .testTarget(name: "XenPCIABITests", dependencies: ["CXenPCI", "CXenPCISoftc", "XenPCIABI", "PCIModel"]),
         .testTarget(name: "XenMockTests", dependencies: ["XenHypervisor", "XenMock"]),
         .testTarget(name: "PCIModelTests", dependencies: ["PCIModel"]),
-        .testTarget(name: "PCIBackTests", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel", "PCIBack", "XenMock"]),
-        .testTarget(name: "XPCITests", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel", "XPCI", "XenMock"]),
+        .testTarget(name: "PCIBackTests", dependencies: ["CXenPCI", "CXenPCISoftc", "XenPCIABI", "XenHypervisor", "PCIModel", "PCIBack", "XenMock"]),
+        .testTarget(name: "XPCITests", dependencies: ["CXenPCI", "CXenPCISoftc", "XenPCIABI", "XenHypervisor", "PCIModel", "XPCI", "XenMock"]),
         .testTarget(name: "PairTests", dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel", "PCIBack", "XPCI", "XenMock", "XenToolstack"]),
         .testTarget(name: "CLITests", dependencies: ["xenpci", "XenPCIABI", "XenHypervisor", "PCIBack", "PCIModel", "XPCI", "XenMock",
                                                      .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "XenRealTests", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel", "XenReal", "XenToolstack", "XenMock"]),
+        .testTarget(name: "XenRealTests", dependencies: ["CXenLibs", "XenPCIABI", "XenHypervisor", "PCIModel", "XenReal", "XenToolstack", "XenMock"]),
     ],
     // Swift 5 mode: the drivers share raw pointers into memory another domain
     // writes, which the Swift 6 Sendable checker cannot reason about; the C

@@ -1,7 +1,7 @@
 import Foundation
 import PCIModel
-import CXenPCI
 import XenPCIABI
+import CXenPCISoftc
 
 /// A device hidden from dom0 and held by pciback: NetBSD's
 /// `pciback_pci_dev` + `pciback_pci_softc` (the C structs hold the identity,

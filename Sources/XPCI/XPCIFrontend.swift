@@ -3,6 +3,7 @@ import XenHypervisor
 import PCIModel
 import CXenPCI
 import XenPCIABI
+import CXenPCISoftc
 
 /// xpci(4): the Xen PV PCI frontend, ported from NetBSD's
 /// `sys/arch/xen/xen/xpci_xenbus.c` onto the C softc mirror

@@ -5,6 +5,7 @@ import XenMock
 import CXenPCI
 import XenPCIABI
 import PCIModel
+import CXenPCISoftc
 
 /// The deterministic mode (issue 13): no service thread, no workers; the
 /// backend does nothing until the caller steps it with `drain()`, which is

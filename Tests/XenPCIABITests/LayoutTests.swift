@@ -3,6 +3,7 @@ import Testing
 @testable import XenPCIABI
 import CXenPCI
 import PCIModel
+import CXenPCISoftc
 
 /// Swift's view of every mirrored struct must equal the C compiler's.
 @Suite("Layout: Swift MemoryLayout vs C offsetof")
@@ -72,10 +73,11 @@ struct LayoutTests {
         "pb_xenbus_instance": MemoryLayout<pb_xenbus_instance>.size,
     ]
 
+    /// The wire structs' rows, then the softcs'.
     static func cTable() -> [xenpci_layout_row] {
-        var n = 0
-        let p = xenpci_layout_table(&n)!
-        return (0..<n).map { p[$0] }
+        var n = 0, m = 0
+        let p = xenpci_layout_table(&n)!, q = xenpci_softc_layout_table(&m)!
+        return (0..<n).map { p[$0] } + (0..<m).map { q[$0] }
     }
 
     @Test("every struct and field in the C table has the same size/offset in Swift")
