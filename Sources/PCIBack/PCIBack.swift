@@ -416,7 +416,7 @@ public final class PCIBack {
         }
         guard e.token == "pciback", e.path.hasPrefix(backendRoot + "/") else { return }
         let rest = e.path.dropFirst(backendRoot.count + 1).split(separator: "/")
-        guard let first = rest.first, let domid = XSValue.decimal(String(first), max: 0x7FEF).map(DomID.init) else { return }
+        guard let first = rest.first, let domid = XenstoreValue.decimal(String(first), max: 0x7FEF).map(DomID.init) else { return }
         backendChanged(domid)
     }
 

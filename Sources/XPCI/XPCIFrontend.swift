@@ -359,7 +359,7 @@ public final class XPCIFrontend: @unchecked Sendable {
     /// A decimal key of the backend directory, bounded.
     func readBoundedDecimal(_ store: XenStore, _ key: String, max: Int) throws -> Int {
         let text = try store.read(backendPath + "/" + key)
-        guard !text.isEmpty, text.count <= 6, text.allSatisfy(\.isASCII), text.allSatisfy(\.isNumber), let n = Int(text) else {
+        guard let n = XenstoreValue.decimal(text, max: UInt64.max).map(Int.init(clamping:)) else {
             throw XPCIError.backendLied("\(key) = '\(text)' is not a decimal number")
         }
         guard n <= max else { throw XPCIError.backendLied("\(key) = \(n) is above the bound of \(max)") }
