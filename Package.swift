@@ -1,6 +1,6 @@
 // swift-tools-version:6.0
 // The architecture, bottom to top (no @_exported: each file imports what it uses):
-//   PCIModel (PCI only, nothing Xen: addresses, config space, capabilities)
+//   PCIModel (PCI only, nothing Xen: addresses, config space, capabilities)  +  PCIHost (Linux sysfs `resource`)
 //   CXenPCI (C wire ABI: shared page, flag atomics)  +  CXenPCISoftc (NetBSD softcs)  +  CXenLibs (Xen libraries)
 //   -> XenPCIABI (Swift views: states, commands, errors, PCI roots, shared page)
 //   -> XenHypervisor (interfaces: xenstore, grants, event channels)
@@ -34,12 +34,14 @@ let package = Package(
         .target(name: "XenPCIABI", dependencies: ["CXenPCI", "PCIModel"]),
         .target(name: "XenHypervisor", dependencies: ["XenPCIABI", "PCIModel"]),
         .target(name: "PCIModel"),
+        // Linux host PCI (sysfs): what the backend and the toolstack both read.
+        .target(name: "PCIHost"),
         .target(name: "XenMock", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel"]),
-        .target(name: "PCIBack", dependencies: ["CXenPCI", "CXenPCISoftc", "XenPCIABI", "XenHypervisor", "PCIModel"]),
+        .target(name: "PCIBack", dependencies: ["CXenPCI", "CXenPCISoftc", "XenPCIABI", "XenHypervisor", "PCIModel", "PCIHost"]),
         .target(name: "XPCI", dependencies: ["CXenPCI", "CXenPCISoftc", "XenPCIABI", "XenHypervisor", "PCIModel"]),
         // The real Xen libraries, dlopen()ed by soname at run time (never linked).
         // What libxl does for PCI pass-through, over any XenStore: the demo and `xenpci attach`.
-        .target(name: "XenToolstack", dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel"]),
+        .target(name: "XenToolstack", dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel", "PCIHost"]),
         .target(name: "XenReal", dependencies: ["CXenLibs", "XenPCIABI", "XenHypervisor", "PCIModel", "XenToolstack"]),
         .executableTarget(
             name: "xenpci",
@@ -47,13 +49,14 @@ let package = Package(
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")]),
         // libFuzzer harness (`make fuzz`); built normally it replays corpora.
-        .executableTarget(name: "xenpci-fuzz", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel", "PCIBack", "XPCI", "XenMock"]),
+        .executableTarget(name: "xenpci-fuzz", dependencies: ["CXenPCI", "XenPCIABI", "XenHypervisor", "PCIModel", "PCIHost", "PCIBack", "XPCI", "XenMock"]),
         // issue 9: `make bench` (docs/PERFORMANCE.md); the C reference is bench/xenpci_ref.c.
-        .executableTarget(name: "xenpci-bench", dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel", "XenMock", "XenToolstack", "PCIBack", "XPCI"]),
+        .executableTarget(name: "xenpci-bench", dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel", "PCIHost", "XenMock", "XenToolstack", "PCIBack", "XPCI"]),
         .testTarget(name: "XenPCIABITests", dependencies: ["CXenPCI", "CXenPCISoftc", "XenPCIABI", "PCIModel"]),
         .testTarget(name: "XenMockTests", dependencies: ["XenHypervisor", "XenMock"]),
         .testTarget(name: "PCIModelTests", dependencies: ["PCIModel"]),
-        .testTarget(name: "PCIBackTests", dependencies: ["CXenPCI", "CXenPCISoftc", "XenPCIABI", "XenHypervisor", "PCIModel", "PCIBack", "XenMock"]),
+        .testTarget(name: "PCIHostTests", dependencies: ["PCIHost"]),
+        .testTarget(name: "PCIBackTests", dependencies: ["CXenPCI", "CXenPCISoftc", "XenPCIABI", "XenHypervisor", "PCIModel", "PCIHost", "PCIBack", "XenMock"]),
         .testTarget(name: "XPCITests", dependencies: ["CXenPCI", "CXenPCISoftc", "XenPCIABI", "XenHypervisor", "PCIModel", "XPCI", "XenMock"]),
         .testTarget(name: "PairTests", dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel", "PCIBack", "XPCI", "XenMock", "XenToolstack"]),
         .testTarget(name: "CLITests", dependencies: ["xenpci", "XenPCIABI", "XenHypervisor", "PCIBack", "PCIModel", "XPCI", "XenMock",

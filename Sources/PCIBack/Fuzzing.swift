@@ -2,6 +2,7 @@ import Foundation
 import PCIModel
 import CXenPCI
 import XenPCIABI
+import PCIHost
 
 /// Entry points for the fuzz harness (`make fuzz`): arbitrary bytes through
 /// the real request path, checked against what the protocol promises.

@@ -3,6 +3,7 @@ import PCIModel
 import XenHypervisor
 import CXenPCI
 import XenPCIABI
+import PCIHost
 
 /// pciback(4): exports claimed PCI functions to guests over xenbus.
 ///

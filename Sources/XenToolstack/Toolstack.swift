@@ -1,6 +1,7 @@
 import Foundation
 import XenHypervisor
 import XenPCIABI
+import PCIHost
 import PCIModel
 
 /// The hypervisor grants PCI pass-through needs besides xenstore (libxl's

@@ -6,6 +6,7 @@ import XenMock
 import CXenPCI
 import XenHypervisor
 import XenPCIABI
+import PCIHost
 
 /// The fuzz targets. Each takes arbitrary bytes; a broken invariant is a
 /// crash (fatalError), which is what libFuzzer records.
