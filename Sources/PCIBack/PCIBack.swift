@@ -59,7 +59,7 @@ public final class PCIBack {
         }
     }
 
-    let hv: Hypervisor
+    let hv: BackendServices
     let options: Options
     let me: DomID
     let xs: XenStore
@@ -95,7 +95,7 @@ public final class PCIBack {
     var recoveryProblem: String?
 
     /// Opens the handles the backend needs; nothing runs until `start()`.
-    public init(hypervisor: Hypervisor, options: Options = Options(), stateStore: BackendStateStore? = nil) throws {
+    public init(hypervisor: BackendServices, options: Options = Options(), stateStore: BackendStateStore? = nil) throws {
         hv = hypervisor
         self.options = options
         deviceWork = DeviceWork(workers: options.serviceThread)

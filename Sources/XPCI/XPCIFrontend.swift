@@ -51,7 +51,7 @@ public final class XPCIFrontend: @unchecked Sendable {
     /// XPCI_GRANT_INVALID ((grant_ref_t)-1; the C macro does not import).
     static let grantInvalid = GrantRef.max
 
-    let hv: Hypervisor
+    let hv: FrontendServices
     public let options: Options
     /// The NetBSD softc, allocated here: sc_evtchn, sc_backend_status,
     /// sc_shutdown, sc_shared, sc_shared_gntref. sc_dev/sc_xbusd stay nil.
@@ -89,7 +89,7 @@ public final class XPCIFrontend: @unchecked Sendable {
     var thread: Thread?
     let threadDone = DispatchSemaphore(value: 0)
 
-    public init(hypervisor: Hypervisor, options: Options = .init()) throws {
+    public init(hypervisor: FrontendServices, options: Options = .init()) throws {
         guard options.instance >= 0 else { throw XPCIError.badArgument("instance \(options.instance) is negative") }
         guard options.requestTimeout > .zero else { throw XPCIError.badArgument("request timeout must be positive") }
         hv = hypervisor
