@@ -8,10 +8,10 @@ public enum XenState: UInt32, CaseIterable, CustomStringConvertible, Sendable {
     case unknown = 0, initialising, initWait, initialised, connected, closing, closed,
          reconfiguring, reconfigured
 
-    /// Parses a xenstore `state` value; nil for anything that is not 0...8.
+    /// Parses a xenstore `state` value strictly (XenstoreValue.decimal: the
+    /// other end writes it); nil for anything that is not 0...8.
     public init?(xenstore text: String) {
-        guard let n = UInt32(text.trimmingCharacters(in: .whitespaces)), let s = XenState(rawValue: n)
-        else { return nil }
+        guard let n = XenstoreValue.decimal(text, max: 8), let s = XenState(rawValue: UInt32(n)) else { return nil }
         self = s
     }
 

@@ -265,6 +265,7 @@ struct XenValueTests {
         #expect(XenState(xenstore: "4") == .connected)
         #expect(XenState(xenstore: "9") == nil)
         #expect(XenState(xenstore: "x") == nil)
+        for bad in ["04", " 4", "4 ", "+4", "\u{0664}", ""] { #expect(XenState(xenstore: bad) == nil, "'\(bad)' must be refused") }
         #expect(XenState.allCases.map(\.rawValue) == Array(0...8))
         #expect(XenState.reconfigured.rawValue == XenbusStateReconfigured.rawValue)
     }
