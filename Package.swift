@@ -45,7 +45,7 @@ let package = Package(
         .target(name: "XenReal", dependencies: ["CXenLibs", "XenPCIABI", "XenHypervisor", "PCIModel", "XenToolstack"]),
         .executableTarget(
             name: "xenpci",
-            dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel", "XenMock", "XenReal", "XenToolstack", "PCIBack", "XPCI",
+            dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel", "PCIHost", "XenMock", "XenReal", "XenToolstack", "PCIBack", "XPCI",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Logging", package: "swift-log")]),
         // libFuzzer harness (`make fuzz`); built normally it replays corpora.
@@ -58,7 +58,7 @@ let package = Package(
         .testTarget(name: "PCIHostTests", dependencies: ["PCIHost"]),
         .testTarget(name: "PCIBackTests", dependencies: ["CXenPCI", "CXenPCISoftc", "XenPCIABI", "XenHypervisor", "PCIModel", "PCIHost", "PCIBack", "XenMock"]),
         .testTarget(name: "XPCITests", dependencies: ["CXenPCI", "CXenPCISoftc", "XenPCIABI", "XenHypervisor", "PCIModel", "XPCI", "XenMock"]),
-        .testTarget(name: "PairTests", dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel", "PCIBack", "XPCI", "XenMock", "XenToolstack"]),
+        .testTarget(name: "PairTests", dependencies: ["XenPCIABI", "XenHypervisor", "PCIModel", "PCIHost", "PCIBack", "XPCI", "XenMock", "XenToolstack"]),
         .testTarget(name: "CLITests", dependencies: ["xenpci", "XenPCIABI", "XenHypervisor", "PCIBack", "PCIModel", "XPCI", "XenMock",
                                                      .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "XenRealTests", dependencies: ["CXenLibs", "XenPCIABI", "XenHypervisor", "PCIModel", "XenReal", "XenToolstack", "XenMock"]),
@@ -68,3 +68,9 @@ let package = Package(
     // shim supplies the atomics and barriers instead.
     swiftLanguageModes: [.v5]
 )
+
+// Each Swift file imports what it uses, extension members included: without
+// this a member of a module imported elsewhere in the target leaks through.
+for t in package.targets where !["CXenPCI", "CXenPCISoftc", "CXenLibs"].contains(t.name) {
+    t.swiftSettings = (t.swiftSettings ?? []) + [.enableUpcomingFeature("MemberImportVisibility")]
+}

@@ -2,6 +2,7 @@ import Foundation
 import PCIModel
 import XenHypervisor
 import XenPCIABI
+import CXenPCISoftc
 
 /// Export, connect, reconfigure and teardown: the xenbus side of
 /// NetBSD's pciback_xenbus_* functions with Linux's behaviour.

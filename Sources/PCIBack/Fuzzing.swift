@@ -3,6 +3,7 @@ import PCIModel
 import CXenPCI
 import XenPCIABI
 import PCIHost
+import CXenPCISoftc
 
 /// Entry points for the fuzz harness (`make fuzz`): arbitrary bytes through
 /// the real request path, checked against what the protocol promises.

@@ -3,6 +3,8 @@ import PCIModel
 import XenHypervisor
 import CXenPCI
 import XenPCIABI
+import CXenPCISoftc
+import PCIHost
 
 /// The op path: pciback_xenbus_evthandler and the dispatch of each command.
 extension PCIBack {

@@ -3,6 +3,7 @@ import PCIBack
 import PCIModel
 import XPCI
 import XenPCIABI
+import PCIHost
 
 /// What the shell can ask of the host side. Inside `xenpci demo` the mock
 /// host answers; against a real backend (`xenpci frontend`) there is none

@@ -5,6 +5,7 @@ import XenMock
 import CXenPCI
 import XenPCIABI
 import PCIModel
+import XenHypervisor
 
 /// Each backend bug of NetBSD's pciback.c (docs/NETBSD-PORT.md), as a test that
 /// fails on NetBSD's behaviour.

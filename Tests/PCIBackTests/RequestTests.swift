@@ -5,6 +5,7 @@ import XenMock
 import CXenPCI
 import XenPCIABI
 import PCIModel
+import XenHypervisor
 
 /// docs/PROTOCOL.md §5, row by row, through raw requests in the shared page.
 @Suite("pciback requests (PROTOCOL §5)", .serialized)

@@ -5,6 +5,7 @@ import XenMock
 import PCIModel
 import CXenPCI
 import XenPCIABI
+import XenHypervisor
 
 /// Restart without harm (issue 13): a backend started while a guest uses its
 /// functions takes the guest over; nothing is reset under it.

@@ -5,6 +5,7 @@ import XenMock
 import CXenPCI
 import XenPCIABI
 import PCIModel
+import XenHypervisor
 
 @Suite("pciback xenbus: connect, hotplug, close", .serialized)
 struct XenbusTests {

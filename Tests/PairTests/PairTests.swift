@@ -7,6 +7,7 @@ import XenMock
 import XenToolstack
 import XenHypervisor
 import XenPCIABI
+import PCIHost
 
 let fixtureRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .appendingPathComponent("Fixtures/qemu-q35").path

@@ -4,6 +4,7 @@ import XenMock
 import PCIModel
 @testable import XPCI
 import XenPCIABI
+import CXenPCI
 
 private let addr = Rig.addr
 
