@@ -3,9 +3,10 @@
 //   PCIModel (PCI only, nothing Xen: addresses, config space, capabilities)  +  PCIHost (Linux sysfs `resource`)
 //   CXenPCI (C wire ABI: shared page, flag atomics)  +  CXenPCISoftc (NetBSD softcs)  +  CXenLibs (Xen libraries)
 //   -> XenPCIABI (Swift views: states, commands, errors, PCI roots, shared page)
-//   -> XenHypervisor (interfaces: xenstore, grants, event channels)
+//   -> XenHypervisor (interfaces: xenstore, grants, event channels, interrupt routing)
 //   -> XenMock (in-process hypervisor; a library product, not a test helper)
-//   -> PCIBack (pciback(4)) and XPCI (xpci(4)): they see the interfaces only
+//   -> PCIBack (pciback(4)) and XPCI (xpci(4)): interfaces only, each handed just its
+//      services (BackendServices, FrontendServices); XenReal (real Xen) and XenToolstack beside them
 //   -> xenpci (the command: picks a hypervisor and runs the drivers)
 import PackageDescription
 
