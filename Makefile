@@ -12,7 +12,7 @@ help:
 	@echo "                (DEMO_ARGS= for the interactive shell; DEMO_ARGS='--script FILE' for yours)"
 	@echo "make man        check and render the manual pages into build/man/*.txt"
 	@echo "make test       install test dependencies (libxen-dev, pciutils, mandoc), run abi-check and the test suite"
-	@echo "make abi-check  compare Headers/ with the system's Xen headers"
+	@echo "make abi-check  compare Headers/CXenPCI/ with the system's Xen headers"
 	@echo "make xenlib-check  compare our Xen library prototypes with the system's headers"
 	@echo "make build      build everything"
 	@echo "make bench      request-path benchmarks vs the C reference (docs/PERFORMANCE.md); BENCH_ARGS=--quick"
@@ -24,9 +24,9 @@ deps:
 build:
 	$(SWIFT) build
 
-$(BUILD)/abi-check: $(ABI_DIR)/*.c $(ABI_DIR)/*.h $(ABI_DIR)/*.def Headers/*.h
+$(BUILD)/abi-check: $(ABI_DIR)/*.c $(ABI_DIR)/*.h $(ABI_DIR)/*.def Headers/CXenPCI/*.h
 	@mkdir -p $(BUILD)
-	$(CC) -std=gnu11 -Wall -Wextra -Wno-type-limits -Werror -IHeaders -I$(ABI_DIR) \
+	$(CC) -std=gnu11 -Wall -Wextra -Wno-type-limits -Werror -IHeaders/CXenPCI -I$(ABI_DIR) \
 	    $(ABI_DIR)/abi_xen.c $(ABI_DIR)/abi_ours.c $(ABI_DIR)/abi_main.c -o $@
 
 abi-check:
@@ -34,9 +34,9 @@ abi-check:
 	@$(MAKE) --no-print-directory $(BUILD)/abi-check
 	@$(BUILD)/abi-check
 
-$(BUILD)/xenlib-check: tools/xenlib-check/xenlib_check.c Headers/xenpci_xenlibs.h
+$(BUILD)/xenlib-check: tools/xenlib-check/xenlib_check.c Headers/CXenLibs/xenpci_xenlibs.h
 	@mkdir -p $(BUILD)
-	$(CC) -std=gnu11 -Wall -Wextra -Werror -IHeaders tools/xenlib-check/xenlib_check.c -o $@
+	$(CC) -std=gnu11 -Wall -Wextra -Werror -IHeaders/CXenLibs tools/xenlib-check/xenlib_check.c -o $@
 
 xenlib-check:
 	@test -f /usr/include/xenstore.h || { echo "xenlib-check: /usr/include/xenstore.h missing: run 'make deps' (libxen-dev)" >&2; exit 1; }
@@ -69,9 +69,9 @@ man: $(MAN_PAGES)
 	@echo "man: rendered $(notdir $(MAN_PAGES)) into $(BUILD)/man/"
 
 # issue 9: the C reference (bench/) and the Swift benchmarks, one invocation.
-$(BUILD)/xenpci-ref: bench/xenpci_ref.c Headers/xenpci_abi.h
+$(BUILD)/xenpci-ref: bench/xenpci_ref.c Headers/CXenPCI/xenpci_abi.h
 	@mkdir -p $(BUILD)
-	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -pthread -IHeaders bench/xenpci_ref.c -o $@
+	$(CC) -std=gnu11 -O2 -Wall -Wextra -Werror -pthread -IHeaders/CXenPCI bench/xenpci_ref.c -o $@
 
 bench: $(BUILD)/xenpci-ref
 	@# The default scratch path: with --scratch-path, SwiftPM 6.3.1's incremental

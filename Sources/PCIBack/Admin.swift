@@ -1,6 +1,7 @@
 import Foundation
 import PCIModel
 import XenHypervisor
+import XenPCIABI
 
 /// One claimed function as `xenpci status` shows it.
 public struct AdminFunctionStatus: Sendable {

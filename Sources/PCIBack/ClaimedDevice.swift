@@ -1,5 +1,8 @@
 import Foundation
 import PCIModel
+import XenPCIABI
+import CXenPCISoftc
+import PCIHost
 
 /// A device hidden from dom0 and held by pciback: NetBSD's
 /// `pciback_pci_dev` + `pciback_pci_softc` (the C structs hold the identity,

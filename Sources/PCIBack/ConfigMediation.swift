@@ -1,4 +1,6 @@
 import PCIModel
+import XenPCIABI
+import PCIHost
 
 /// What the guest may see and change of one exported function's config
 /// space (docs/PROTOCOL.md §6). Built at export from the device's header type

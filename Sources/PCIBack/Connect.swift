@@ -1,6 +1,8 @@
 import Foundation
 import PCIModel
 import XenHypervisor
+import XenPCIABI
+import CXenPCISoftc
 
 /// Export, connect, reconfigure and teardown: the xenbus side of
 /// NetBSD's pciback_xenbus_* functions with Linux's behaviour.
@@ -40,7 +42,7 @@ extension PCIBack {
             fatal(i, "\(p)/num_devs is missing")
             return
         }
-        guard let num = XSValue.decimal(numText, max: Self.maxDevices) else {
+        guard let num = XenstoreValue.decimal(numText, max: Self.maxDevices) else {
             fatal(i, "\(p)/num_devs '\(numText)' is not a decimal count of at most \(Self.maxDevices)")
             return
         }
@@ -107,7 +109,7 @@ extension PCIBack {
         let roots = computeRoots(i)
         let p = i.backendPath
         // Where each exported device stands now in the (possibly compacted) dev-N list.
-        let num = ((try? xs.readIfPresent(p + "/num_devs")) ?? nil).flatMap { XSValue.decimal($0, max: Self.maxDevices) } ?? 0
+        let num = ((try? xs.readIfPresent(p + "/num_devs")) ?? nil).flatMap { XenstoreValue.decimal($0, max: Self.maxDevices) } ?? 0
         let slots = (0..<Int(num)).compactMap { n in hostAddress(i, n).flatMap { h in exported(i, host: h).map { (n, $0) } } }
         do {
             try xs.transaction { t in
@@ -147,10 +149,10 @@ extension PCIBack {
         guard magic == XenPCI.magic else {
             return fatal(i, "version mismatch: frontend magic '\(magic.prefix(16))', backend \(XenPCI.magic)")
         }
-        guard let refText = read("pci-op-ref"), let ref = XSValue.decimal(refText, max: UInt64(UInt32.max - 1)) else {
+        guard let refText = read("pci-op-ref"), let ref = XenstoreValue.decimal(refText, max: UInt64(UInt32.max - 1)) else {
             return fatal(i, "\(f)/pci-op-ref '\(read("pci-op-ref")?.prefix(16) ?? "missing")' is not a grant reference")
         }
-        guard let portText = read("event-channel"), let remote = XSValue.decimal(portText, max: 1 << 17), remote > 0 else {
+        guard let portText = read("event-channel"), let remote = XenstoreValue.decimal(portText, max: 1 << 17), remote > 0 else {
             return fatal(i, "\(f)/event-channel '\(read("event-channel")?.prefix(16) ?? "missing")' is not an event channel port")
         }
         let m: GrantMapping
@@ -188,7 +190,7 @@ extension PCIBack {
     /// remove `state-N`=5, republish, go Reconfigured.
     func reconfigure(_ i: Instance) {
         let p = i.backendPath
-        guard let numText = try? xs.readIfPresent(p + "/num_devs"), let num = XSValue.decimal(numText, max: Self.maxDevices) else {
+        guard let numText = try? xs.readIfPresent(p + "/num_devs"), let num = XenstoreValue.decimal(numText, max: Self.maxDevices) else {
             return fatal(i, "\(p)/num_devs is missing or not a count of at most \(Self.maxDevices)")
         }
         for n in 0..<Int(num) {

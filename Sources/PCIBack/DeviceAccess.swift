@@ -1,5 +1,6 @@
 import Foundation
 import PCIModel
+import PCIHost
 
 /// A host PCI function as the backend reaches it. The same code serves a
 /// live Linux `/sys` and a fixture tree shaped like it.
@@ -52,31 +53,6 @@ extension PCIDeviceAccess {
     }
 }
 
-/// One line of sysfs `resource`: start, end, flags.
-public struct PCIResource: Equatable, Sendable {
-    public var start: UInt64
-    public var end: UInt64
-    public var flags: UInt64
-    public var size: UInt64 { end >= start && (start != 0 || end != 0) ? end - start + 1 : 0 }
-    public var isIO: Bool { flags & 0x100 != 0 }     // IORESOURCE_IO
-    public var isMemory: Bool { flags & 0x200 != 0 } // IORESOURCE_MEM
-    public var isPrefetch: Bool { flags & 0x2000 != 0 }
-    public var is64Bit: Bool { flags & 0x0010_0000 != 0 } // IORESOURCE_MEM_64
-
-    public init(start: UInt64, end: UInt64, flags: UInt64) { self.start = start; self.end = end; self.flags = flags }
-
-    /// Parses sysfs `resource` text; malformed lines are an error naming the line.
-    public static func parse(_ text: String, path: String) throws -> [PCIResource] {
-        try text.split(separator: "\n").enumerated().map { n, line in
-            let f = line.split(separator: " ").map { UInt64($0.hasPrefix("0x") ? $0.dropFirst(2) : $0, radix: 16) }
-            guard f.count == 3, let s = f[0], let e = f[1], let fl = f[2] else {
-                throw PCIBackError.badDevice("\(path): line \(n + 1) '\(line)' is not 'start end flags'")
-            }
-            return PCIResource(start: s, end: e, flags: fl)
-        }
-    }
-}
-
 /// Drivers that exist to hold a device for pass-through: binding to them
 /// does not mean the host is using the device.
 public let stubDrivers: Set<String> = ["pciback", "xen-pciback", "pci-stub", "vfio-pci"]
@@ -109,7 +85,9 @@ public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
             throw PCIBackError.badDevice("\(address): no such device (\(path)/config is missing)")
         }
         func text(_ f: String) -> String? { fm.contents(atPath: path + "/" + f).map { String(decoding: $0, as: UTF8.self) } }
-        resources = try text("resource").map { try PCIResource.parse($0, path: path + "/resource") } ?? []
+        resources = try text("resource").map { t in
+            do { return try PCIResource.parse(t) } catch { throw PCIBackError.badDevice("\(path)/resource: \(error)") }
+        } ?? []
         irq = text("irq").flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 0
         // A live sysfs has a `driver` symlink; fixture trees may record the name in a file.
         if let link = try? fm.destinationOfSymbolicLink(atPath: path + "/driver") {

@@ -1,5 +1,9 @@
 import Foundation
 import PCIModel
+import CXenPCI
+import XenPCIABI
+import PCIHost
+import CXenPCISoftc
 
 /// Entry points for the fuzz harness (`make fuzz`): arbitrary bytes through
 /// the real request path, checked against what the protocol promises.

@@ -1,6 +1,9 @@
 import Foundation
 import PCIModel
 import XenHypervisor
+import CXenPCI
+import XenPCIABI
+import CXenPCISoftc
 
 /// One guest's connection: NetBSD's `pb_xenbus_instance`, the state of
 /// record for what it holds. The C struct holds the domid, the bound port,

@@ -1,5 +1,6 @@
 import Foundation
 import PCIModel
+import PCIHost
 
 /// A function that exists only in memory: for fuzzing, load tests and
 /// benchmarks that need more devices than there are fixtures. Reset puts

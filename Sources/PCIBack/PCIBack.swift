@@ -1,6 +1,9 @@
 import Foundation
 import PCIModel
 import XenHypervisor
+import CXenPCI
+import XenPCIABI
+import PCIHost
 
 /// pciback(4): exports claimed PCI functions to guests over xenbus.
 ///
@@ -62,7 +65,7 @@ public final class PCIBack {
         }
     }
 
-    let hv: Hypervisor
+    let hv: BackendServices
     let options: Options
     let me: DomID
     let xs: XenStore
@@ -98,7 +101,7 @@ public final class PCIBack {
     var recoveryProblem: String?
 
     /// Opens the handles the backend needs; nothing runs until `start()`.
-    public init(hypervisor: Hypervisor, options: Options = Options(), stateStore: BackendStateStore? = nil) throws {
+    public init(hypervisor: BackendServices, options: Options = Options(), stateStore: BackendStateStore? = nil) throws {
         hv = hypervisor
         self.options = options
         deviceWork = DeviceWork(workers: options.serviceThread)
@@ -425,7 +428,7 @@ public final class PCIBack {
         }
         guard e.token == "pciback", e.path.hasPrefix(backendRoot + "/") else { return }
         let rest = e.path.dropFirst(backendRoot.count + 1).split(separator: "/")
-        guard let first = rest.first, let domid = XSValue.decimal(String(first), max: 0x7FEF).map(DomID.init) else { return }
+        guard let first = rest.first, let domid = XenstoreValue.decimal(String(first), max: 0x7FEF).map(DomID.init) else { return }
         backendChanged(domid)
     }
 

@@ -1,6 +1,10 @@
 import Foundation
 import PCIModel
 import XenHypervisor
+import CXenPCI
+import XenPCIABI
+import CXenPCISoftc
+import PCIHost
 
 /// The op path: pciback_xenbus_evthandler and the dispatch of each command.
 extension PCIBack {

@@ -1,6 +1,7 @@
 import Foundation
 import PCIModel
 import XenHypervisor
+import XenPCIABI
 
 /// Restart without harm (issue 13): a backend that starts while guests use
 /// functions a previous backend served takes them over as they are. A
@@ -46,12 +47,12 @@ extension PCIBack {
     /// device, if any.
     func holder(of a: PCIAddress) -> DomID? {
         for name in (try? xs.directory(backendRoot)) ?? [] {
-            guard let domid = XSValue.decimal(name, max: 0x7FEF).map(DomID.init),
+            guard let domid = XenstoreValue.decimal(name, max: 0x7FEF).map(DomID.init),
                   (try? xs.readIfPresent("/local/domain/\(domid)/domid")) ?? nil != nil else { continue }
             let p = "\(backendRoot)/\(domid)/0"
             guard let st = (try? xs.readIfPresent(p + "/state")) ?? nil, let s = XenState(xenstore: st),
                   s != .closed, s != .closing, s != .initialising,
-                  let num = ((try? xs.readIfPresent(p + "/num_devs")) ?? nil).flatMap({ XSValue.decimal($0, max: Self.maxDevices) }) else { continue }
+                  let num = ((try? xs.readIfPresent(p + "/num_devs")) ?? nil).flatMap({ XenstoreValue.decimal($0, max: Self.maxDevices) }) else { continue }
             for n in 0..<Int(num) {
                 guard ((try? xs.readIfPresent(p + "/dev-\(n)")) ?? nil).flatMap(XSValue.hostAddress) == a else { continue }
                 let ds = (try? xs.readIfPresent(p + "/state-\(n)")) ?? nil
@@ -67,14 +68,14 @@ extension PCIBack {
     /// it posted while no backend ran is answered.
     func adoptGuests() {
         for name in (try? xs.directory(backendRoot)) ?? [] {
-            guard let domid = XSValue.decimal(name, max: 0x7FEF).map(DomID.init), instances[domid] == nil else { continue }
+            guard let domid = XenstoreValue.decimal(name, max: 0x7FEF).map(DomID.init), instances[domid] == nil else { continue }
             let path = "\(backendRoot)/\(domid)/0"
             guard let st = (try? xs.readIfPresent(path + "/state")) ?? nil, let state = XenState(xenstore: st) else { continue }
             switch state {
             case .initialised, .connected, .reconfiguring, .reconfigured:
                 // Only a guest we hold a function of: one whose functions were
                 // refused (left alone) is not ours to attach to, nor to close.
-                let num0 = ((try? xs.readIfPresent(path + "/num_devs")) ?? nil).flatMap { XSValue.decimal($0, max: Self.maxDevices) } ?? 0
+                let num0 = ((try? xs.readIfPresent(path + "/num_devs")) ?? nil).flatMap { XenstoreValue.decimal($0, max: Self.maxDevices) } ?? 0
                 let ours = (0..<Int(num0)).contains { n in
                     ((try? xs.readIfPresent(path + "/dev-\(n)")) ?? nil).flatMap(XSValue.hostAddress).map { devices[$0]?.adoption?.guest == domid } ?? false
                 }
@@ -86,7 +87,7 @@ extension PCIBack {
                 i.state = state
                 let fs = ((try? xs.readIfPresent(i.frontendPath + "/state")) ?? nil).flatMap(XenState.init(xenstore:)) ?? .unknown
                 i.frontState = fs
-                let num = ((try? xs.readIfPresent(path + "/num_devs")) ?? nil).flatMap { XSValue.decimal($0, max: Self.maxDevices) } ?? 0
+                let num = ((try? xs.readIfPresent(path + "/num_devs")) ?? nil).flatMap { XenstoreValue.decimal($0, max: Self.maxDevices) } ?? 0
                 for n in 0..<Int(num) {
                     let ds = (try? xs.readIfPresent(path + "/state-\(n)")) ?? nil
                     if ds == XenState.closing.xenstoreValue || ds == XenState.closed.xenstoreValue { continue }

@@ -1,5 +1,6 @@
 import XenHypervisor
 import PCIModel
+import XenPCIABI
 
 /// One BAR as found by sizing through the protocol.
 public struct PCIBAR: Equatable, Sendable, CustomStringConvertible {

@@ -1,4 +1,6 @@
 import XenHypervisor
+import XenPCIABI
+import PCIModel
 
 /// Everything that can go wrong in the frontend. Every message names what was
 /// wrong: the operation, the device, the xenstore key or the reply field.

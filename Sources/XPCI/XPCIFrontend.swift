@@ -2,6 +2,9 @@ import Foundation
 import Synchronization
 import XenHypervisor
 import PCIModel
+import CXenPCI
+import XenPCIABI
+import CXenPCISoftc
 
 /// xpci(4): the Xen PV PCI frontend, ported from NetBSD's
 /// `sys/arch/xen/xen/xpci_xenbus.c` onto the C softc mirror
@@ -58,7 +61,7 @@ public final class XPCIFrontend: @unchecked Sendable {
     /// XPCI_GRANT_INVALID ((grant_ref_t)-1; the C macro does not import).
     static let grantInvalid = GrantRef.max
 
-    let hv: Hypervisor
+    let hv: FrontendServices
     public let options: Options
     /// The NetBSD softc, allocated here: sc_evtchn, sc_backend_status,
     /// sc_shutdown, sc_shared, sc_shared_gntref. sc_dev/sc_xbusd stay nil.
@@ -105,7 +108,7 @@ public final class XPCIFrontend: @unchecked Sendable {
     let requestsPosted = Atomic<UInt64>(0)
     let threadDone = DispatchSemaphore(value: 0)
 
-    public init(hypervisor: Hypervisor, options: Options = .init()) throws {
+    public init(hypervisor: FrontendServices, options: Options = .init()) throws {
         guard options.instance >= 0 else { throw XPCIError.badArgument("instance \(options.instance) is negative") }
         guard options.requestTimeout > .zero else { throw XPCIError.badArgument("request timeout must be positive") }
         guard options.aerRateLimit.burst >= 0, options.aerRateLimit.window > .zero else {
@@ -438,7 +441,7 @@ public final class XPCIFrontend: @unchecked Sendable {
     /// A decimal key of the backend directory, bounded.
     func readBoundedDecimal(_ store: XenStore, _ key: String, max: Int) throws -> Int {
         let text = try store.read(backendPath + "/" + key)
-        guard !text.isEmpty, text.count <= 6, text.allSatisfy(\.isASCII), text.allSatisfy(\.isNumber), let n = Int(text) else {
+        guard let n = XenstoreValue.decimal(text, max: UInt64.max).map(Int.init(clamping:)) else {
             throw XPCIError.backendLied("\(key) = '\(text)' is not a decimal number")
         }
         guard n <= max else { throw XPCIError.backendLied("\(key) = \(n) is above the bound of \(max)") }

@@ -1,5 +1,10 @@
 import Foundation
+import Synchronization
 import XenHypervisor
+import CXenPCI
+import XenPCIABI
+import PCIModel
+import CXenPCISoftc
 
 /// The op path: one request at a time on the caller's thread, the reply
 /// checked before anything in it is believed.

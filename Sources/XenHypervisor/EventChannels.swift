@@ -1,4 +1,5 @@
 import Foundation
+import XenPCIABI
 
 public typealias EvtchnPort = UInt32
 

@@ -1,3 +1,5 @@
+import XenPCIABI
+
 public typealias GrantRef = UInt32
 public typealias GrantHandle = UInt32
 

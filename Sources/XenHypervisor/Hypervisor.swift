@@ -1,16 +1,32 @@
-/// What a driver needs from a hypervisor, and nothing more. Drivers are
-/// written against this; the mock and the real Xen binding implement it.
-public protocol Hypervisor: AnyObject {
+import XenPCIABI
+import PCIModel
+
+/// What both drivers ask of a hypervisor: who they are, xenstore, event channels.
+public protocol XenServices: AnyObject {
     /// "mock" or "xen", for messages.
     var name: String { get }
     /// The calling domain's id.
     func domid() throws -> DomID
     func openXenStore() throws -> XenStore
     func openEventChannels() throws -> EventChannels
+}
+
+/// What pciback(4) is handed: it maps the guest's page and routes the
+/// host device's interrupts, and never shares pages.
+public protocol BackendServices: XenServices {
     func openGrantTable() throws -> GrantTable
-    func openGrantSharing() throws -> GrantSharing
     func openInterruptRouting() throws -> InterruptRouting
 }
+
+/// What xpci(4) is handed: it shares its page, and never maps another
+/// domain's pages or routes host interrupts.
+public protocol FrontendServices: XenServices {
+    func openGrantSharing() throws -> GrantSharing
+}
+
+/// A whole hypervisor binding (the mock, real Xen): both drivers' services.
+/// The command picks one and hands each driver only its part.
+public protocol Hypervisor: BackendServices, FrontendServices {}
 
 /// Physical interrupt routing for pass-through (PHYSDEVOP map/unmap pirq,
 /// prepare/release MSI-X): what a backend needs to give a guest MSI or MSI-X

@@ -1,4 +1,5 @@
 import Foundation
+import XenPCIABI
 
 /// One entry of a node's permission list. The first entry names the owner
 /// and the access every domain not listed gets; the owner (and dom0) always

@@ -1,5 +1,6 @@
 import Foundation
 import XenHypervisor
+import XenPCIABI
 
 /// Every hypervisor call the mock makes, by name, for counting and for faults.
 public enum MockOperation: String, CaseIterable, Sendable {

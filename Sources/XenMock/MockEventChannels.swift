@@ -1,5 +1,6 @@
 import Foundation
 import XenHypervisor
+import XenPCIABI
 
 /// One domain's event channel handle. Ports are numbered per domain from 1,
 /// lowest free first, as Xen allocates them.

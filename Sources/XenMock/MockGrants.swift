@@ -1,5 +1,6 @@
 import Foundation
 import XenHypervisor
+import XenPCIABI
 
 /// Pages a domain shares (gntshr). Refs start at 8, as the first refs are
 /// reserved on real guests.

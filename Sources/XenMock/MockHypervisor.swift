@@ -1,5 +1,7 @@
 import Foundation
 import XenHypervisor
+import XenPCIABI
+import PCIModel
 
 /// An in-process hypervisor holding several domains: a xenstore with
 /// permissions, watches and transactions; grant tables whose mappings are the

@@ -1,5 +1,7 @@
 import Foundation
 import XenHypervisor
+import XenPCIABI
+import PCIModel
 
 /// One vector a backend mapped: what Xen would have programmed, so a test
 /// can check the entries and table base the backend asked for.

@@ -1,5 +1,7 @@
 import Foundation
 import XenHypervisor
+import CXenPCI
+import XenPCIABI
 
 /// An eventfd that is readable while a queue is non-empty. Calls are made
 /// with the mock's lock held, so raise/clear never race each other.

@@ -1,5 +1,6 @@
 import Foundation
 import XenHypervisor
+import XenPCIABI
 
 /// The xenstore database: nodes by absolute path, with xenstored's
 /// permission rules and per-node modification generations for transactions.

@@ -1,4 +1,4 @@
-@_exported import CXenPCI
+import CXenPCI
 import Foundation
 
 public typealias DomID = UInt16
@@ -8,23 +8,10 @@ public enum XenState: UInt32, CaseIterable, CustomStringConvertible, Sendable {
     case unknown = 0, initialising, initWait, initialised, connected, closing, closed,
          reconfiguring, reconfigured
 
-    /// Parses a xenstore `state` value; nil for anything that is not 0...8.
-    /// ASCII blanks around it are allowed (xenbus reads it with `%d`),
-    /// nothing else: a byte scan, since every watch event reads a state.
+    /// Parses a xenstore `state` value strictly (XenstoreValue.decimal: the
+    /// other end writes it); nil for anything that is not 0...8.
     public init?(xenstore text: String) {
-        var n: UInt32 = 0, digits = 0, trailing = false
-        for b in text.utf8 {
-            switch b {
-            case UInt8(ascii: " "), UInt8(ascii: "\t"):
-                if digits > 0 { trailing = true }
-            case UInt8(ascii: "0")...UInt8(ascii: "9") where !trailing && digits < 9:
-                n = n * 10 + UInt32(b - UInt8(ascii: "0"))
-                digits += 1
-            default:
-                return nil
-            }
-        }
-        guard digits > 0, let s = XenState(rawValue: n) else { return nil }
+        guard let n = XenstoreValue.decimal(text, max: 8), let s = XenState(rawValue: UInt32(n)) else { return nil }
         self = s
     }
 

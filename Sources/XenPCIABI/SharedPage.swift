@@ -1,3 +1,6 @@
+import CXenPCI
+import PCIModel
+
 /// The shared page seen through the C shim: every access to memory the other
 /// domain can write goes through an atomic or a one-shot copy.
 public struct SharedPage: @unchecked Sendable {

@@ -1,7 +1,9 @@
-import CXenPCI
 import Foundation
 import XenHypervisor
 import XenToolstack
+import XenPCIABI
+import PCIModel
+import CXenLibs
 
 /// A libxenctrl handle (/dev/xen/privcmd): the dom0 calls of PCI
 /// pass-through. Errors carry the call's name and its arguments.

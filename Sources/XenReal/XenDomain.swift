@@ -1,5 +1,6 @@
 import Foundation
 import XenHypervisor
+import XenPCIABI
 
 /// The domain this process runs in, on a real Xen: the `Hypervisor` the
 /// drivers are given when Xen is usable.

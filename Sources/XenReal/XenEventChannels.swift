@@ -1,6 +1,7 @@
-import CXenPCI
 import Foundation
 import XenHypervisor
+import XenPCIABI
+import CXenLibs
 
 /// Event channels through libxenevtchn (Linux: /dev/xen/evtchn). A port read
 /// from the device stays masked until `unmask`, which is the contract of

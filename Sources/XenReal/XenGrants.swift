@@ -1,6 +1,7 @@
-import CXenPCI
 import Foundation
 import XenHypervisor
+import XenPCIABI
+import CXenLibs
 
 /// Backend side: foreign pages mapped through libxengnttab (/dev/xen/gntdev).
 /// The library has no handle for a mapping but its address, so handles are

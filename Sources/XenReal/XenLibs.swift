@@ -1,9 +1,9 @@
-import CXenPCI
 import Foundation
 import XenHypervisor
+import CXenLibs
 
 /// The Xen user-space libraries, loaded by soname at run time
-/// (CShims/CXenPCI/xenpci_xenlibs.c). Nothing links against them, so a
+/// (CShims/CXenLibs/xenpci_xenlibs.c). Nothing links against them, so a
 /// host without Xen still runs the mock; when one is wanted and missing,
 /// the error carries dlerror()'s own words.
 public enum XenLibrary: CaseIterable, Sendable, CustomStringConvertible {

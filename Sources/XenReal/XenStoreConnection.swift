@@ -1,6 +1,7 @@
-import CXenPCI
 import Foundation
 import XenHypervisor
+import XenPCIABI
+import CXenLibs
 
 /// A xenstore connection through libxenstore: the xenbus device in a guest,
 /// xenstored's Unix socket in dom0 (or wherever `XENSTORED_PATH` points).

@@ -1,5 +1,7 @@
 import Foundation
 import XenHypervisor
+import PCIHost
+import PCIModel
 
 /// What the toolstack reads about a host PCI function from Linux sysfs
 /// (`/sys/bus/pci/devices/<BDF>/{resource,irq,config}`). The root is a
@@ -8,33 +10,16 @@ public struct PCISysfs: Sendable {
     public var root: String
     public init(root: String = "/sys/bus/pci/devices") { self.root = root }
 
-    /// One line of `resource`: start, end (inclusive) and IORESOURCE flags.
-    public struct Resource: Equatable, Sendable {
-        public var start: UInt64
-        public var end: UInt64
-        public var flags: UInt64
-        public init(start: UInt64, end: UInt64, flags: UInt64) { self.start = start; self.end = end; self.flags = flags }
-        public var size: UInt64 { end >= start ? end - start + 1 : 0 }
-        /// IORESOURCE_IO (an I/O port range); otherwise memory.
-        public var isIO: Bool { flags & 0x100 != 0 }
-    }
-
     func path(_ d: PCIAddress, _ file: String) -> String { "\(root)/\(d)/\(file)" }
 
     /// The first seven lines of `resource`: BARs 0-5 and the ROM, as libxl
     /// reads them (unused ones are all zero).
-    public func resources(_ d: PCIAddress) throws -> [Resource] {
+    public func resources(_ d: PCIAddress) throws -> [PCIResource] {
         let p = path(d, "resource")
         guard let text = try? String(contentsOfFile: p, encoding: .utf8) else {
             throw XenError(errno == 0 ? ENOENT : errno, "read", p)
         }
-        return try text.split(separator: "\n").prefix(7).map { line in
-            let f = line.split(separator: " ").map { UInt64($0.hasPrefix("0x") ? $0.dropFirst(2) : $0[...], radix: 16) }
-            guard f.count >= 3, let s = f[0], let e = f[1], let fl = f[2] else {
-                throw XenError(EINVAL, "parse", "\(p): '\(line)'")
-            }
-            return Resource(start: s, end: e, flags: fl)
-        }
+        do { return Array(try PCIResource.parse(text).prefix(7)) } catch { throw XenError(EINVAL, "parse", "\(p): \(error)") }
     }
 
     /// The legacy interrupt (GSI) of the function; 0 when it has none.

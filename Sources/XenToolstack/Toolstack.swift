@@ -1,5 +1,8 @@
 import Foundation
 import XenHypervisor
+import XenPCIABI
+import PCIHost
+import PCIModel
 
 /// The hypervisor grants PCI pass-through needs besides xenstore (libxl's
 /// `pci_add_dm_done` / `pci_remove_detached` for a PV guest). `XenCtrl`

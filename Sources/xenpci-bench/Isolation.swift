@@ -5,6 +5,7 @@ import Synchronization
 import XPCI
 import XenHypervisor
 import XenMock
+import PCIHost
 
 /// A function whose reset takes `delay` (a real FLR takes 100 ms and more).
 final class SlowResetDevice: PCIDeviceAccess, @unchecked Sendable {

@@ -4,6 +4,8 @@ import PCIModel
 import XPCI
 import XenMock
 import XenToolstack
+import XenPCIABI
+import XenHypervisor
 
 /// issue 8's load: G guests x D devices, N config reads each, with random
 /// hot-remove/re-add and guest restarts. Every reply is checked against

@@ -4,6 +4,9 @@ import PCIModel
 import XPCI
 import XenMock
 import XenToolstack
+import XenHypervisor
+import XenPCIABI
+import PCIHost
 
 /// One backend in dom0 and any number of frontends (dom1, dom2, ...) on the
 /// mock, with the toolstack's xenstore writes done as libxl does them (the

@@ -1,6 +1,10 @@
 import Foundation
 import PCIBack
 import XenMock
+import CXenPCI
+import XenHypervisor
+import XenPCIABI
+import PCIModel
 
 // MARK: guests: a hostile guest's actions against the deterministic backend
 

@@ -3,6 +3,10 @@ import PCIBack
 import PCIModel
 import XPCI
 import XenMock
+import CXenPCI
+import XenHypervisor
+import XenPCIABI
+import PCIHost
 
 /// The fuzz targets. Each takes arbitrary bytes; a broken invariant is a
 /// crash (fatalError), which is what libFuzzer records.

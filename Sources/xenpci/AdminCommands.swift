@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import PCIBack
 import XenHypervisor
+import PCIModel
 
 /// `--control PATH` of the commands that talk to the running backend.
 struct ControlOptions: ParsableArguments {

@@ -7,6 +7,8 @@ import XenToolstack
 import XenReal
 import XenMock
 import XPCI
+import XenPCIABI
+import PCIModel
 
 struct XenPCICommand: ParsableCommand {
     static let configuration = CommandConfiguration(

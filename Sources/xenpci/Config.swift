@@ -1,6 +1,7 @@
 import Foundation
 import PCIBack
 import XenHypervisor
+import PCIModel
 
 /// /etc/xenpci.conf: INI-style, one section per function to claim at start
 /// (xenpci(8), CONFIGURATION FILE):

@@ -1,6 +1,7 @@
 import Foundation
 import PCIBack
 import XenHypervisor
+import PCIModel
 
 /// What the administrator's daemon needs of the host the backend runs on:
 /// the mock (`MockHost`) or Xen (`XenBackendHost`).

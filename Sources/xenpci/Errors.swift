@@ -2,6 +2,8 @@ import Foundation
 import PCIBack
 import XPCI
 import XenHypervisor
+import PCIModel
+import XenPCIABI
 
 /// A failure the command reports in one line, with a sysexits(3) status.
 struct CLIError: Error, CustomStringConvertible {

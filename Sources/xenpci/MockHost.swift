@@ -4,6 +4,8 @@ import PCIModel
 import XenMock
 import XenToolstack
 import XPCI
+import XenHypervisor
+import XenPCIABI
 
 /// One machine on the mock hypervisor: dom0 runs pciback on devices from a
 /// `DeviceSource`, a toolstack writes xenstore as libxl does, and dom1 runs

@@ -2,6 +2,8 @@ import Foundation
 import PCIBack
 import PCIModel
 import XPCI
+import XenPCIABI
+import PCIHost
 
 /// What the shell can ask of the host side. Inside `xenpci demo` the mock
 /// host answers; against a real backend (`xenpci frontend`) there is none

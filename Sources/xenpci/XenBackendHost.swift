@@ -3,6 +3,7 @@ import Logging
 import PCIBack
 import PCIModel
 import XenHypervisor
+import XenPCIABI
 
 /// `xenpci backend --hypervisor xen`: pciback in this (control) domain on
 /// the real Xen, serving the host's own PCI functions through sysfs

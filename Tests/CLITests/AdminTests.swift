@@ -6,6 +6,7 @@ import PCIModel
 import XenHypervisor
 import XenMock
 import Logging
+import XPCI
 
 /// A scratch directory for a socket and a config file (sun_path is short:
 /// /tmp, not the test's temporary directory).

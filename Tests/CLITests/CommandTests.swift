@@ -4,6 +4,7 @@ import Testing
 import PCIBack
 import PCIModel
 import XPCI
+import XenPCIABI
 
 /// The built binary: exit statuses and one-line errors for every class of
 /// bad input, and nothing left half-done.

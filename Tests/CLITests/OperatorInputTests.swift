@@ -3,6 +3,7 @@ import Testing
 @testable import xenpci
 import PCIBack
 import PCIModel
+import XenPCIABI
 
 /// Knuth's MMIX linear congruential step, high bits folded into the low
 /// ones: a fixed seed checks the same inputs every run, and a failure names it.

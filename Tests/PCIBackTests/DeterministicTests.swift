@@ -2,6 +2,11 @@ import Foundation
 import Testing
 @testable import PCIBack
 import XenMock
+import CXenPCI
+import XenPCIABI
+import PCIModel
+import CXenPCISoftc
+import XenHypervisor
 
 /// The deterministic mode (issue 13): no service thread, no workers; the
 /// backend does nothing until the caller steps it with `drain()`, which is

@@ -2,6 +2,10 @@ import Foundation
 import Testing
 @testable import PCIBack
 import XenMock
+import CXenPCI
+import XenHypervisor
+import XenPCIABI
+import PCIModel
 
 let fixtureRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .appendingPathComponent("Fixtures/qemu-q35").path

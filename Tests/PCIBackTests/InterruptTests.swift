@@ -3,6 +3,9 @@ import Testing
 @testable import PCIBack
 import XenMock
 import PCIModel
+import CXenPCI
+import XenPCIABI
+import PCIHost
 
 /// MSI and MSI-X as Xen 4.17 needs them (issue 12): tables prepared while
 /// dom0 owns the function, exactly the entries the guest asked for, the

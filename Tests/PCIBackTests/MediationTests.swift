@@ -3,6 +3,7 @@ import Testing
 @testable import PCIBack
 import XenMock
 import PCIModel
+import XenPCIABI
 
 /// A fixture tree in a temporary directory: the e1000 capture with PM at
 /// 0x40, VPD at 0x50 and a 64-bit maskable MSI at 0x60 added, as slot 7.

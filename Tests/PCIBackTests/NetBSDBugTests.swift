@@ -2,6 +2,10 @@ import Foundation
 import Testing
 @testable import PCIBack
 import XenMock
+import CXenPCI
+import XenPCIABI
+import PCIModel
+import XenHypervisor
 
 /// Each backend bug of NetBSD's pciback.c (docs/NETBSD-PORT.md), as a test that
 /// fails on NetBSD's behaviour.

@@ -3,6 +3,8 @@ import Testing
 @testable import PCIBack
 import XenMock
 import PCIModel
+import PCIHost
+import XenPCIABI
 
 /// The synthetic function of `syntheticTree` (PM at 0x40, VPD at 0x50) with
 /// what real hardware does and the in-memory copies do not: leaving D3hot

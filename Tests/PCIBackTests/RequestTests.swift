@@ -2,6 +2,10 @@ import Foundation
 import Testing
 @testable import PCIBack
 import XenMock
+import CXenPCI
+import XenPCIABI
+import PCIModel
+import XenHypervisor
 
 /// docs/PROTOCOL.md §5, row by row, through raw requests in the shared page.
 @Suite("pciback requests (PROTOCOL §5)", .serialized)

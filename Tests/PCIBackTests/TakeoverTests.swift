@@ -3,6 +3,9 @@ import Testing
 @testable import PCIBack
 import XenMock
 import PCIModel
+import CXenPCI
+import XenPCIABI
+import XenHypervisor
 
 /// Restart without harm (issue 13): a backend started while a guest uses its
 /// functions takes the guest over; nothing is reset under it.

@@ -2,6 +2,10 @@ import Foundation
 import Testing
 @testable import PCIBack
 import XenMock
+import CXenPCI
+import XenPCIABI
+import PCIModel
+import XenHypervisor
 
 @Suite("pciback xenbus: connect, hotplug, close", .serialized)
 struct XenbusTests {

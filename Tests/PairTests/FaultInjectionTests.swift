@@ -5,6 +5,8 @@ import PCIModel
 import XPCI
 import XenMock
 import XenToolstack
+import XenHypervisor
+import XenPCIABI
 
 /// One full life: connect, hot-add, hot-remove, frontend reconnect, teardown.
 /// Every step tolerates failure (a fault may break it); afterwards nothing

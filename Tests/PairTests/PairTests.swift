@@ -5,6 +5,9 @@ import PCIModel
 import XPCI
 import XenMock
 import XenToolstack
+import XenHypervisor
+import XenPCIABI
+import PCIHost
 
 let fixtureRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .appendingPathComponent("Fixtures/qemu-q35").path

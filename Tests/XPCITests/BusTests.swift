@@ -3,6 +3,8 @@ import Testing
 import XenMock
 import PCIModel
 @testable import XPCI
+import XenPCIABI
+import CXenPCI
 
 private let addr = Rig.addr
 

@@ -2,6 +2,9 @@ import Foundation
 import XenMock
 import PCIModel
 @testable import XPCI
+import CXenPCI
+import XenHypervisor
+import XenPCIABI
 
 /// A function the fake backend exports: config bytes plus the BAR and ROM
 /// sizes the backend emulates sizing with (docs/PROTOCOL.md §6).

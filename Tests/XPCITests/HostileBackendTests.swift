@@ -3,6 +3,9 @@ import Testing
 import XenMock
 import PCIModel
 @testable import XPCI
+import CXenPCI
+import XenPCIABI
+import XenHypervisor
 
 private let addr = Rig.addr
 private let rich = addr("00:01.0")

@@ -3,6 +3,9 @@ import Testing
 import XenMock
 import PCIModel
 @testable import XPCI
+import XenHypervisor
+import XenPCIABI
+import CXenPCISoftc
 
 private let addr = Rig.addr
 

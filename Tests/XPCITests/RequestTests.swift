@@ -3,6 +3,8 @@ import Testing
 import XenMock
 import PCIModel
 @testable import XPCI
+import CXenPCI
+import XenPCIABI
 
 private let addr = Rig.addr
 private let rich = addr("00:01.0")
@@ -104,6 +106,7 @@ struct RequestTests {
     @Test("lying backend: bad root_num / root-N never reach the bus",
           arguments: [
             (["root_num": "999"], "above the bound"), (["root_num": "-1"], "not a decimal"),
+            (["root_num": "01"], "not a decimal"), (["root_num": "\u{0661}"], "not a decimal"),
             (["root_num": "2", "root-1": "0000:00"], "duplicate"), (["root-0": "0:0"], "not DDDD:BB"),
             (["root-0": "0000:zz"], "not DDDD:BB"), (["root-0": "00000:00"], "not DDDD:BB"),
           ] as [([String: String], String)])

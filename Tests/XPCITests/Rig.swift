@@ -3,6 +3,7 @@ import Testing
 import XenMock
 import PCIModel
 @testable import XPCI
+import XenPCIABI
 
 /// One mock machine: dom0 with fake backends, guest dom1 with frontends.
 /// `finish()` detaches, stops, and checks that nothing leaked.

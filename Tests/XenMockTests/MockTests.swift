@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import XenMock
+import XenHypervisor
 
 /// Dom0, a guest, and a second guest on a fresh mock.
 struct World {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import CXenPCI
 
 /// Runs tools/abi-check (the same program as `make abi-check`) against the
 /// installed libxen-dev headers.
@@ -15,7 +16,7 @@ struct AbiCheckTests {
         let exe = FileManager.default.temporaryDirectory.appendingPathComponent("xenpci-abi-check-\(getpid())").path
         defer { try? FileManager.default.removeItem(atPath: exe) }
         let cc = try run("/usr/bin/env", ["cc", "-std=gnu11", "-Wall", "-Wextra", "-Wno-type-limits", "-Werror",
-                                          "-I", Self.root.appendingPathComponent("Headers").path, "-I", dir,
+                                          "-I", Self.root.appendingPathComponent("Headers/CXenPCI").path, "-I", dir,
                                           "\(dir)/abi_xen.c", "\(dir)/abi_ours.c", "\(dir)/abi_main.c", "-o", exe])
         #expect(cc.status == 0, "compiling abi-check failed:\n\(cc.output)")
         let r = try run(exe, [])

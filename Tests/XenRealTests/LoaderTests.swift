@@ -1,7 +1,7 @@
-import CXenPCI
 import Foundation
 import Testing
 @testable import XenReal
+import CXenLibs
 
 @Suite("Xen libraries: prototypes and run-time loading")
 struct LoaderTests {
@@ -13,7 +13,7 @@ struct LoaderTests {
         let exe = FileManager.default.temporaryDirectory.appendingPathComponent("xenpci-xenlib-check-\(getpid())").path
         defer { try? FileManager.default.removeItem(atPath: exe) }
         let cc = try run("/usr/bin/env", ["cc", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
-                                          "-I", repoRoot.appendingPathComponent("Headers").path,
+                                          "-I", repoRoot.appendingPathComponent("Headers/CXenLibs").path,
                                           repoRoot.appendingPathComponent("tools/xenlib-check/xenlib_check.c").path, "-o", exe])
         #expect(cc.status == 0, "compiling xenlib-check failed:\n\(cc.output)")
         let r = try run(exe, [])

@@ -3,6 +3,7 @@ import Testing
 import XenMock
 @testable import XenToolstack
 import XenReal
+import XenHypervisor
 
 @Suite("Toolstack: the loopback case (frontend in the backend's own domain)")
 struct LoopbackToolstackTests {

@@ -2,6 +2,9 @@ import Foundation
 import Testing
 import XenToolstack
 @testable import XenReal
+import XenHypervisor
+import XenPCIABI
+import PCIModel
 
 /// XenStoreConnection against a real xenstored (Xen 4.17's C daemon, run
 /// without a hypervisor by tools/xenstored-test). Our connections come in

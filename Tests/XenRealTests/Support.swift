@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import XenReal
+import XenHypervisor
 
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 

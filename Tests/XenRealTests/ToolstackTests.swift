@@ -3,6 +3,9 @@ import Testing
 import XenMock
 @testable import XenToolstack
 import XenReal
+import XenHypervisor
+import XenPCIABI
+import PCIModel
 
 /// Records the libxenctrl calls the toolstack would make; can fail one.
 final class RecordingPermissions: PassthroughPermissions, @unchecked Sendable {

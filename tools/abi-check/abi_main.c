@@ -11,7 +11,7 @@ int main(void)
     size_t nx, no;
     const struct abi_row *x = abi_table_xen(&nx), *o = abi_table_ours(&no);
     if (nx != no) {
-        fprintf(stderr, "abi-check: FAIL: %zu rows from <xen/...> but %zu from Headers/\n", nx, no);
+        fprintf(stderr, "abi-check: FAIL: %zu rows from <xen/...> but %zu from Headers/CXenPCI/\n", nx, no);
         return 1;
     }
     size_t bad = 0;

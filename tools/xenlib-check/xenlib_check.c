@@ -1,5 +1,5 @@
 /*
- * xenlib-check: prove that the prototypes of Headers/xenpci_xenlibs.h (which
+ * xenlib-check: prove that the prototypes of Headers/CXenLibs/xenpci_xenlibs.h (which
  * xenpci uses through dlsym) are the same C types as the installed Xen
  * headers' declarations, and that the few layouts and constants we mirror
  * are equal. Built and run by `make xenlib-check` and by XenRealTests.

@@ -136,4 +136,8 @@ _Static_assert(offsetof(struct pb_xenbus_instance, pbx_sh_info) == 48, "pbx_sh_i
 _Static_assert(offsetof(struct pb_xenbus_instance, op) == 56, "op");
 _Static_assert(offsetof(struct pb_xenbus_instance, pbx_shinfo_handle) == 604, "pbx_shinfo_handle");
 
+/* The rows of these structs for the layout tests. */
+#include "xenpci_shim.h"
+const struct xenpci_layout_row *xenpci_softc_layout_table(size_t *count);
+
 #endif /* XENPCI_SOFTC_H */

@@ -14,7 +14,7 @@ public struct PCIAddress: Hashable, Comparable, CustomStringConvertible, Sendabl
         self.function = function
     }
 
-    /// From the fields of a xen_pci_op / xen_pcie_aer_op; nil when out of range.
+    /// From 32-bit domain, bus and devfn fields (as the PV PCI ops carry them); nil when out of range.
     public init?(domain: UInt32, bus: UInt32, devfn: UInt32) {
         guard domain <= 0xFFFF, bus <= 0xFF, devfn <= 0xFF else { return nil }
         self.init(segment: UInt16(domain), bus: UInt8(bus), device: UInt8(devfn >> 3), function: UInt8(devfn & 7))
@@ -63,23 +63,6 @@ public struct PCIAddressError: Error, CustomStringConvertible, Sendable {
     public var text: String
     public var reason: String
     public var description: String { "bad PCI address '\(text)': \(reason)" }
-}
-
-/// A PCI root (segment and bus) as `root-N` spells it: `DDDD:BB`.
-public struct PCIRoot: Hashable, Comparable, CustomStringConvertible, Sendable {
-    public var segment: UInt16
-    public var bus: UInt8
-    public init(segment: UInt16, bus: UInt8) { self.segment = segment; self.bus = bus }
-    public var description: String { hex(segment, 4) + ":" + hex(bus, 2) }
-    public static func < (a: PCIRoot, b: PCIRoot) -> Bool { (a.segment, a.bus) < (b.segment, b.bus) }
-
-    /// Strict parse of `DDDD:BB` (hex); nil for anything else.
-    public init?(xenstore text: String) {
-        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 2, (1...4).contains(parts[0].count), (1...2).contains(parts[1].count),
-              let s = parseASCIIHex(parts[0]), let b = parseASCIIHex(parts[1]) else { return nil }
-        self.init(segment: UInt16(s), bus: UInt8(b))
-    }
 }
 
 /// Whether `c` is one of the ASCII hex digits 0-9, a-f, A-F. Operator and

@@ -8,7 +8,6 @@
 #define XENPCI_SHIM_H
 
 #include "xenpci_abi.h"
-#include "xenpci_softc.h"
 
 /* Flag word: always 32-bit atomics (never a 64-bit RMW that touches op.cmd). */
 uint32_t xenpci_flags_load(const struct xen_pci_sharedinfo *sh);          /* acquire */
@@ -48,7 +47,8 @@ void xenpci_eventfd_drain(int fd);
 /* Sets the calling thread's nice value (Linux: per thread). 0 or -1 with errno. */
 int xenpci_thread_set_nice(int nice);
 
-/* Layout table: what the C compiler says, for Swift's MemoryLayout checks. */
+/* Layout table of the wire structs: what the C compiler says, for Swift's
+ * MemoryLayout checks (xenpci_softc_layout_table has the softcs' rows). */
 struct xenpci_layout_row {
     const char *type;   /* struct name */
     const char *field;  /* NULL for the row giving the struct size */

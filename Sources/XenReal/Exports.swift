@@ -1,2 +1,0 @@
-@_exported import XenPCIABI
-@_exported import XenHypervisor
