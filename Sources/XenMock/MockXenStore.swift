@@ -130,16 +130,18 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
             if let p = tx.accessed.first(where: { hv.tree.lastChange($0) > tx.start }) {
                 throw XenError(EAGAIN, kind, "transaction \(t.id): \(p) changed since it started")
             }
-            var live = hv.tree
+            // Replayed on the live tree in place: no node it touched changed
+            // since the transaction ran them on its snapshot, so each step
+            // succeeds as it did there. A copy of the whole tree per commit
+            // (thousands of nodes with 256 guests, under the mock's one lock)
+            // was what a connect storm waited for. Removals keep a copy of the
+            // tree before them, to find the watches they fire.
             var events: [(Int, XenstoreWatchEvent)] = []
             for (recursive, step) in tx.replay {
-                // A copy of the tree only where a removal needs it: a copy
-                // per write made every transaction quadratic.
-                let before = recursive ? live : nil
-                let p = try step(&live)
-                events += hv.collectWatchEvents(p, recurse: recursive, tree: before ?? live)
+                let before = recursive ? hv.tree : nil
+                let p = try step(&hv.tree)
+                events += hv.collectWatchEvents(p, recurse: recursive, tree: before ?? hv.tree)
             }
-            hv.tree = live
             hv.deliver(events)
         }
     }
