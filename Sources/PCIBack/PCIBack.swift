@@ -87,6 +87,8 @@ public final class PCIBack {
     private let wake = xenpci_eventfd_open()
     private var stopping = false
     private let stopped = DispatchSemaphore(value: 0)
+    /// Per-request timing (`xenpci backend --profile`), off unless enabled.
+    public let profile = RequestProfile()
     /// Called on the service thread, or the caller's, for every change.
     public var onEvent: ((Event) -> Void)?
 
@@ -346,6 +348,7 @@ public final class PCIBack {
             if served && options.spinBeforeBlock > .zero && timeout != 0 && spinForRequest() { timeout = 0 }
             if moreWork { timeout = 0 }
             _ = poll(&fds, 3, timeout)
+            profile.woke()
             if lock.withLock({ stopping }) { break }
             // Bounded work per turn, requests first, then watches: a
             // toolstack writing 2N+2 keys, or 256 guests connecting, cannot

@@ -24,9 +24,11 @@ extension PCIBack {
             return
         }
         i.requests += 1
+        profile.begin()
         let op = withUnsafeMutablePointer(to: &i.c.pointee.op) { $0 }
         sh.snapshotRequest(into: op)
         let nvec = dispatch(i, op)
+        profile.replied()
         // Unmasked before the reply is published (issue 9): unmasking after
         // the notify met the woken frontend taking its event under the same
         // event channel lock, a futex wait and wake per request. The next
@@ -34,6 +36,7 @@ extension PCIBack {
         try? evtchn.unmask(port)
         sh.completeRequest(op, msixVectors: nvec)
         do { try evtchn.notify(port) } catch { emit(.error(domid, "notify port \(port): \(error)")) }
+        profile.notified()
     }
 
     /// XSA-332: a guest that floods events without requests gets its port

@@ -208,6 +208,8 @@ struct Backend: ParsableCommand {
     var config: String?
     @Option(name: .long, help: ArgumentHelp("The control socket to serve (default /run/xenpci/control; 'none' for none).", valueName: "PATH"))
     var control: String = ControlServer.defaultPath
+    @Flag(help: "On Xen: time every request on the service thread (poll wake, handling, unmask and notify) and log the percentiles at stop.")
+    var profile = false
 
     func run() throws {
         let topology = try devices.validated()
@@ -279,6 +281,7 @@ struct Backend: ParsableCommand {
                                       statePath: statePath == "none" ? nil : statePath)
         } catch { server?.stop(); throw error }
         let log = host.log
+        if profile { host.back.profile.enable() }
         let daemon = AdminDaemon(host: host, configPath: configPath, config: config)
         box.daemon = daemon
         do {
@@ -312,6 +315,7 @@ struct Backend: ParsableCommand {
         }
         log.info("stopping")
         host.stop()
+        if profile { log.info("[dom0 pciback] \(host.back.profile.report())") }
         log.info("stopped; guests closed, grants unmapped, ports unbound, devices reset and released")
     }
 }

@@ -1,32 +1,119 @@
 #!/bin/bash
-# Scenario 4: the same Linux guest workload (sysfs `config` reads of the
-# e1000: 64 dword config reads per 256-byte read) through Linux's xen-pcifront
-# against Linux's kernel pciback and against `xenpci backend`, in one dom0
-# boot. Prints both rates and their ratio. The rates come from the guests of
-# scenarios 3 and 2; when one of those did not run, it is measured here.
+# Scenario 4 (issue 16): Linux's kernel xen-pciback against `xenpci backend`,
+# measured fairly. In this one boot, the same guest workload on the same
+# e1000 ($DEV), alternating ours, Linux, ours, Linux ... ($PAIRS pairs). Each
+# run is a fresh PV guest: once its device/pci/0 exists it loads xen-pcifront
+# and times that to e1000 bound (connect, bus scan, probe), then reads the
+# e1000's sysfs config for $RATE s. Per run: config ops/s, connect -> bound,
+# the guest's per-op time. Per pair: ours/Linux ops/s; the median of the
+# pairs' ratios against the target (>= 0.5). Then one more run of ours with
+# --profile, for the backend's per-request profile: not in the pairs, since
+# where dom0's clock has no vDSO (clocksource xen) each timestamp is a
+# system call.
+#
+# Handing the e1000 over, each backend as it is used alone (scenarios 2, 3):
+#   ours:  Linux's xen-pciback unloaded (loaded, it serves every backend/pci
+#          directory, ours too), the e1000 driverless; `xenpci backend --hide`
+#          claims it, the guest (no pci=) gets it by `xenpci attach`;
+#   Linux: modprobe xen-pciback, `xl pci-assignable-add`, a guest with pci=;
+#          after it `xl pci-assignable-remove` and rmmod (linux_pciback_off).
+# Every run checks who served it, so no figure can be mislabelled: ours = our
+# log saw the guest connect and xen_pciback is not loaded; Linux = pciback's
+# xenbus driver is bound to pci-<domid>-0 and our backend is not running.
 . /xt/lib.sh
-if [ ! -s /tmp/xt/rate-linux ]; then
-    modprobe xen-pciback || fail "modprobe xen-pciback failed"
-    for b in $LINUX_BDFS; do xl pci-assignable-add "$b" 2>/dev/null; done
-    guest_create xt-s4-linux "xt_role=linux xt_rate=10" $LINUX_BDFS > /dev/null || exit 1
-    r=$(wait_guest xt-s4-linux '^@@XT rate ' 150) && echo "${r#@@XT rate }" > /tmp/xt/rate-linux
-    xl destroy xt-s4-linux 2>/dev/null
+have_sub backend attach
+DEV=${LINUX_BDFS%% *}
+PAIRS=${XT_PAIRS:-5}
+RATE=${XT_RATE:-5}
+T_END=$(( $(date +%s) + ${XT_BUDGET:-1200} ))
+
+[ -e /sys/bus/pci/devices/$DEV ] || fail "device $DEV missing in dom0"
+note "$DEV $(sys_id $DEV), driver $(drv_of $DEV); $PAIRS pairs, $RATE s of config reads per run"
+ev "dom0 clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null); $(dmesg | grep -m1 -i 'vclock' || echo 'no VCLOCK message')"
+
+# pciback_off: Linux's xen-pciback gone; a guest's backend directory can
+# linger for a moment after `xl destroy`, so a few tries.
+pciback_off() {
+    local i=0
+    while ! linux_pciback_off 2> /dev/null; do
+        i=$((i + 1)); [ $i -lt 20 ] || return 1; sleep 1
+    done
+}
+field() { sed -n "s/.*[ ]$1=\([0-9]*\).*/\1/p" <<< "$2"; }
+# run KIND N: one guest, one measurement. Prints "OPS CONNECT_MS PEROP_P50"
+# on stdout (evidence on stderr); fails with the reason.
+run() {
+    local kind=$1 n=$2 g=xt-s4-$1-$2 domid be drv r p x i prof
+    if [ "$kind" = ours ]; then
+        pciback_off || fail "ours run $n: Linux's xen-pciback cannot be unloaded (refcount $(cat /sys/module/xen_pciback/refcnt 2>/dev/null))"
+        [ "$(drv_of $DEV)" = none ] || fail "ours run $n: $DEV is bound to $(drv_of $DEV)"
+        HIDE="($DEV)" backend_start ${PROFILE:+--profile} > /dev/null
+        domid=$(guest_create $g "xt_role=perf xt_rate=$RATE") || fail "xl create $g failed"
+        "$XENPCI" attach "$domid" "$DEV" > /tmp/xt/attach.log 2>&1 || { cat /tmp/xt/attach.log >&2; fail "ours run $n: xenpci attach failed"; }
+    else
+        [ ! -f "$PIDS/backend.pid" ] || fail "Linux run $n: our backend still running"
+        modprobe xen-pciback || fail "modprobe xen-pciback failed"
+        xl pci-assignable-add "$DEV" 2> /dev/null
+        [ "$(drv_of $DEV)" = pciback ] || fail "Linux run $n: $DEV is bound to $(drv_of $DEV), not pciback"
+        domid=$(guest_create $g "xt_role=perf xt_rate=$RATE" "$DEV") || fail "xl create $g failed"
+    fi
+    x=$(wait_guest $g '^@@XT perf (bound|unbound)' 240) || fail "$kind run $n: e1000 did not bind in the guest within 240 s"
+    [[ $x == *" bound "* ]] || fail "$kind run $n: e1000 did not bind in the guest"
+    # Who served this run: never a mislabelled figure.
+    be=/sys/bus/xen-backend/devices/pci-$domid-0
+    drv=$([ -L $be/driver ] && basename "$(readlink $be/driver)" || echo none)
+    if [ "$kind" = ours ]; then
+        [ ! -d /sys/module/xen_pciback ] && [ "$drv" = none ] || fail "ours run $n: Linux's pciback is loaded (xenbus driver: $drv)"
+        grep -q "dom$domid connected" /tmp/xt/backend.log || fail "ours run $n: our backend's log has no connection of dom$domid"
+        drv="xenpci backend"
+    else
+        [ "$drv" != none ] || fail "Linux run $n: no xenbus driver on $be (who served?)"
+        [ ! -f "$PIDS/backend.pid" ] || fail "Linux run $n: our backend was running"
+        drv="Linux's $drv"
+    fi
+    r=$(wait_guest $g '^@@XT rate ' $((RATE + 120))) || fail "$kind run $n: no config-read rate from the guest"
+    p=$(wait_guest $g '^@@XT perop ' 20)
+    ev "run $n $kind (served by $drv): ${r#@@XT rate } ${x#*dev=* }; per-op ${p#@@XT perop us }" >&2
+    xl destroy $g 2>/dev/null
+    i=0; while { [ -e $be ] || xenstore-exists /local/domain/0/backend/pci/$domid; } && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
+    if [ "$kind" = ours ]; then
+        backend_stop || fail "ours run $n: xenpci backend exited with $? on SIGTERM"
+        prof=$(sed -n 's/.*\[dom0 pciback\] profile: //p' /tmp/xt/backend.log)
+        [ -n "$prof" ] && ev "run $n ours: backend profile: $prof" >&2
+        cp /tmp/xt/backend.log /tmp/xt/s4-backend-$n.log
+    else
+        pciback_off || fail "Linux run $n: Linux's xen-pciback cannot be unloaded (refcount $(cat /sys/module/xen_pciback/refcnt 2>/dev/null))"
+    fi
+    echo "$(field ops_per_s "$r") $(field connect_to_bound_ms "$x") $(field p50 "$p")"
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "none"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+: > /tmp/xt/s4-ratios; : > /tmp/xt/s4-attach; : > /tmp/xt/s4-ours
+k=1 last=150
+while [ $k -le "$PAIRS" ]; do
+    # A pair takes 2 to 5 minutes under TCG (with the host's load): do not
+    # start one that cannot end within the budget.
+    [ $(( T_END - $(date +%s) )) -gt $(( last * 5 / 4 )) ] || { note "budget nearly spent: stopping after $((k - 1)) pairs"; break; }
+    t=$(date +%s)
+    o=$(run ours $k) || exit 1
+    l=$(run linux $k) || exit 1
+    read -r oo oa op <<< "$o"; read -r lo la lp <<< "$l"
+    [ -n "$oo" ] && [ -n "$lo" ] && [ "$lo" -gt 0 ] || fail "pair $k: no rate (ours '$o', Linux '$l')"
+    ratio=$(awk -v a="$oo" -v b="$lo" 'BEGIN { printf "%.3f", a / b }')
+    ev "pair $k: config ops/s xenpci-backend=$oo linux-pciback=$lo ratio(xenpci/linux)=$ratio; connect->bound ms ours=$oa linux=$la; guest per-op p50 us ours=$op linux=$lp"
+    echo "$ratio" >> /tmp/xt/s4-ratios; echo "$o" >> /tmp/xt/s4-ours
+    awk -v a="$oa" -v b="$la" 'BEGIN { if (b > 0) printf "%.3f\n", a / b }' >> /tmp/xt/s4-attach
+    k=$((k + 1)); last=$(( $(date +%s) - t ))
+done
+N=$(wc -l < /tmp/xt/s4-ratios)
+M=$(median < /tmp/xt/s4-ratios)
+echo "ratio (median of $N interleaved pairs): $M"
+ev "ratio (median of $N interleaved pairs): $M"
+ev "connect->bound time ours/Linux (median of $N pairs): $(median < /tmp/xt/s4-attach)"
+if [ "$N" -ge "$PAIRS" ] && [ $(( T_END - $(date +%s) )) -gt $(( last * 3 / 4 )) ]; then
+    o=$(PROFILE=1 run ours profiled) || exit 1
+    ev "profiled run of ours: ${o%% *} config ops/s (unprofiled ours, median: $(cut -d' ' -f1 /tmp/xt/s4-ours | median))"
 fi
-ops() { sed -n 's/.*ops_per_s=\([0-9]*\).*/\1/p' "$1" 2>/dev/null; }
-L=$(ops /tmp/xt/rate-linux)
-[ -n "$L" ] && [ "$L" -gt 0 ] || fail "no rate against Linux pciback ($(cat /tmp/xt/rate-linux 2>/dev/null))"
-ev "Linux pciback: $(cat /tmp/xt/rate-linux)"
-if [ ! -s /tmp/xt/rate-ours ]; then
-    have_sub backend attach
-    backend_start
-    domid=$(guest_create xt-s4-ours "xt_role=linux xt_rate=10") || exit 1
-    "$XENPCI" attach "$domid" $OURS_BDFS > /tmp/xt/attach.log 2>&1 || { cat /tmp/xt/attach.log; fail "xenpci attach failed"; }
-    r=$(wait_guest xt-s4-ours '^@@XT rate ' 150) && echo "${r#@@XT rate }" > /tmp/xt/rate-ours
-    xl destroy xt-s4-ours 2>/dev/null
-    backend_stop
-fi
-O=$(ops /tmp/xt/rate-ours)
-[ -n "$O" ] && [ "$O" -gt 0 ] || fail "no rate against xenpci backend ($(cat /tmp/xt/rate-ours 2>/dev/null))"
-ev "xenpci backend: $(cat /tmp/xt/rate-ours)"
-ev "config reads/s: linux-pciback=$L xenpci-backend=$O ratio(xenpci/linux)=$(awk -v a="$O" -v b="$L" 'BEGIN { printf "%.3f", a / b }')"
+[ "$N" -ge "$PAIRS" ] || fail "only $N of $PAIRS pairs measured"
+if awk -v m="$M" 'BEGIN { exit !(m >= 0.5) }'; then ev "target ratio >= 0.5: met"; else ev "target ratio >= 0.5: missed (median $M)"; fi
 exit 0
