@@ -2,6 +2,9 @@ import Foundation
 import Testing
 @testable import PCIBack
 import XenMock
+import XenPCIABI
+import CXenPCI
+import PCIModel
 
 /// `xenpci backend --profile` (issue 16): the per-request timing.
 @Suite("pciback request profile", .serialized)
