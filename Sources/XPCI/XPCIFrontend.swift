@@ -269,7 +269,7 @@ public final class XPCIFrontend: @unchecked Sendable {
         var seen = requestsPosted.load(ordering: .relaxed)
         while !shutdownRequested {
             let fds = [store.fileDescriptor, aside ? -1 : ev.fileDescriptor, kickFD]
-            guard let ready = try? pollAny(fds, timeout: aside ? standAside : nil) else { break }
+            guard let ready = try? pollReadable(fds, timeout: aside ? standAside : nil) else { break }
             if ready[2] { xenpci_eventfd_drain(kickFD) }
             if shutdownRequested { break }
             while let e = store.nextWatchEvent() {
@@ -603,14 +603,3 @@ extension Duration {
     }
 }
 
-/// poll(2) on several descriptors for readability; EINTR retried.
-func pollAny(_ fds: [Int32], timeout: Duration?) throws -> [Bool] {
-    var p = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-    // Rounded up: a wait of under a millisecond must not become a busy poll.
-    let ms: Int32 = timeout.map { Int32(clamping: Int64(($0.seconds * 1000).rounded(.up))) } ?? -1
-    while true {
-        let r = poll(&p, nfds_t(p.count), ms)
-        if r >= 0 { return p.map { $0.revents & Int16(POLLIN) != 0 } }
-        if errno != EINTR { throw XenError(errno, "poll", "xenbus thread") }
-    }
-}

@@ -43,7 +43,7 @@ extension XPCIFrontend {
                     channelBroken = true
                     throw XPCIError.timeout(op: cmd, address: a, after: options.requestTimeout)
                 }
-                let ready = try pollAny([ev.fileDescriptor, abortFD], timeout: left)
+                let ready = try pollReadable([ev.fileDescriptor, abortFD], timeout: left)
                 if ready[1] {
                     channelBroken = true // the reply may still land; the channel is torn down next
                     throw XPCIError.detaching(op: cmd, address: a)

@@ -30,20 +30,27 @@ extension EventChannels {
 
 /// poll(2) for readability, EINTR retried; false on timeout.
 public func pollReadable(_ fd: Int32, timeout: Duration?) throws -> Bool {
+    try pollReadable([fd], timeout: timeout)[0]
+}
+
+/// poll(2) on several descriptors for readability, EINTR retried with the
+/// time left; all false on timeout. A negative descriptor is skipped, as
+/// poll(2) does. The one poll wrapper of the drivers.
+public func pollReadable(_ fds: [Int32], timeout: Duration?) throws -> [Bool] {
     let deadline = timeout.map { ContinuousClock.now + $0 }
+    var p = fds.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
     while true {
         var ms: Int32 = -1
         if let d = deadline {
             let left = ContinuousClock.now.duration(to: d)
             if left <= .zero { ms = 0 } else {
+                // Rounded up: a wait of under a millisecond must not become a busy poll.
                 let c = left.components
                 ms = Int32(clamping: c.seconds * 1000 + (c.attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
             }
         }
-        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let r = poll(&p, 1, ms)
-        if r > 0 { return true }
-        if r == 0 { return false }
-        if errno != EINTR { throw XenError(errno, "poll", "fd \(fd)") }
+        let r = poll(&p, nfds_t(p.count), ms)
+        if r >= 0 { return p.map { $0.revents & Int16(POLLIN) != 0 } }
+        if errno != EINTR { throw XenError(errno, "poll", "fds \(fds)") }
     }
 }

@@ -148,7 +148,7 @@ final class FakeBackend: @unchecked Sendable {
     func run() {
         defer { done.signal() }
         while true {
-            guard let r = try? pollAny([xs.fileDescriptor, ev.fileDescriptor, stopFD], timeout: nil) else { return }
+            guard let r = try? pollReadable([xs.fileDescriptor, ev.fileDescriptor, stopFD], timeout: nil) else { return }
             lock.lock(); let s = stopping; lock.unlock()
             if s { return }
             if r[0] {
