@@ -7,7 +7,7 @@
 # exit 0: running; exit 2: cannot run here (the reason on stdout, as
 #   "SKIP: ..."); exit 1: it should have run but did not.
 #
-# How (see /work/shared/docs/XEN-IN-QEMU.md): xenstored -N (no fork) with
+# How: xenstored -N (no fork) with
 # xenstored_stub.c preloaded, which stubs its libxenctrl, libxenevtchn and
 # libxengnttab calls and redirects /proc/xen/xsd_port and xsd_kva to files
 # here; XENSTORED_RUNDIR puts its socket in WORKDIR. The daemon comes from
