@@ -108,6 +108,11 @@ linux_pciback_off() {
     for d in /sys/bus/pci/drivers/pciback/0000:*; do
         [ -e "$d" ] && xl pci-assignable-remove "$(basename "$d")" > /dev/null 2>&1
     done
+    # Directories of guests that are gone: xen-pciback holds a xenbus device
+    # (and a module reference) for each one it found, so it cannot unload.
+    for d in $(xenstore-list /local/domain/0/backend/pci 2>/dev/null); do
+        xenstore-read /local/domain/$d/domid > /dev/null 2>&1 || xenstore-rm /local/domain/0/backend/pci/$d 2>/dev/null
+    done
     rmmod xen_pciback 2>/dev/null || { note "rmmod xen_pciback failed (refcount $(cat /sys/module/xen_pciback/refcnt 2>/dev/null))"; return 1; }
 }
 
