@@ -16,7 +16,11 @@ public final class MockHypervisor: @unchecked Sendable {
 
     // xenstore
     var connections: [Int: MockXenStore] = [:]
-    struct Watch { var conn: Int; var path: String; var token: String }
+    struct Watch {
+        var conn: Int; var path: String; var token: String
+        /// What a path under it starts with (`path/`, or `/` for the root).
+        var under: String
+    }
     var watches: [Watch] = []
     struct Transaction {
         var conn: Int
@@ -24,9 +28,8 @@ public final class MockHypervisor: @unchecked Sendable {
         var snapshot: XenstoreTree
         var start: UInt64
         var accessed: Set<String> = []
-        /// Writes to redo at commit; `recursive` ones (removals) need the
-        /// tree as it was before them to find the watches they fire.
-        var replay: [(recursive: Bool, step: (inout XenstoreTree) throws -> String)] = []
+        /// Changes to redo at commit, in order.
+        var replay: [(path: String, change: XenstoreTree.Change)] = []
     }
     var transactions: [UInt32: Transaction] = [:]
     var nextTransaction: UInt32 = 1
@@ -141,15 +144,18 @@ public final class MockHypervisor: @unchecked Sendable {
     /// watcher's read permission.
     func collectWatchEvents(_ path: String, recurse: Bool, tree: XenstoreTree) -> [(Int, XenstoreWatchEvent)] {
         var out: [(Int, XenstoreWatchEvent)] = []
+        var below: String? // path + "/", made once and only for a removal
         for w in watches {
             guard let conn = connections[w.conn] else { continue }
             var reported: String?
-            if path == w.path || path.hasPrefix(w.path == "/" ? "/" : w.path + "/") { reported = path }
-            else if recurse && w.path.hasPrefix(path + "/") { reported = w.path }
+            if path == w.path || path.hasPrefix(w.under) { reported = path }
+            else if recurse {
+                if below == nil { below = path + "/" }
+                if w.path.hasPrefix(below!) { reported = w.path }
+            }
             guard let r = reported else { continue }
             if !r.hasPrefix("@") {
-                let (p, _) = tree.nearest(r)
-                guard tree.canRead(p, conn.dom) else { continue }
+                guard XenstoreTree.readable(tree.nearestPerms(r), conn.dom) else { continue }
             }
             out.append((w.conn, XenstoreWatchEvent(path: r, token: w.token)))
         }
