@@ -27,9 +27,24 @@ public final class MockHypervisor: @unchecked Sendable {
         var dom: DomID
         var snapshot: XenstoreTree
         var start: UInt64
-        var accessed: Set<String> = []
+        /// Every path an operation in it used, and their parents: a commit
+        /// fails when one changed since the start.
+        var accessed: [String] = []
+        private var lastPath: String?
         /// Changes to redo at commit, in order.
         var replay: [(path: String, change: XenstoreTree.Change)] = []
+
+        init(conn: Int, dom: DomID, snapshot: XenstoreTree, start: UInt64) {
+            self.conn = conn; self.dom = dom; self.snapshot = snapshot; self.start = start
+        }
+
+        /// Records `path` and its parent (the parent once for a run of
+        /// paths in the same directory: it is a string to make).
+        mutating func access(_ path: String) {
+            if lastPath == nil || !XenstoreTree.sameParent(path, lastPath!) { accessed.append(XenstoreTree.parent(path)) }
+            accessed.append(path)
+            lastPath = path
+        }
     }
     var transactions: [UInt32: Transaction] = [:]
     var nextTransaction: UInt32 = 1

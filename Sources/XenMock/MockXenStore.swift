@@ -28,7 +28,7 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
     private lazy var home = "/local/domain/\(dom)/"
 
     private func resolve(_ path: String, _ op: MockOperation) throws -> String {
-        try XenstoreTree.check(XenstoreTree.isAbsolute(path) ? path : home + path, op: op.rawValue)
+        try XenstoreTree.resolve(path, home: home, op: op.rawValue)
     }
 
     /// What every operation does first, under the lock: the closed check,
@@ -44,10 +44,10 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
     /// lookup, and its snapshot is not copied on write).
     private func inTransaction<T>(_ kind: MockOperation, _ p: String, _ t: XenstoreTransaction,
                                   _ body: (inout MockHypervisor.Transaction) throws -> T) throws -> T {
-        guard hv.transactions[t.id]?.conn == id else {
+        guard let i = hv.transactions.index(forKey: t.id), hv.transactions.values[i].conn == id else {
             throw XenError(ENOENT, kind.rawValue, "\(p): no transaction \(t.id)")
         }
-        return try body(&hv.transactions[t.id]!)
+        return try body(&hv.transactions.values[i])
     }
 
     /// A read-only operation, on the store or inside the named transaction
@@ -59,8 +59,7 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
             if t == .none { return try body(hv.tree, p) }
             return try inTransaction(kind, p, t) { tx in
                 let r = try body(tx.snapshot, p)
-                tx.accessed.insert(p)
-                tx.accessed.insert(XenstoreTree.parent(p))
+                tx.access(p)
                 return r
             }
         }
@@ -77,8 +76,7 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
             if t != .none {
                 return try inTransaction(kind, p, t) { tx in
                     try tx.snapshot.apply(c, p, dom: d)
-                    tx.accessed.insert(p)
-                    tx.accessed.insert(XenstoreTree.parent(p))
+                    tx.access(p)
                     tx.replay.append((p, c))
                 }
             }
