@@ -31,11 +31,24 @@ public final class MockHypervisor: @unchecked Sendable {
         /// fails when one changed since the start.
         var accessed: [String] = []
         private var lastPath: String?
-        /// Changes to redo at commit, in order.
-        var replay: [(path: String, change: XenstoreTree.Change)] = []
+        /// Its changes in order, each with its node's permissions after it
+        /// (what decides who hears of it).
+        var replay: [(path: String, change: XenstoreTree.Change, perms: [XenstorePermission])] = []
+        /// Whether one of them is a removal.
+        var removes = false
 
         init(conn: Int, dom: DomID, snapshot: XenstoreTree, start: UInt64) {
             self.conn = conn; self.dom = dom; self.snapshot = snapshot; self.start = start
+        }
+
+        /// Records a change made on the snapshot.
+        mutating func record(_ path: String, _ change: XenstoreTree.Change) {
+            if case .remove = change {
+                removes = true
+                replay.append((path, change, []))
+            } else {
+                replay.append((path, change, snapshot.node(path)!.perms))
+            }
         }
 
         /// Records `path` and its parent (the parent once for a run of
@@ -173,6 +186,17 @@ public final class MockHypervisor: @unchecked Sendable {
                 guard XenstoreTree.readable(tree.nearestPerms(r), conn.dom) else { continue }
             }
             out.append((w.conn, XenstoreWatchEvent(path: r, token: w.token)))
+        }
+        return out
+    }
+
+    /// Watch events for a change at `path` (no removal), whose node has
+    /// `perms` after it: collectWatchEvents with the node already found.
+    func watchEvents(_ path: String, perms: [XenstorePermission]) -> [(Int, XenstoreWatchEvent)] {
+        var out: [(Int, XenstoreWatchEvent)] = []
+        for w in watches where path == w.path || path.hasPrefix(w.under) {
+            guard let conn = connections[w.conn], XenstoreTree.readable(perms, conn.dom) else { continue }
+            out.append((w.conn, XenstoreWatchEvent(path: path, token: w.token)))
         }
         return out
     }

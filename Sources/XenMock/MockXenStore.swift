@@ -77,7 +77,7 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
                 return try inTransaction(kind, p, t) { tx in
                     try tx.snapshot.apply(c, p, dom: d)
                     tx.access(p)
-                    tx.replay.append((p, c))
+                    tx.record(p, c)
                 }
             }
             if case .remove = c {
@@ -136,7 +136,7 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
     }
 
     /// Commit: EAGAIN if any node the transaction touched changed since it
-    /// started (xenstored's rule); otherwise redo its changes on the live
+    /// started (xenstored's rule); otherwise its changes go to the live
     /// store and fire their watches.
     func transactionEnd(_ t: XenstoreTransaction, abort: Bool) throws {
         try hv.locked {
@@ -144,12 +144,24 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
             guard hv.transactions[t.id]?.conn == id else {
                 throw XenError(ENOENT, kind, "no transaction \(t.id)")
             }
-            // Taken apart: its snapshot goes now, so the live tree is not
-            // copied when the changes are redone on it.
-            let (start, accessed, replay, d) = hv.transactions.removeValue(forKey: t.id).map { ($0.start, $0.accessed, $0.replay, $0.dom) }!
+            var tx = hv.transactions.removeValue(forKey: t.id)
             try hv.faults.check(.xsTransactionEnd, domain: dom, "transaction \(t.id)")
             if abort { return }
-            if let p = accessed.first(where: { hv.tree.lastChange($0) > start }) {
+            let start = tx!.start
+            // Nothing changed since the start (the generation moves with
+            // every change): redoing the changes on the live store would
+            // make the snapshot again, step by step, so the snapshot becomes
+            // the store, and each step's watches are those its node's
+            // permissions after it allow. A removal's watches depend on the
+            // subtree before it, so a transaction with one is redone.
+            if hv.tree.generation == start && !tx!.removes {
+                hv.tree = tx!.snapshot
+                var events: [(Int, XenstoreWatchEvent)] = []
+                for step in tx!.replay { events += hv.watchEvents(step.path, perms: step.perms) }
+                hv.deliver(events)
+                return
+            }
+            if let p = tx!.accessed.first(where: { hv.tree.lastChange($0) > start }) {
                 throw XenError(EAGAIN, kind, "transaction \(t.id): \(p) changed since it started")
             }
             // Redone on the live tree in place: no node it touched changed
@@ -157,9 +169,13 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
             // succeeds as it did there. A copy of the whole tree per commit
             // (thousands of nodes with 256 guests, under the mock's one lock)
             // was what a connect storm waited for. A removal's watches are
-            // found before it.
+            // found before it. The snapshot goes first, so that nothing of
+            // the live tree it shares is copied.
+            let replay = tx!.replay, d = tx!.dom
+            tx = nil
             var events: [(Int, XenstoreWatchEvent)] = []
-            for (p, c) in replay {
+            for step in replay {
+                let (p, c) = (step.path, step.change)
                 if case .remove = c {
                     events += hv.collectWatchEvents(p, recurse: true, tree: hv.tree)
                     try hv.tree.apply(c, p, dom: d)

@@ -16,7 +16,9 @@ struct XenstoreTree {
     struct Node {
         var value: String
         var perms: [XenstorePermission]
-        var children: Set<String> = []
+        /// Names of the children, in no order (a new name is appended: a
+        /// set grew and rehashed for every directory each guest makes).
+        var children: [String] = []
         var generation: UInt64
     }
 
@@ -273,8 +275,8 @@ struct XenstoreTree {
         let i = nodes.index(forKey: parent)!
         generation += 1
         var perms = nodes.values[i].perms
-        if dom != 0 { perms[0].domid = dom }
-        nodes.values[i].children.insert(XenstoreTree.name(path))
+        if dom != 0 && perms[0].domid != dom { perms[0].domid = dom } // else shared, not copied
+        nodes.values[i].children.append(XenstoreTree.name(path))
         nodes.values[i].generation = generation
         if value != nil { generation += 1 }
         nodes[path] = Node(value: value ?? "", perms: perms, generation: generation)
@@ -305,7 +307,8 @@ struct XenstoreTree {
         drop(path)
         let parent = XenstoreTree.parent(path)
         let p = nodes.index(forKey: parent)!
-        nodes.values[p].children.remove(XenstoreTree.name(path))
+        let name = XenstoreTree.name(path)
+        nodes.values[p].children.removeAll { $0 == name }
         nodes.values[p].generation = generation
     }
 
