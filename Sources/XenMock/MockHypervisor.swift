@@ -39,16 +39,16 @@ public final class MockHypervisor: @unchecked Sendable {
 
         init(conn: Int, dom: DomID, snapshot: XenstoreTree, start: UInt64) {
             self.conn = conn; self.dom = dom; self.snapshot = snapshot; self.start = start
+            accessed.reserveCapacity(16)
+            replay.reserveCapacity(8)
         }
 
-        /// Records a change made on the snapshot.
-        mutating func record(_ path: String, _ change: XenstoreTree.Change) {
-            if case .remove = change {
-                removes = true
-                replay.append((path, change, []))
-            } else {
-                replay.append((path, change, snapshot.node(path)!.perms))
-            }
+        /// Makes a change on the snapshot, and records it.
+        mutating func change(_ path: String, _ change: XenstoreTree.Change) throws {
+            let perms = try snapshot.apply(change, path, dom: dom)
+            access(path)
+            if case .remove = change { removes = true }
+            replay.append((path, change, perms))
         }
 
         /// Records `path` and its parent (the parent once for a run of
@@ -192,13 +192,20 @@ public final class MockHypervisor: @unchecked Sendable {
 
     /// Watch events for a change at `path` (no removal), whose node has
     /// `perms` after it: collectWatchEvents with the node already found.
-    func watchEvents(_ path: String, perms: [XenstorePermission]) -> [(Int, XenstoreWatchEvent)] {
-        var out: [(Int, XenstoreWatchEvent)] = []
+    func watchEvents(_ path: String, perms: [XenstorePermission], into out: inout [(Int, XenstoreWatchEvent)]) {
         for w in watches where path == w.path || path.hasPrefix(w.under) {
             guard let conn = connections[w.conn], XenstoreTree.readable(perms, conn.dom) else { continue }
             out.append((w.conn, XenstoreWatchEvent(path: path, token: w.token)))
         }
-        return out
+    }
+
+    /// Delivers the watch events of a change at `path` (no removal) made on
+    /// the live store, whose node has `perms` after it.
+    func fire(_ path: String, perms: [XenstorePermission]) {
+        for w in watches where path == w.path || path.hasPrefix(w.under) {
+            guard let conn = connections[w.conn], XenstoreTree.readable(perms, conn.dom) else { continue }
+            conn.enqueue(XenstoreWatchEvent(path: path, token: w.token))
+        }
     }
 
     func deliver(_ events: [(Int, XenstoreWatchEvent)]) {

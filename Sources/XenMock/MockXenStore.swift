@@ -74,11 +74,7 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
             let p = try begin(kind, path)
             let d = dom
             if t != .none {
-                return try inTransaction(kind, p, t) { tx in
-                    try tx.snapshot.apply(c, p, dom: d)
-                    tx.access(p)
-                    tx.record(p, c)
-                }
+                return try inTransaction(kind, p, t) { tx in try tx.change(p, c) }
             }
             if case .remove = c {
                 // A removal's watches are found before it (the removed nodes'
@@ -87,8 +83,7 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
                 try hv.tree.apply(c, p, dom: d)
                 hv.deliver(events)
             } else {
-                try hv.tree.apply(c, p, dom: d)
-                hv.fire(p, recurse: false, before: nil)
+                hv.fire(p, perms: try hv.tree.apply(c, p, dom: d))
             }
         }
     }
@@ -157,7 +152,7 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
             if hv.tree.generation == start && !tx!.removes {
                 hv.tree = tx!.snapshot
                 var events: [(Int, XenstoreWatchEvent)] = []
-                for step in tx!.replay { events += hv.watchEvents(step.path, perms: step.perms) }
+                for step in tx!.replay { hv.watchEvents(step.path, perms: step.perms, into: &events) }
                 hv.deliver(events)
                 return
             }

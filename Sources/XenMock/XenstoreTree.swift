@@ -16,8 +16,8 @@ struct XenstoreTree {
     struct Node {
         var value: String
         var perms: [XenstorePermission]
-        /// Names of the children, in no order (a new name is appended: a
-        /// set grew and rehashed for every directory each guest makes).
+        /// The children's paths, in no order (a new one is appended: a set
+        /// grew and rehashed for every directory each guest makes).
         var children: [String] = []
         var generation: UInt64
     }
@@ -228,7 +228,7 @@ struct XenstoreTree {
     func directory(_ path: String, dom: DomID) throws -> [String] {
         guard let n = nodes[path] else { throw XenError(ENOENT, "xenstore directory", path) }
         guard XenstoreTree.readable(n.perms, dom) else { throw XenError(EACCES, "xenstore directory", path) }
-        return n.children.sorted()
+        return n.children.map(XenstoreTree.name).sorted()
     }
 
     func permissions(_ path: String, dom: DomID) throws -> [XenstorePermission] {
@@ -239,12 +239,15 @@ struct XenstoreTree {
 
     // MARK: changes
 
-    mutating func apply(_ change: Change, _ path: String, dom: DomID) throws {
+    /// Makes a change; returns the node's permissions after it (none for a
+    /// removal), which decide who hears of it.
+    @discardableResult
+    mutating func apply(_ change: Change, _ path: String, dom: DomID) throws -> [XenstorePermission] {
         switch change {
-        case .write(let v): try write(path, v, dom: dom)
-        case .mkdir: try mkdir(path, dom: dom)
-        case .remove: try remove(path, dom: dom)
-        case .setPermissions(let perms): try setPermissions(path, perms, dom: dom)
+        case .write(let v): return try write(path, v, dom: dom)
+        case .mkdir: return try mkdir(path, dom: dom)
+        case .remove: try remove(path, dom: dom); return []
+        case .setPermissions(let perms): return try setPermissions(path, perms, dom: dom)
         }
     }
 
@@ -253,7 +256,7 @@ struct XenstoreTree {
     /// parent's permissions, and an unprivileged creator becomes the owner.
     /// Each created node takes a generation, and its parent with it; a
     /// written value takes one more (as a create followed by a write).
-    private mutating func create(_ path: String, value: String?, dom: DomID, op: String) throws {
+    private mutating func create(_ path: String, value: String?, dom: DomID, op: String) throws -> [XenstorePermission] {
         let parent = XenstoreTree.parent(path)
         if let i = nodes.index(forKey: parent) {
             guard XenstoreTree.writable(nodes.values[i].perms, dom) else { throw XenError(EACCES, op, path) }
@@ -261,7 +264,7 @@ struct XenstoreTree {
             guard XenstoreTree.writable(nearestPerms(parent), dom) else { throw XenError(EACCES, op, path) }
             insertMissing(parent, dom: dom)
         }
-        insert(path, under: parent, value: value, dom: dom)
+        return insert(path, under: parent, value: value, dom: dom)
     }
 
     /// Creates `path` and its missing ancestors, unchecked (the caller checked).
@@ -271,18 +274,23 @@ struct XenstoreTree {
         insert(path, under: parent, value: nil, dom: dom)
     }
 
-    private mutating func insert(_ path: String, under parent: String, value: String?, dom: DomID) {
+    /// The parent lists its children by their paths (the very strings that
+    /// key them here), so removing a subtree makes no path.
+    @discardableResult
+    private mutating func insert(_ path: String, under parent: String, value: String?, dom: DomID) -> [XenstorePermission] {
         let i = nodes.index(forKey: parent)!
         generation += 1
         var perms = nodes.values[i].perms
         if dom != 0 && perms[0].domid != dom { perms[0].domid = dom } // else shared, not copied
-        nodes.values[i].children.append(XenstoreTree.name(path))
+        nodes.values[i].children.append(path)
         nodes.values[i].generation = generation
         if value != nil { generation += 1 }
         nodes[path] = Node(value: value ?? "", perms: perms, generation: generation)
+        return perms
     }
 
-    mutating func write(_ path: String, _ value: String, dom: DomID) throws {
+    @discardableResult
+    mutating func write(_ path: String, _ value: String, dom: DomID) throws -> [XenstorePermission] {
         guard value.utf8.count <= XenstoreTree.maxValue else {
             throw XenError(E2BIG, "xenstore write", "\(path): value of \(value.utf8.count) bytes")
         }
@@ -291,11 +299,13 @@ struct XenstoreTree {
         generation += 1
         nodes.values[i].value = value
         nodes.values[i].generation = generation
+        return nodes.values[i].perms
     }
 
-    mutating func mkdir(_ path: String, dom: DomID) throws {
-        if nodes.index(forKey: path) != nil { return }
-        try create(path, value: nil, dom: dom, op: "xenstore mkdir")
+    @discardableResult
+    mutating func mkdir(_ path: String, dom: DomID) throws -> [XenstorePermission] {
+        if let i = nodes.index(forKey: path) { return nodes.values[i].perms }
+        return try create(path, value: nil, dom: dom, op: "xenstore mkdir")
     }
 
     /// Removes a subtree.
@@ -305,22 +315,21 @@ struct XenstoreTree {
         guard XenstoreTree.writable(nodes.values[i].perms, dom) else { throw XenError(EACCES, "xenstore rm", path) }
         generation += 1
         drop(path)
-        let parent = XenstoreTree.parent(path)
-        let p = nodes.index(forKey: parent)!
-        let name = XenstoreTree.name(path)
-        nodes.values[p].children.removeAll { $0 == name }
+        let p = nodes.index(forKey: XenstoreTree.parent(path))!
+        nodes.values[p].children.removeAll { $0 == path }
         nodes.values[p].generation = generation
     }
 
     private mutating func drop(_ path: String) {
         guard let n = nodes.removeValue(forKey: path) else { return }
         changed[path] = generation
-        for c in n.children { drop(XenstoreTree.child(path, c)) }
+        for c in n.children { drop(c) }
     }
 
     /// Only dom0 or the node's owner may change permissions, and only dom0
     /// may give a node away.
-    mutating func setPermissions(_ path: String, _ perms: [XenstorePermission], dom: DomID) throws {
+    @discardableResult
+    mutating func setPermissions(_ path: String, _ perms: [XenstorePermission], dom: DomID) throws -> [XenstorePermission] {
         guard let i = nodes.index(forKey: path) else { throw XenError(ENOENT, "xenstore set-perms", path) }
         guard !perms.isEmpty else { throw XenError(EINVAL, "xenstore set-perms", "\(path): empty permission list") }
         guard dom == 0 || (nodes.values[i].perms.first?.domid == dom && perms[0].domid == dom) else {
@@ -329,5 +338,6 @@ struct XenstoreTree {
         generation += 1
         nodes.values[i].perms = perms
         nodes.values[i].generation = generation
+        return perms
     }
 }
