@@ -5,6 +5,7 @@ import XenPCIABI
 /// Pages a domain shares (gntshr). Refs start at 8, as the first refs are
 /// reserved on real guests.
 final class MockGrantSharing: MockHandle, GrantSharing, @unchecked Sendable {
+    override class var what: String { "grant sharing handle" }
 
 
     func share(with domain: DomID, writable: Bool) throws -> SharedGrant {
@@ -50,6 +51,7 @@ final class MockGrantSharing: MockHandle, GrantSharing, @unchecked Sendable {
 
 /// Foreign pages mapped by a domain (gnttab).
 final class MockGrantTable: MockHandle, GrantTable, @unchecked Sendable {
+    override class var what: String { "grant table handle" }
 
 
     func map(domain: DomID, ref: GrantRef, writable: Bool) throws -> GrantMapping {

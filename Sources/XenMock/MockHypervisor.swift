@@ -244,11 +244,11 @@ public final class MockHypervisor: @unchecked Sendable {
             for (a, h) in preparedMSIX.sorted(by: { $0.key < $1.key }) {
                 out.append("dom\(routingHandles[h]?.dom ?? 0): MSI-X table of \(a) still prepared")
             }
-            for c in connections.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(c.dom): xenstore connection #\(c.id) not closed") }
-            for h in evtchnHandles.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(h.dom): event channel handle #\(h.id) not closed") }
-            for h in gnttabHandles.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(h.dom): grant table handle #\(h.id) not closed") }
-            for h in gntshrHandles.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(h.dom): grant sharing handle #\(h.id) not closed") }
-            for h in routingHandles.values.sorted(by: { $0.id < $1.id }) { out.append("dom\(h.dom): interrupt routing handle #\(h.id) not closed") }
+            for c in connections.values.sorted(by: { $0.id < $1.id }) { out.append(c.leakLine) }
+            for h in evtchnHandles.values.sorted(by: { $0.id < $1.id }) { out.append(h.leakLine) }
+            for h in gnttabHandles.values.sorted(by: { $0.id < $1.id }) { out.append(h.leakLine) }
+            for h in gntshrHandles.values.sorted(by: { $0.id < $1.id }) { out.append(h.leakLine) }
+            for h in routingHandles.values.sorted(by: { $0.id < $1.id }) { out.append(h.leakLine) }
             return out
         }
     }

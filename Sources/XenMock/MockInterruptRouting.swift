@@ -29,6 +29,7 @@ public struct MockPirqVector: Equatable, Sendable, CustomStringConvertible {
 /// function whose table was prepared (else ENODATA), a table is prepared
 /// once (else EBUSY) and released only with no vector left (else EBUSY).
 final class MockInterruptRouting: MockHandle, InterruptRouting, @unchecked Sendable {
+    override class var what: String { "interrupt routing handle" }
 
     func prepareMSIX(device: PCIAddress) throws {
         try hv.locked {

@@ -1,9 +1,11 @@
 import Foundation
 import XenHypervisor
+import XenPCIABI
 
 /// A xenstore connection of one domain. Relative paths resolve against the
 /// domain's home, `/local/domain/<id>`, as with xenstored.
 final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
+    override class var what: String { "xenstore connection" }
     private var queue: [XenstoreWatchEvent] = []
     private let signal = ReadySignal()
 
@@ -25,7 +27,12 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
     }
 
     /// Where relative paths resolve: `/local/domain/<id>/`.
-    private lazy var home = "/local/domain/\(dom)/"
+    private let home: String
+
+    override init(hv: MockHypervisor, id: Int, dom: DomID) {
+        home = "/local/domain/\(dom)/"
+        super.init(hv: hv, id: id, dom: dom)
+    }
 
     private func resolve(_ path: String, _ op: MockOperation) throws -> String {
         try XenstoreTree.resolve(path, home: home, op: op.rawValue)

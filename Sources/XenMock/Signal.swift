@@ -42,4 +42,10 @@ class MockHandle: @unchecked Sendable {
         self.id = id
         self.dom = dom
     }
+
+    /// What the handle is, for the leak report.
+    class var what: String { "handle" }
+    /// Its line in the leak report, made once (the fuzzers check for leaks
+    /// after every input, and a long-lived handle is listed each time).
+    private(set) lazy var leakLine = "dom\(dom): \(type(of: self).what) #\(id) not closed"
 }
