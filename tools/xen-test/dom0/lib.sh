@@ -115,6 +115,30 @@ linux_pciback_off() {
     done
     rmmod xen_pciback 2>/dev/null || { note "rmmod xen_pciback failed (refcount $(cat /sys/module/xen_pciback/refcnt 2>/dev/null))"; return 1; }
 }
+# pciback_holders: what may hold Linux's xen-pciback, as evidence lines on
+# stderr (for a scenario that could not unload it): the module's reference
+# count and holders, every xenbus backend device with its driver, xenstore
+# node and state, the PCI functions pciback's PCI driver has, the backend/pci
+# directories with their frontend's domain and state, and the domains.
+pciback_holders() {
+    local d drv l
+    {
+        ev "pciback holders: module refcnt=$(cat /sys/module/xen_pciback/refcnt 2>/dev/null || echo unloaded) holders=[$(ls /sys/module/xen_pciback/holders 2>/dev/null | tr '\n' ' ')] lsmod: $(lsmod | awk '$1 == "xen_pciback"' | tr -s ' ')"
+        for d in /sys/bus/xen-backend/devices/*; do
+            [ -e "$d" ] || continue
+            drv=$([ -L "$d/driver" ] && basename "$(readlink "$d/driver")" || echo none)
+            ev "pciback holders: xen-backend device $(basename "$d") driver=$drv nodename=$(cat "$d/nodename" 2>/dev/null) state=$(cat "$d/state" 2>/dev/null)"
+        done
+        ev "pciback holders: bound to xen-backend driver pciback: [$(ls /sys/bus/xen-backend/drivers/pciback 2>/dev/null | grep -- '-' | tr '\n' ' ')]"
+        ev "pciback holders: PCI functions of pciback: [$(ls /sys/bus/pci/drivers/pciback 2>/dev/null | grep '^0000:' | tr '\n' ' ')]"
+        for d in $(xenstore-list /local/domain/0/backend/pci 2>/dev/null); do
+            for l in $(xenstore-list /local/domain/0/backend/pci/$d 2>/dev/null); do
+                ev "pciback holders: xenstore backend/pci/$d/$l state=$(xenstore-read /local/domain/0/backend/pci/$d/$l/state 2>/dev/null) frontend=$(xenstore-read /local/domain/0/backend/pci/$d/$l/frontend 2>/dev/null) (frontend state $(xenstore-read "$(xenstore-read /local/domain/0/backend/pci/$d/$l/frontend 2>/dev/null)/state" 2>/dev/null || echo gone)); domain $d $(xenstore-read /local/domain/$d/domid > /dev/null 2>&1 && echo alive || echo gone)"
+            done
+        done
+        ev "pciback holders: xl list: $(xl list 2>&1 | awk 'NR > 1 { printf "%s(%s) ", $1, $2 }')"
+    } >&2
+}
 
 # ------------------------------------------------------------------ our backend
 backend_start() { # extra args; HIDE= overrides the hide list

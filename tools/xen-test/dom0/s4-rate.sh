@@ -36,7 +36,7 @@ ev "dom0 clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_
 pciback_off() {
     local i=0
     while ! linux_pciback_off 2> /dev/null; do
-        i=$((i + 1)); [ $i -lt 20 ] || return 1; sleep 1
+        i=$((i + 1)); [ $i -lt 20 ] || { pciback_holders; return 1; }; sleep 1
     done
 }
 field() { sed -n "s/.*[ ]$1=\([0-9]*\).*/\1/p" <<< "$2"; }
