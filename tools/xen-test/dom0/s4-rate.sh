@@ -9,7 +9,8 @@
 # pairs' ratios against the target (>= 0.5). Then one more run of ours with
 # --profile, for the backend's per-request profile: not in the pairs, since
 # where dom0's clock has no vDSO (clocksource xen) each timestamp is a
-# system call.
+# system call. Before and after the pairs, what one system call costs in
+# dom0 (xt-syscost).
 #
 # Handing the e1000 over, each backend as it is used alone (scenarios 2, 3):
 #   ours:  Linux's xen-pciback unloaded (loaded, it serves every backend/pci
@@ -30,6 +31,21 @@ T_END=$(( $(date +%s) + ${XT_BUDGET:-1200} ))
 [ -e /sys/bus/pci/devices/$DEV ] || fail "device $DEV missing in dom0"
 note "$DEV $(sys_id $DEV), driver $(drv_of $DEV); $PAIRS pairs, $RATE s of config reads per run"
 ev "dom0 clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null); $(dmesg | grep -m1 -i 'vclock' || echo 'no VCLOCK message')"
+
+# syscalls WHEN: what one system call costs in dom0 (xt-syscost, built from
+# dom0/syscost.c): the trivial one (getppid), a 1-byte read of /dev/zero,
+# and the 4-byte pread of $DEV's sysfs config our backend makes per config
+# read. Each the median of 5 rounds of 0.4 s; no guest running.
+us() { awk -v n="$1" 'BEGIN { if (n == "") print "?"; else printf "%.1f", n / 1000 }'; }
+syscalls() {
+    local g r c
+    command -v xt-syscost > /dev/null || { ev "dom0 syscall cost: not measured (no xt-syscost in the image)"; return 0; }
+    g=$(xt-syscost getppid 2>&1) || { ev "dom0 syscall cost: xt-syscost failed: $g"; return 0; }
+    r=$(xt-syscost read /dev/zero 2>&1)
+    c=$(xt-syscost pread /sys/bus/pci/devices/$DEV/config 0 4 2>&1)
+    ev "dom0 syscall cost: $(us "$(field ns_per_call_median "$g")") us (getppid, $1; min of 5 rounds $(us "$(field ns_per_call_min "$g")") us, $(field calls "$g") calls)"
+    ev "dom0 read(2) of 1 byte of /dev/zero: $(us "$(field ns_per_call_median "$r")") us; pread(2) of 4 bytes of $DEV's sysfs config: $(us "$(field ns_per_call_median "$c")") us ($1)"
+}
 
 # pciback_off: Linux's xen-pciback gone; a guest's backend directory can
 # linger for a moment after `xl destroy`, so a few tries.
@@ -90,6 +106,7 @@ run() {
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "none"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 : > /tmp/xt/s4-ratios; : > /tmp/xt/s4-attach; : > /tmp/xt/s4-ours
+syscalls before the pairs
 k=1 last=150
 while [ $k -le "$PAIRS" ]; do
     # A pair takes 2 to 5 minutes under TCG (with the host's load): do not
@@ -113,6 +130,7 @@ M=$(median < /tmp/xt/s4-ratios)
 echo "ratio (median of $N interleaved pairs): $M"
 ev "ratio (median of $N interleaved pairs): $M"
 ev "connect->bound time ours/Linux (median of $N pairs): $(median < /tmp/xt/s4-attach)"
+syscalls after the pairs
 if [ "$N" -ge "$PAIRS" ] && [ $(( T_END - $(date +%s) )) -gt $(( last * 3 / 4 )) ]; then
     o=$(PROFILE=1 run ours profiled) || exit 1
     ev "profiled run of ours: ${o%% *} config ops/s (unprofiled ours, median: $(cut -d' ' -f1 /tmp/xt/s4-ours | median))"
