@@ -72,10 +72,14 @@ for v in XT_PAIRS XT_RATE; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a number"
     DOM0_ARGS="$DOM0_ARGS $v=${!v}"
 done
+# XT_QEMU_MONITOR=PATH: QEMU's monitor on a unix socket there (to look at a
+# stalled boot: `info cpus`, `info registers -a`), else none.
+MONITOR=${XT_QEMU_MONITOR:+unix:$XT_QEMU_MONITOR,server=on,wait=off}
+MONITOR=${MONITOR:-none}
 QEMU_ARGS=(
     -accel tcg -cpu max,-smap,-smep -machine q35 -m 3072 -smp 2
     -device intel-iommu,intremap=on
-    -display none -no-reboot -monitor none -serial "file:$LOG" -nic none
+    -display none -no-reboot -monitor "$MONITOR" -serial "file:$LOG" -nic none
     -device isa-debug-exit,iobase=0xf4,iosize=0x04
     -kernel "$BASE/xen.elf" -append "$XEN_ARGS"
     -initrd "$BASE/vmlinuz $DOM0_ARGS,$IMG/dom0-initrd.gz"
