@@ -16,17 +16,48 @@ public final class MockHypervisor: @unchecked Sendable {
 
     // xenstore
     var connections: [Int: MockXenStore] = [:]
-    struct Watch { var conn: Int; var path: String; var token: String }
+    struct Watch {
+        var conn: Int; var path: String; var token: String
+        /// What a path under it starts with (`path/`, or `/` for the root).
+        var under: String
+    }
     var watches: [Watch] = []
     struct Transaction {
         var conn: Int
         var dom: DomID
         var snapshot: XenstoreTree
         var start: UInt64
-        var accessed: Set<String> = []
-        /// Writes to redo at commit; `recursive` ones (removals) need the
-        /// tree as it was before them to find the watches they fire.
-        var replay: [(recursive: Bool, step: (inout XenstoreTree) throws -> String)] = []
+        /// Every path an operation in it used, and their parents: a commit
+        /// fails when one changed since the start.
+        var accessed: [String] = []
+        private var lastPath: String?
+        /// Its changes in order, each with its node's permissions after it
+        /// (what decides who hears of it).
+        var replay: [(path: String, change: XenstoreTree.Change, perms: [XenstorePermission])] = []
+        /// Whether one of them is a removal.
+        var removes = false
+
+        init(conn: Int, dom: DomID, snapshot: XenstoreTree, start: UInt64) {
+            self.conn = conn; self.dom = dom; self.snapshot = snapshot; self.start = start
+        }
+
+        /// Records a change made on the snapshot.
+        mutating func record(_ path: String, _ change: XenstoreTree.Change) {
+            if case .remove = change {
+                removes = true
+                replay.append((path, change, []))
+            } else {
+                replay.append((path, change, snapshot.node(path)!.perms))
+            }
+        }
+
+        /// Records `path` and its parent (the parent once for a run of
+        /// paths in the same directory: it is a string to make).
+        mutating func access(_ path: String) {
+            if lastPath == nil || !XenstoreTree.sameParent(path, lastPath!) { accessed.append(XenstoreTree.parent(path)) }
+            accessed.append(path)
+            lastPath = path
+        }
     }
     var transactions: [UInt32: Transaction] = [:]
     var nextTransaction: UInt32 = 1
@@ -141,17 +172,31 @@ public final class MockHypervisor: @unchecked Sendable {
     /// watcher's read permission.
     func collectWatchEvents(_ path: String, recurse: Bool, tree: XenstoreTree) -> [(Int, XenstoreWatchEvent)] {
         var out: [(Int, XenstoreWatchEvent)] = []
+        var below: String? // path + "/", made once and only for a removal
         for w in watches {
             guard let conn = connections[w.conn] else { continue }
             var reported: String?
-            if path == w.path || path.hasPrefix(w.path == "/" ? "/" : w.path + "/") { reported = path }
-            else if recurse && w.path.hasPrefix(path + "/") { reported = w.path }
+            if path == w.path || path.hasPrefix(w.under) { reported = path }
+            else if recurse {
+                if below == nil { below = path + "/" }
+                if w.path.hasPrefix(below!) { reported = w.path }
+            }
             guard let r = reported else { continue }
             if !r.hasPrefix("@") {
-                let (p, _) = tree.nearest(r)
-                guard tree.canRead(p, conn.dom) else { continue }
+                guard XenstoreTree.readable(tree.nearestPerms(r), conn.dom) else { continue }
             }
             out.append((w.conn, XenstoreWatchEvent(path: r, token: w.token)))
+        }
+        return out
+    }
+
+    /// Watch events for a change at `path` (no removal), whose node has
+    /// `perms` after it: collectWatchEvents with the node already found.
+    func watchEvents(_ path: String, perms: [XenstorePermission]) -> [(Int, XenstoreWatchEvent)] {
+        var out: [(Int, XenstoreWatchEvent)] = []
+        for w in watches where path == w.path || path.hasPrefix(w.under) {
+            guard let conn = connections[w.conn], XenstoreTree.readable(perms, conn.dom) else { continue }
+            out.append((w.conn, XenstoreWatchEvent(path: path, token: w.token)))
         }
         return out
     }

@@ -24,84 +24,104 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
         }
     }
 
+    /// Where relative paths resolve: `/local/domain/<id>/`.
+    private lazy var home = "/local/domain/\(dom)/"
+
     private func resolve(_ path: String, _ op: MockOperation) throws -> String {
-        let p = path.hasPrefix("/") ? path : "/local/domain/\(dom)/" + path
-        return try XenstoreTree.check(p, op: op.rawValue)
+        try XenstoreTree.resolve(path, home: home, op: op.rawValue)
     }
 
-    /// Runs one operation under the lock: closed check, fault check, then
-    /// either directly on the store or inside the named transaction.
-    private func op<T>(_ kind: MockOperation, _ path: String, _ t: XenstoreTransaction,
-                       _ body: @escaping (inout XenstoreTree, String) throws -> T,
-                       fires: Bool = false, recurse: Bool = false) throws -> T {
+    /// What every operation does first, under the lock: the closed check,
+    /// the path, the fault check. Returns the absolute path.
+    private func begin(_ kind: MockOperation, _ path: String) throws -> String {
+        guard !closed else { throw XenError(EBADF, kind.rawValue, "\(path): connection closed") }
+        let p = try resolve(path, kind)
+        try hv.faults.check(kind, domain: dom, p)
+        return p
+    }
+
+    /// The named transaction of this connection, changed in place (one
+    /// lookup, and its snapshot is not copied on write).
+    private func inTransaction<T>(_ kind: MockOperation, _ p: String, _ t: XenstoreTransaction,
+                                  _ body: (inout MockHypervisor.Transaction) throws -> T) throws -> T {
+        guard let i = hv.transactions.index(forKey: t.id), hv.transactions.values[i].conn == id else {
+            throw XenError(ENOENT, kind.rawValue, "\(p): no transaction \(t.id)")
+        }
+        return try body(&hv.transactions.values[i])
+    }
+
+    /// A read-only operation, on the store or inside the named transaction
+    /// (whose snapshot it reads, and where it counts as an access).
+    private func query<T>(_ kind: MockOperation, _ path: String, _ t: XenstoreTransaction,
+                          _ body: (XenstoreTree, String) throws -> T) throws -> T {
         try hv.locked {
-            guard !closed else { throw XenError(EBADF, kind.rawValue, "\(path): connection closed") }
-            let p = try resolve(path, kind)
-            try hv.faults.check(kind, domain: dom, p)
-            if t != .none {
-                guard hv.transactions[t.id]?.conn == id else {
-                    throw XenError(ENOENT, kind.rawValue, "\(p): no transaction \(t.id)")
-                }
-                // Taken out while it changes, so its snapshot is not copied on
-                // write. The tree's operations validate before they change
-                // anything, so a failed one leaves it as it was.
-                var tx = hv.transactions.removeValue(forKey: t.id)!
-                let r: T
-                do { r = try body(&tx.snapshot, p) } catch { hv.transactions[t.id] = tx; throw error }
-                tx.accessed.insert(p)
-                tx.accessed.insert(XenstoreTree.parent(p))
-                if fires {
-                    tx.replay.append((recurse, { tree in
-                        _ = try body(&tree, p)
-                        return p
-                    }))
-                }
-                hv.transactions[t.id] = tx
+            let p = try begin(kind, path)
+            if t == .none { return try body(hv.tree, p) }
+            return try inTransaction(kind, p, t) { tx in
+                let r = try body(tx.snapshot, p)
+                tx.access(p)
                 return r
             }
-            let before = fires && recurse ? hv.tree : nil
-            let events = before.map { hv.collectWatchEvents(p, recurse: true, tree: $0) }
-            let r = try body(&hv.tree, p)
-            if fires {
-                if let ev = events { hv.deliver(ev) } else { hv.fire(p, recurse: false, before: nil) }
+        }
+    }
+
+    /// A change: on the store, firing its watches; or inside the named
+    /// transaction, on its snapshot, recorded to redo at commit. The tree's
+    /// operations validate before they change anything, so a failed one
+    /// leaves the snapshot as it was.
+    private func change(_ kind: MockOperation, _ path: String, _ t: XenstoreTransaction, _ c: XenstoreTree.Change) throws {
+        try hv.locked {
+            let p = try begin(kind, path)
+            let d = dom
+            if t != .none {
+                return try inTransaction(kind, p, t) { tx in
+                    try tx.snapshot.apply(c, p, dom: d)
+                    tx.access(p)
+                    tx.record(p, c)
+                }
             }
-            return r
+            if case .remove = c {
+                // A removal's watches are found before it (the removed nodes'
+                // permissions decide who hears of them).
+                let events = hv.collectWatchEvents(p, recurse: true, tree: hv.tree)
+                try hv.tree.apply(c, p, dom: d)
+                hv.deliver(events)
+            } else {
+                try hv.tree.apply(c, p, dom: d)
+                hv.fire(p, recurse: false, before: nil)
+            }
         }
     }
 
     func read(_ path: String, transaction t: XenstoreTransaction) throws -> String {
         let d = dom
-        return try op(.xsRead, path, t) { tree, p in try tree.read(p, dom: d) }
+        return try query(.xsRead, path, t) { tree, p in try tree.read(p, dom: d) }
     }
 
     func write(_ path: String, _ value: String, transaction t: XenstoreTransaction) throws {
-        let d = dom
-        try op(.xsWrite, path, t, { tree, p in try tree.write(p, value, dom: d) }, fires: true)
+        try change(.xsWrite, path, t, .write(value))
     }
 
     func mkdir(_ path: String, transaction t: XenstoreTransaction) throws {
-        let d = dom
-        try op(.xsMkdir, path, t, { tree, p in try tree.mkdir(p, dom: d) }, fires: true)
+        try change(.xsMkdir, path, t, .mkdir)
     }
 
     func remove(_ path: String, transaction t: XenstoreTransaction) throws {
-        let d = dom
-        try op(.xsRemove, path, t, { tree, p in try tree.remove(p, dom: d) }, fires: true, recurse: true)
+        try change(.xsRemove, path, t, .remove)
     }
 
     func directory(_ path: String, transaction t: XenstoreTransaction) throws -> [String] {
         let d = dom
-        return try op(.xsDirectory, path, t) { tree, p in try tree.directory(p, dom: d) }
+        return try query(.xsDirectory, path, t) { tree, p in try tree.directory(p, dom: d) }
     }
 
     func permissions(_ path: String, transaction t: XenstoreTransaction) throws -> [XenstorePermission] {
         let d = dom
-        return try op(.xsGetPermissions, path, t) { tree, p in try tree.permissions(p, dom: d) }
+        return try query(.xsGetPermissions, path, t) { tree, p in try tree.permissions(p, dom: d) }
     }
 
     func setPermissions(_ path: String, _ perms: [XenstorePermission], transaction t: XenstoreTransaction) throws {
-        let d = dom
-        try op(.xsSetPermissions, path, t, { tree, p in try tree.setPermissions(p, perms, dom: d) }, fires: true)
+        try change(.xsSetPermissions, path, t, .setPermissions(perms))
     }
 
     func transactionStart() throws -> XenstoreTransaction {
@@ -116,31 +136,53 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
     }
 
     /// Commit: EAGAIN if any node the transaction touched changed since it
-    /// started (xenstored's rule); otherwise replay its writes on the live
+    /// started (xenstored's rule); otherwise its changes go to the live
     /// store and fire their watches.
     func transactionEnd(_ t: XenstoreTransaction, abort: Bool) throws {
         try hv.locked {
             let kind = MockOperation.xsTransactionEnd.rawValue
-            guard let tx = hv.transactions[t.id], tx.conn == id else {
+            guard hv.transactions[t.id]?.conn == id else {
                 throw XenError(ENOENT, kind, "no transaction \(t.id)")
             }
-            hv.transactions[t.id] = nil
+            var tx = hv.transactions.removeValue(forKey: t.id)
             try hv.faults.check(.xsTransactionEnd, domain: dom, "transaction \(t.id)")
             if abort { return }
-            if let p = tx.accessed.first(where: { hv.tree.lastChange($0) > tx.start }) {
+            let start = tx!.start
+            // Nothing changed since the start (the generation moves with
+            // every change): redoing the changes on the live store would
+            // make the snapshot again, step by step, so the snapshot becomes
+            // the store, and each step's watches are those its node's
+            // permissions after it allow. A removal's watches depend on the
+            // subtree before it, so a transaction with one is redone.
+            if hv.tree.generation == start && !tx!.removes {
+                hv.tree = tx!.snapshot
+                var events: [(Int, XenstoreWatchEvent)] = []
+                for step in tx!.replay { events += hv.watchEvents(step.path, perms: step.perms) }
+                hv.deliver(events)
+                return
+            }
+            if let p = tx!.accessed.first(where: { hv.tree.lastChange($0) > start }) {
                 throw XenError(EAGAIN, kind, "transaction \(t.id): \(p) changed since it started")
             }
-            // Replayed on the live tree in place: no node it touched changed
-            // since the transaction ran them on its snapshot, so each step
+            // Redone on the live tree in place: no node it touched changed
+            // since the transaction made them on its snapshot, so each step
             // succeeds as it did there. A copy of the whole tree per commit
             // (thousands of nodes with 256 guests, under the mock's one lock)
-            // was what a connect storm waited for. Removals keep a copy of the
-            // tree before them, to find the watches they fire.
+            // was what a connect storm waited for. A removal's watches are
+            // found before it. The snapshot goes first, so that nothing of
+            // the live tree it shares is copied.
+            let replay = tx!.replay, d = tx!.dom
+            tx = nil
             var events: [(Int, XenstoreWatchEvent)] = []
-            for (recursive, step) in tx.replay {
-                let before = recursive ? hv.tree : nil
-                let p = try step(&hv.tree)
-                events += hv.collectWatchEvents(p, recurse: recursive, tree: before ?? hv.tree)
+            for step in replay {
+                let (p, c) = (step.path, step.change)
+                if case .remove = c {
+                    events += hv.collectWatchEvents(p, recurse: true, tree: hv.tree)
+                    try hv.tree.apply(c, p, dom: d)
+                } else {
+                    try hv.tree.apply(c, p, dom: d)
+                    events += hv.collectWatchEvents(p, recurse: false, tree: hv.tree)
+                }
             }
             hv.deliver(events)
         }
@@ -154,7 +196,7 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
             guard !hv.watches.contains(where: { $0.conn == id && $0.path == p && $0.token == token }) else {
                 throw XenError(EEXIST, MockOperation.xsWatch.rawValue, "\(p) token '\(token)'")
             }
-            hv.watches.append(MockHypervisor.Watch(conn: id, path: p, token: token))
+            hv.watches.append(MockHypervisor.Watch(conn: id, path: p, token: token, under: p == "/" ? "/" : p + "/"))
             enqueue(XenstoreWatchEvent(path: p, token: token))
         }
     }

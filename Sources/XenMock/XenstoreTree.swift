@@ -4,16 +4,31 @@ import XenPCIABI
 
 /// The xenstore database: nodes by absolute path, with xenstored's
 /// permission rules and per-node modification generations for transactions.
+///
+/// Every operation on the mock comes here, and in the fuzzers it runs under
+/// coverage instrumentation and ASan, where each comparison our code makes
+/// is a call and each allocation records a stack (issue 13). So: a path is
+/// checked in one branch-free scan (the byte loop that did it was a tenth
+/// of the xenstore target's time), a node is found with one hash lookup and
+/// changed in place through its index, and a read or a write to an existing
+/// node allocates nothing.
 struct XenstoreTree {
     struct Node {
         var value: String
         var perms: [XenstorePermission]
-        var children: Set<String> = []
+        /// Names of the children, in no order (a new name is appended: a
+        /// set grew and rehashed for every directory each guest makes).
+        var children: [String] = []
         var generation: UInt64
     }
 
+    /// A change, as a transaction records it to redo at commit.
+    enum Change {
+        case write(String), mkdir, remove, setPermissions([XenstorePermission])
+    }
+
     private(set) var nodes: [String: Node]
-    /// Generation at which a path last changed (including removal).
+    /// Generation at which a path was last removed.
     private(set) var changed: [String: UInt64] = [:]
     var generation: UInt64 = 1
 
@@ -24,27 +39,89 @@ struct XenstoreTree {
     static let maxPath = 3072
     static let maxValue = 4096
 
-    /// Validates and normalises an absolute path (xenstored's character set).
+    // MARK: paths
+
+    /// Validates an absolute path (xenstored's character set).
     static func check(_ path: String, op: String) throws -> String {
+        if wellFormed(path) { return path }
+        return try explain(path, op: op)
+    }
+
+    /// A connection's path made absolute (relative ones are under `home`,
+    /// which ends in `/`) and checked. The usual case, an absolute valid
+    /// path, is one scan of its bytes.
+    static func resolve(_ path: String, home: String, op: String) throws -> String {
+        let fast = path.utf8.withContiguousStorageIfAvailable { b in
+            // A second byte that is ASCII: the first Character is the slash alone.
+            b.count > 1 && b.count <= maxPath && b[0] == 0x2F && b[1] < 0x80 && scan(b)
+        }
+        if fast == true { return path }
+        return try check(isAbsolute(path) ? path : home + path, op: op)
+    }
+
+    /// Byte classes: 1 = outside xenstored's alphabet (ASCII letters,
+    /// digits and `/_@-`), 2 = `/`, 0 = the rest of the alphabet.
+    private static let classes: UnsafeMutablePointer<UInt8> = {
+        let t = UnsafeMutablePointer<UInt8>.allocate(capacity: 256)
+        for b in 0..<256 { t[b] = !allowed(UInt8(b)) ? 1 : b == 0x2F ? 2 : 0 }
+        return t
+    }()
+
+    /// True when every byte is in the alphabet, no `//` occurs and the last
+    /// byte is not `/`. Branch-free table lookups eight bytes at a time:
+    /// under coverage instrumentation every comparison is a call, and this
+    /// runs on every operation.
+    static func scan(_ b: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard let p = b.baseAddress else { return false }
+        let t = classes, n = b.count
+        var bad: UInt8 = 0, slashes: UInt8 = 0, last: UInt8 = 0
+        var i = 0
+        while i &+ 8 <= n {
+            let c0 = t[Int(p[i])], c1 = t[Int(p[i &+ 1])], c2 = t[Int(p[i &+ 2])], c3 = t[Int(p[i &+ 3])]
+            let c4 = t[Int(p[i &+ 4])], c5 = t[Int(p[i &+ 5])], c6 = t[Int(p[i &+ 6])], c7 = t[Int(p[i &+ 7])]
+            bad |= c0 | c1 | c2 | c3 | c4 | c5 | c6 | c7
+            slashes |= (last & c0) | (c0 & c1) | (c1 & c2) | (c2 & c3) | (c3 & c4) | (c4 & c5) | (c5 & c6) | (c6 & c7)
+            last = c7
+            i &+= 8
+        }
+        while i < n {
+            let c = t[Int(p[i])]
+            bad |= c
+            slashes |= last & c
+            last = c
+            i &+= 1
+        }
+        return (bad & 1) | (slashes & 2) | (last & 2) == 0
+    }
+
+    /// True for a valid path: `/` then only the alphabet, no empty component,
+    /// no trailing `/`.
+    static func wellFormed(_ path: String) -> Bool {
+        path.utf8.withContiguousStorageIfAvailable { b in
+            b.count > 0 && b.count <= maxPath && b[0] == 0x2F && (b.count == 1 || scan(b))
+        } ?? false
+    }
+
+    /// Why a path is invalid, in the order the checks were always made:
+    /// absolute, length, empty component, then the first bad character.
+    private static func explain(_ path: String, op: String) throws -> String {
         func bad(_ why: String) -> XenError { XenError(EINVAL, op, "'\(path)': \(why)") }
         guard path.hasPrefix("/") else { throw bad("not an absolute path") }
         guard path.utf8.count <= maxPath else { throw bad("longer than \(maxPath) bytes") }
         if path == "/" { return path }
-        // Byte scans, not Foundation: every operation on the mock comes here.
         var previous: UInt8 = 0
         for b in path.utf8 {
             if b == UInt8(ascii: "/") && previous == b { throw bad("empty path component") }
             previous = b
         }
         guard previous != UInt8(ascii: "/") else { throw bad("empty path component") }
-        for b in path.utf8 where !Self.allowed(b) {
-            let c = path.unicodeScalars.first { !$0.isASCII || !Self.allowed(UInt8($0.value)) }!
+        for b in path.utf8 where !allowed(b) {
+            let c = path.unicodeScalars.first { !$0.isASCII || !allowed(UInt8($0.value)) }!
             throw bad("character '\(c)' not allowed")
         }
         return path
     }
 
-    /// xenstored's path alphabet: ASCII letters, digits and `/_@-`.
     static func allowed(_ b: UInt8) -> Bool {
         switch b {
         case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
@@ -53,123 +130,204 @@ struct XenstoreTree {
         }
     }
 
+    /// True when `path` is absolute in the sense `hasPrefix("/")` gives
+    /// (its first Character is `/`), without the Character machinery when
+    /// the byte after the slash is ASCII (a grapheme always breaks there).
+    static func isAbsolute(_ path: String) -> Bool {
+        var it = path.utf8.makeIterator()
+        guard it.next() == UInt8(ascii: "/") else { return false }
+        guard let second = it.next(), second >= 0x80 else { return true }
+        return path.hasPrefix("/")
+    }
+
+    /// Offset of the last `/` (paths here are checked: ASCII, no NUL).
+    private static func lastSlash(_ path: String) -> Int? {
+        path.withCString { p in strrchr(p, 0x2F).map { UnsafePointer($0) - p } }
+    }
+
     static func parent(_ path: String) -> String {
-        // The UTF-8 view: paths are ASCII, and Character search is slow.
-        guard let i = path.utf8.lastIndex(of: UInt8(ascii: "/")), path != "/" else { return "/" }
-        return i == path.startIndex ? "/" : String(path[..<i])
+        guard path != "/", let i = lastSlash(path) else { return "/" }
+        if i == 0 { return "/" }
+        return path.withCString { p in p.withMemoryRebound(to: UInt8.self, capacity: i) { String(decoding: UnsafeBufferPointer(start: $0, count: i), as: UTF8.self) } }
+    }
+
+    /// True when `a` and `b` (checked paths) have the same parent.
+    static func sameParent(_ a: String, _ b: String) -> Bool {
+        guard let i = lastSlash(a), lastSlash(b) == i else { return false }
+        return a.utf8.withContiguousStorageIfAvailable { x in
+            b.utf8.withContiguousStorageIfAvailable { y in memcmp(x.baseAddress!, y.baseAddress!, i) == 0 } ?? false
+        } ?? false
+    }
+
+    /// The last component (short: a small string, not allocated).
+    static func name(_ path: String) -> String {
+        let i = lastSlash(path) ?? -1
+        let n = path.utf8.count - i - 1
+        return path.withCString { p in
+            (p + i + 1).withMemoryRebound(to: UInt8.self, capacity: n) { String(decoding: UnsafeBufferPointer(start: $0, count: n), as: UTF8.self) }
+        }
     }
 
     static func child(_ path: String, _ name: String) -> String { path == "/" ? "/" + name : path + "/" + name }
+
+    // MARK: permissions
 
     /// Owner and dom0 have full access; others get their entry or the default.
     static func access(_ perms: [XenstorePermission], _ dom: DomID) -> XenstorePermission.Access {
         guard let owner = perms.first else { return .none }
         if dom == 0 || owner.domid == dom { return .both }
-        return perms.dropFirst().first { $0.domid == dom }?.access ?? owner.access
+        var i = 1
+        while i < perms.count {
+            if perms[i].domid == dom { return perms[i].access }
+            i += 1
+        }
+        return owner.access
     }
+
+    static func readable(_ perms: [XenstorePermission], _ dom: DomID) -> Bool {
+        let a = access(perms, dom)
+        return a == .read || a == .both
+    }
+
+    static func writable(_ perms: [XenstorePermission], _ dom: DomID) -> Bool {
+        let a = access(perms, dom)
+        return a == .write || a == .both
+    }
+
+    // MARK: queries
 
     func node(_ path: String) -> Node? { nodes[path] }
 
-    /// Nearest existing ancestor (or the node itself).
-    func nearest(_ path: String) -> (String, Node) {
-        var p = path
-        while nodes[p] == nil { p = XenstoreTree.parent(p) }
-        return (p, nodes[p]!)
+    /// The permissions of the node or, when it does not exist, of its nearest ancestor.
+    func nearestPerms(_ path: String) -> [XenstorePermission] {
+        if let n = nodes[path] { return n.perms }
+        var p = XenstoreTree.parent(path)
+        while true {
+            if let n = nodes[p] { return n.perms }
+            p = XenstoreTree.parent(p)
+        }
     }
 
-    func lastChange(_ path: String) -> UInt64 { max(nodes[path]?.generation ?? 0, changed[path] ?? 0) }
+    func lastChange(_ path: String) -> UInt64 {
+        let g = nodes[path]?.generation ?? 0
+        guard !changed.isEmpty, let r = changed[path] else { return g }
+        return max(g, r)
+    }
 
     func canRead(_ path: String, _ dom: DomID) -> Bool {
         guard let n = nodes[path] else { return false }
-        let a = XenstoreTree.access(n.perms, dom)
-        return a == .read || a == .both
+        return XenstoreTree.readable(n.perms, dom)
     }
 
     func read(_ path: String, dom: DomID) throws -> String {
         guard let n = nodes[path] else { throw XenError(ENOENT, "xenstore read", path) }
-        guard canRead(path, dom) else { throw XenError(EACCES, "xenstore read", path) }
+        guard XenstoreTree.readable(n.perms, dom) else { throw XenError(EACCES, "xenstore read", path) }
         return n.value
     }
 
     func directory(_ path: String, dom: DomID) throws -> [String] {
         guard let n = nodes[path] else { throw XenError(ENOENT, "xenstore directory", path) }
-        guard canRead(path, dom) else { throw XenError(EACCES, "xenstore directory", path) }
+        guard XenstoreTree.readable(n.perms, dom) else { throw XenError(EACCES, "xenstore directory", path) }
         return n.children.sorted()
     }
 
-    private func requireWrite(_ path: String, dom: DomID, op: String) throws {
-        let (_, n) = nearest(path)
-        let a = XenstoreTree.access(n.perms, dom)
-        guard a == .write || a == .both else { throw XenError(EACCES, op, path) }
+    func permissions(_ path: String, dom: DomID) throws -> [XenstorePermission] {
+        guard let n = nodes[path] else { throw XenError(ENOENT, "xenstore get-perms", path) }
+        guard XenstoreTree.readable(n.perms, dom) else { throw XenError(EACCES, "xenstore get-perms", path) }
+        return n.perms
     }
 
-    /// Creates missing ancestors and the node; new nodes inherit the
+    // MARK: changes
+
+    mutating func apply(_ change: Change, _ path: String, dom: DomID) throws {
+        switch change {
+        case .write(let v): try write(path, v, dom: dom)
+        case .mkdir: try mkdir(path, dom: dom)
+        case .remove: try remove(path, dom: dom)
+        case .setPermissions(let perms): try setPermissions(path, perms, dom: dom)
+        }
+    }
+
+    /// A node that does not exist yet, with its missing ancestors, after the
+    /// write check on its nearest existing ancestor. New nodes inherit their
     /// parent's permissions, and an unprivileged creator becomes the owner.
-    /// Returns the paths that changed.
-    private mutating func create(_ path: String, dom: DomID) -> [String] {
-        if nodes[path] != nil { return [] }
+    /// Each created node takes a generation, and its parent with it; a
+    /// written value takes one more (as a create followed by a write).
+    private mutating func create(_ path: String, value: String?, dom: DomID, op: String) throws {
         let parent = XenstoreTree.parent(path)
-        var created = create(parent, dom: dom)
+        if let i = nodes.index(forKey: parent) {
+            guard XenstoreTree.writable(nodes.values[i].perms, dom) else { throw XenError(EACCES, op, path) }
+        } else {
+            guard XenstoreTree.writable(nearestPerms(parent), dom) else { throw XenError(EACCES, op, path) }
+            insertMissing(parent, dom: dom)
+        }
+        insert(path, under: parent, value: value, dom: dom)
+    }
+
+    /// Creates `path` and its missing ancestors, unchecked (the caller checked).
+    private mutating func insertMissing(_ path: String, dom: DomID) {
+        let parent = XenstoreTree.parent(path)
+        if nodes[parent] == nil { insertMissing(parent, dom: dom) }
+        insert(path, under: parent, value: nil, dom: dom)
+    }
+
+    private mutating func insert(_ path: String, under parent: String, value: String?, dom: DomID) {
+        let i = nodes.index(forKey: parent)!
         generation += 1
-        var perms = nodes[parent]!.perms
-        if dom != 0 { perms[0].domid = dom }
-        nodes[path] = Node(value: "", perms: perms, generation: generation)
-        nodes[parent]!.children.insert(String(path[path.utf8.index(after: path.utf8.lastIndex(of: UInt8(ascii: "/"))!)...]))
-        nodes[parent]!.generation = generation
-        created.append(path)
-        return created
+        var perms = nodes.values[i].perms
+        if dom != 0 && perms[0].domid != dom { perms[0].domid = dom } // else shared, not copied
+        nodes.values[i].children.append(XenstoreTree.name(path))
+        nodes.values[i].generation = generation
+        if value != nil { generation += 1 }
+        nodes[path] = Node(value: value ?? "", perms: perms, generation: generation)
     }
 
     mutating func write(_ path: String, _ value: String, dom: DomID) throws {
         guard value.utf8.count <= XenstoreTree.maxValue else {
             throw XenError(E2BIG, "xenstore write", "\(path): value of \(value.utf8.count) bytes")
         }
-        try requireWrite(path, dom: dom, op: "xenstore write")
-        _ = create(path, dom: dom)
+        guard let i = nodes.index(forKey: path) else { return try create(path, value: value, dom: dom, op: "xenstore write") }
+        guard XenstoreTree.writable(nodes.values[i].perms, dom) else { throw XenError(EACCES, "xenstore write", path) }
         generation += 1
-        nodes[path]!.value = value
-        nodes[path]!.generation = generation
+        nodes.values[i].value = value
+        nodes.values[i].generation = generation
     }
 
     mutating func mkdir(_ path: String, dom: DomID) throws {
-        if nodes[path] != nil { return }
-        try requireWrite(path, dom: dom, op: "xenstore mkdir")
-        _ = create(path, dom: dom)
+        if nodes.index(forKey: path) != nil { return }
+        try create(path, value: nil, dom: dom, op: "xenstore mkdir")
     }
 
-    /// Removes a subtree; returns false when nothing was there.
+    /// Removes a subtree.
     mutating func remove(_ path: String, dom: DomID) throws {
         guard path != "/" else { throw XenError(EINVAL, "xenstore rm", "/ cannot be removed") }
-        guard nodes[path] != nil else { throw XenError(ENOENT, "xenstore rm", path) }
-        try requireWrite(path, dom: dom, op: "xenstore rm")
+        guard let i = nodes.index(forKey: path) else { throw XenError(ENOENT, "xenstore rm", path) }
+        guard XenstoreTree.writable(nodes.values[i].perms, dom) else { throw XenError(EACCES, "xenstore rm", path) }
         generation += 1
-        func drop(_ p: String) {
-            for c in nodes[p]?.children ?? [] { drop(XenstoreTree.child(p, c)) }
-            nodes[p] = nil
-            changed[p] = generation
-        }
         drop(path)
         let parent = XenstoreTree.parent(path)
-        nodes[parent]!.children.remove(String(path[path.index(after: path.lastIndex(of: "/")!)...]))
-        nodes[parent]!.generation = generation
+        let p = nodes.index(forKey: parent)!
+        let name = XenstoreTree.name(path)
+        nodes.values[p].children.removeAll { $0 == name }
+        nodes.values[p].generation = generation
     }
 
-    func permissions(_ path: String, dom: DomID) throws -> [XenstorePermission] {
-        guard let n = nodes[path] else { throw XenError(ENOENT, "xenstore get-perms", path) }
-        guard canRead(path, dom) else { throw XenError(EACCES, "xenstore get-perms", path) }
-        return n.perms
+    private mutating func drop(_ path: String) {
+        guard let n = nodes.removeValue(forKey: path) else { return }
+        changed[path] = generation
+        for c in n.children { drop(XenstoreTree.child(path, c)) }
     }
 
     /// Only dom0 or the node's owner may change permissions, and only dom0
     /// may give a node away.
     mutating func setPermissions(_ path: String, _ perms: [XenstorePermission], dom: DomID) throws {
-        guard let n = nodes[path] else { throw XenError(ENOENT, "xenstore set-perms", path) }
+        guard let i = nodes.index(forKey: path) else { throw XenError(ENOENT, "xenstore set-perms", path) }
         guard !perms.isEmpty else { throw XenError(EINVAL, "xenstore set-perms", "\(path): empty permission list") }
-        guard dom == 0 || (n.perms.first?.domid == dom && perms[0].domid == dom) else {
+        guard dom == 0 || (nodes.values[i].perms.first?.domid == dom && perms[0].domid == dom) else {
             throw XenError(EACCES, "xenstore set-perms", path)
         }
         generation += 1
-        nodes[path]!.perms = perms
-        nodes[path]!.generation = generation
+        nodes.values[i].perms = perms
+        nodes.values[i].generation = generation
     }
 }
