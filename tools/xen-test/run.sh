@@ -17,7 +17,7 @@ T_START=$(date +%s)
 XT_ONLY=${XT_ONLY:-1:2:3:4:5:6:7}
 # Scenario budgets (s): dom0's /init enforces its own (announced in XT-BEGIN);
 # these only size the hard cap on QEMU.
-declare -A BUDGET=([1]=180 [2]=300 [3]=360 [4]=1200 [5]=600 [6]=300 [7]=420)
+declare -A BUDGET=([1]=180 [2]=300 [3]=360 [4]=1200 [5]=600 [6]=300 [7]=600)
 BOOT_BUDGET=${XT_BOOT_BUDGET:-300}   # QEMU start -> first scenario
 SLACK=60
 
