@@ -14,68 +14,77 @@ public struct AdminFunctionStatus: Sendable {
 }
 
 /// The administrator's run-time control (issue 14): compound operations on
-/// the pool built from claim/release/quirk calls. Each runs under the
-/// backend's lock from its checks to its last change, so no guest can take a
-/// function between the check and the change, and a failure undoes what the
-/// operation did before it: a command that cannot complete changes nothing.
+/// the pool built from claim/release/quirk calls. Each is all or nothing: a
+/// command that cannot complete changes nothing. Checks and changes run as
+/// jobs on the service thread (which owns the state); the resets in between
+/// run on the caller's thread, with the functions marked so no guest can
+/// take one meanwhile.
 extension PCIBack {
-    /// Runs `body` with the backend's lock held (it is recursive: the backend's
-    /// own public methods may be called inside).
-    public func withAdminLock<T>(_ body: () throws -> T) rethrows -> T { try lock.withLock(body) }
-
     /// The guest holding `a`, or nil (also when `a` is not claimed).
     public func guestHolding(_ a: PCIAddress) -> (guest: DomID, address: PCIAddress?)? {
-        lock.withLock { devices[a].flatMap { d in d.guest.map { ($0, d.guestAddress) } } }
+        loop.sync { [self] in devices[a].flatMap { d in d.guest.map { ($0, d.guestAddress) } } }
     }
 
-    public func isClaimed(_ a: PCIAddress) -> Bool { lock.withLock { devices[a] != nil } }
+    public func isClaimed(_ a: PCIAddress) -> Bool { loop.sync { [self] in devices[a] != nil || claiming.contains(a) } }
 
     /// Claims every function or none: all are checked first (none already
     /// claimed), then claimed in order; a failure releases those claimed.
     public func claimAll(_ accesses: [PCIDeviceAccess]) throws {
-        try lock.withLock {
-            for a in accesses where devices[a.address] != nil { throw PCIBackError.refused("\(a.address): already assignable (claimed by pciback)") }
-            var done: [PCIAddress] = []
-            do {
-                for a in accesses { try claim(a); done.append(a.address) }
-            } catch {
-                for a in done.reversed() { try? release(a) }
-                throw error
-            }
+        for a in accesses where isClaimed(a.address) { throw PCIBackError.refused("\(a.address): already assignable (claimed by pciback)") }
+        var done: [PCIAddress] = []
+        do {
+            for a in accesses { try claim(a); done.append(a.address) }
+        } catch {
+            try? releaseAll(done)
+            throw error
         }
     }
 
     /// Releases every function or none: refused, naming the guest, while a
-    /// guest holds any of them. A release that fails (the reset) claims the
-    /// ones already released again, so the pool is as it was.
+    /// guest holds any of them. They are marked first (no export, no
+    /// request served), reset on this thread, then dropped together; when a
+    /// reset fails every one stays claimed, so the pool is as it was.
     public func releaseAll(_ addresses: [PCIAddress]) throws {
-        try lock.withLock {
-            var accesses: [PCIDeviceAccess] = []
+        // A reset already running (a guest just left) finishes first.
+        waitForResets()
+        let list = try loop.sync { [self] () throws -> [ClaimedDevice] in
+            var list: [ClaimedDevice] = []
             for a in addresses {
                 guard let d = devices[a] else { throw PCIBackError.badDevice("\(a): not assignable (not claimed by pciback)") }
                 if let g = d.guest {
                     throw PCIBackError.refused("\(a): held by dom\(g)\(d.guestAddress.map { " as \($0)" } ?? ""); detach it from the guest first")
                 }
-                accesses.append(d.access)
+                guard !d.resetting, !d.releasing else { throw PCIBackError.refused("\(a): a reset is in progress; try again") }
+                if !list.contains(where: { $0 === d }) { list.append(d) }
             }
-            var done: [PCIDeviceAccess] = []
-            do {
-                for d in accesses { try release(d.address); done.append(d) }
-            } catch {
-                for d in done { try? claim(d) }
-                throw error
+            for d in list { d.releasing = true; d.resetting = true }
+            return list
+        }
+        var fresh: [ConfigMediation] = []
+        var failure: Error?
+        for d in list {
+            do { fresh.append(try d.resetHardware()) } catch { failure = error; break }
+        }
+        try loop.sync { [self] () throws in
+            for (d, m) in zip(list, fresh) { d.mediation = m }
+            for d in list { d.releasing = false; d.resetting = false }
+            if let failure { throw failure }
+            for d in list {
+                releaseMSIX(d)
+                devices[d.address] = nil
             }
+            persist()
         }
     }
 
-    public func permissive(of a: PCIAddress) -> Bool? { lock.withLock { devices[a]?.mediation.permissive } }
-    public func quirks(of a: PCIAddress) -> [PCIQuirk]? { lock.withLock { devices[a]?.mediation.quirks } }
+    public func permissive(of a: PCIAddress) -> Bool? { loop.sync { [self] in devices[a]?.mediation.permissive } }
+    public func quirks(of a: PCIAddress) -> [PCIQuirk]? { loop.sync { [self] in devices[a]?.mediation.quirks } }
 
     /// Replaces the quirks of `a` by `wanted`, keeping permissive as it is.
     /// All or nothing: when one of `wanted` cannot be added (it overlaps an
     /// emulated register), the previous quirks are put back and the error thrown.
     public func setQuirks(_ a: PCIAddress, _ wanted: [PCIQuirk]) throws {
-        try lock.withLock {
+        try loop.sync { [self] () throws in
             guard let d = devices[a] else { throw PCIBackError.badDevice("\(a): not claimed by pciback") }
             for q in wanted where q.address != a { throw PCIBackError.badQuirk("\(q): not a quirk of \(a)") }
             let m = d.mediation
@@ -100,7 +109,7 @@ extension PCIBack {
     /// Drops one quirk; refused, naming the quirks it has, when `q` is not one
     /// of them (same register, size and mask).
     public func removeQuirk(_ q: PCIQuirk) throws {
-        try lock.withLock {
+        try loop.sync { [self] () throws in
             guard let current = quirks(of: q.address) else { throw PCIBackError.badDevice("\(q.address): not claimed by pciback") }
             guard current.contains(q) else {
                 throw PCIBackError.badQuirk("\(q): \(q.address) has no such quirk (it has \(current.isEmpty ? "none" : current.map(\.description).joined(separator: ", ")))")
@@ -111,7 +120,7 @@ extension PCIBack {
 
     /// Every claimed function with its guest, interrupts and counters.
     public func adminStatus() -> [AdminFunctionStatus] {
-        lock.withLock {
+        loop.sync { [self] in
             let stats = Dictionary(statistics().map { ($0.address, $0) }, uniquingKeysWith: { a, _ in a })
             return devices.values.sorted { $0.address < $1.address }.map { d in
                 AdminFunctionStatus(info: info(d),

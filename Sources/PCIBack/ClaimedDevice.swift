@@ -26,6 +26,8 @@ final class ClaimedDevice {
     var msixPrepared = false      // Xen knows its MSI-X table (prepare_msix)
     /// A reset runs on a worker: requests to it answer dev_not_found meanwhile.
     var resetting = false
+    /// Being released to dom0 (reset on the releasing thread): not exported.
+    var releasing = false
     /// Held by a running guest when a previous backend stopped: exported
     /// again to it at this address, with these pirqs, when it is taken over.
     var adoption: (guest: DomID, address: PCIAddress, msi: [UInt32], msix: [UInt32])?
@@ -120,14 +122,9 @@ final class ClaimedDevice {
         }
     }
 
-    /// Back to the state of claim: reset, golden state, no guest grants.
-    func quiesce() throws {
-        mediation = try resetHardware()
-    }
-
-    /// The slow half of `quiesce`, touching only the device: reset, golden
-    /// state, and the mediation a fresh export starts from (the caller
-    /// installs it under the backend lock).
+    /// Back to the state of claim, touching only the device: reset, golden
+    /// state, and the mediation a fresh export starts from (no guest
+    /// grants), which the owner of the backend's state installs.
     func resetHardware() throws -> ConfigMediation {
         if !readOnly { try Self.resetAndRestore(access, golden) }
         return try ConfigMediation(device: access, golden: golden)

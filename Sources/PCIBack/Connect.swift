@@ -38,6 +38,7 @@ extension PCIBack {
     /// `state-N`, the roots, go Initialised; attach if the frontend is ready.
     func setupBackend(_ i: Instance) {
         let p = i.backendPath
+        if exportWhenReset(i) { return }
         guard let numText = try? xs.readIfPresent(p + "/num_devs") else {
             fatal(i, "\(p)/num_devs is missing")
             return
@@ -69,6 +70,7 @@ extension PCIBack {
         guard let text = try? xs.readIfPresent(p + "/dev-\(n)") else { return refuse("\(p)/dev-\(n) is missing") }
         guard let host = XSValue.hostAddress(text) else { return refuse("dev-\(n) '\(text)' is not a DDDD:BB:SS.F address") }
         guard let d = devices[host] else { return refuse("dev-\(n) \(host): not claimed by pciback (hide it first)") }
+        if d.releasing { return refuse("dev-\(n) \(host): being released to dom0") }
         if let g = d.guest, g != i.domid { return refuse("dev-\(n) \(host): already exported to dom\(g)") }
         if d.guest == i.domid { return refuse("dev-\(n) \(host): already exported to this guest") }
         if options.topology == .vpci && d.isBridge { return refuse("dev-\(n) \(host): a bridge cannot be exported on the vpci topology") }
@@ -190,6 +192,7 @@ extension PCIBack {
     /// remove `state-N`=5, republish, go Reconfigured.
     func reconfigure(_ i: Instance) {
         let p = i.backendPath
+        if exportWhenReset(i) { return }
         guard let numText = try? xs.readIfPresent(p + "/num_devs"), let num = XenstoreValue.decimal(numText, max: Self.maxDevices) else {
             return fatal(i, "\(p)/num_devs is missing or not a count of at most \(Self.maxDevices)")
         }
@@ -208,6 +211,30 @@ extension PCIBack {
         // Devices whose dev-N vanished (compacted by the toolstack) stay; only state-N=5 removes.
         publish(i)
         setState(i, .reconfigured)
+    }
+
+    /// True when a function `i` is to be given is still being reset after
+    /// its previous guest (a detach and an attach in quick succession): the
+    /// step waits, with no state change, and runs again once the reset is
+    /// done, so the guest never scans a function that answers dev_not_found.
+    /// Linux's pciback puts a function back in its pool only after the reset.
+    func exportWhenReset(_ i: Instance) -> Bool {
+        let p = i.backendPath
+        let num = ((try? xs.readIfPresent(p + "/num_devs")) ?? nil).flatMap { XenstoreValue.decimal($0, max: Self.maxDevices) } ?? 0
+        i.waitingForReset = (0..<Int(num)).contains { n in
+            guard let h = hostAddress(i, n), let d = devices[h] else { return false }
+            return d.resetting && !d.releasing && d.guest == nil
+        }
+        return i.waitingForReset
+    }
+
+    /// A reset is done: the steps that waited for it run again.
+    func resumeWaitingForReset() {
+        for i in instances.values.sorted(by: { $0.domid < $1.domid }) where i.waitingForReset {
+            i.waitingForReset = false
+            if i.state == .initWait { setupBackend(i) }
+            else if i.state == .reconfiguring && i.frontState == .reconfiguring { reconfigure(i) }
+        }
     }
 
     /// Takes a device away from its guest: MSI off, pirqs unmapped, reset,
@@ -243,13 +270,13 @@ extension PCIBack {
         }
     }
 
-    /// Resets `d` on a worker, without the backend lock: a reset takes 100 ms
-    /// and more (Linux waits up to 60 s for a device that is not ready), and
-    /// every other guest and device is served meanwhile. Requests to `d`
-    /// answer dev_not_found until it is done. The fresh mediation is
-    /// installed under the lock; a guest holding `d` by then (the same one
-    /// after a frontend close, or a new one after a hot-add) keeps its
-    /// toolstack's permissive option.
+    /// Resets `d` on a worker: a reset takes 100 ms and more (Linux waits up
+    /// to 60 s for a device that is not ready), and every other guest and
+    /// device is served meanwhile. Requests to `d` answer dev_not_found
+    /// until it is done. The worker hands the fresh mediation back to the
+    /// service thread; a guest holding `d` by then (the same one after a
+    /// frontend close, or a new one after a hot-add) keeps its toolstack's
+    /// permissive option.
     func resetInBackground(_ d: ClaimedDevice) {
         guard !d.resetting else { return }
         d.resetting = true
@@ -259,7 +286,7 @@ extension PCIBack {
         }
         deviceWork.submit { [self] in
             let result = Result { try d.resetHardware() }
-            lock.withLock {
+            loop.post { [self] in
                 d.resetting = false
                 switch result {
                 case .success(let m):
@@ -269,13 +296,17 @@ extension PCIBack {
                     emit(.error(d.guest, "\(d.address): reset: \(e)"))
                 }
                 persist()
+                resumeWaitingForReset()
             }
         }
     }
 
-    /// Waits, without the lock, until no reset is running (the
-    /// deterministic mode runs the queued ones here).
-    func waitForResets() { deviceWork.finish() }
+    /// Waits until no reset is running (the deterministic mode runs the
+    /// queued ones here) and what the workers handed back is installed.
+    func waitForResets() {
+        deviceWork.finish()
+        loop.sync { [loop] in loop.runJobs() }
+    }
 
     /// The guest or its backend directory is gone: release everything.
     func destroy(_ i: Instance) {

@@ -1,7 +1,7 @@
 import Foundation
 
 /// Where slow device work (resets, golden restores) runs, off the request
-/// path and outside the backend lock: on workers when the backend is a
+/// path and off the service thread: on workers when the backend is a
 /// service, or queued until the caller runs it in the deterministic mode
 /// (`PCIBack.Options.serviceThread` false), so a test or a fuzz input
 /// decides when a reset happens and nothing runs behind its back.

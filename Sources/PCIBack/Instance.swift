@@ -30,6 +30,9 @@ final class Instance {
     var throttled = 0
     /// Log lines this guest can cause, per window.
     var logLimit = GuestLogLimit()
+    /// A function to export is still being reset after its previous guest:
+    /// the connect or reconfigure waits for it (see `exportWhenReset`).
+    var waitingForReset = false
     // AER handshake in progress.
     var aerPending = false
     var aerDone = false

@@ -72,7 +72,13 @@ public final class MemoryPCIDevice: PCIDeviceAccess, @unchecked Sendable {
         settledMicroseconds += UInt64(microseconds)
     }
 
+    /// Runs as each reset begins, outside the device's lock: a benchmark or
+    /// a test makes the reset slow (a real FLR takes 100 ms and more), gated
+    /// or failing with it. Set before the device is claimed.
+    public var beforeReset: (() throws -> Void)?
+
     public func reset() throws {
+        try beforeReset?()
         lock.lock(); defer { lock.unlock() }
         resetCount += 1
         config = pristine

@@ -10,8 +10,9 @@ import PCIHost
 /// One thread serves everything: it polls the xenstore connection (watch on
 /// `backend/pci` and on each frontend's state) and the event channel handle
 /// (requests from every guest), like NetBSD's xenwatch and interrupt
-/// handlers rolled into one loop. A lock lets other threads claim, release,
-/// list and raise AER while it runs.
+/// handlers rolled into one loop. That thread owns the state: other threads
+/// claim, release, list and raise AER by handing it jobs (`ServiceLoop`),
+/// and do their slow device work (resets) on their own threads.
 public final class PCIBack {
     public enum Topology: String, Sendable { case vpci, passthrough }
 
@@ -72,7 +73,7 @@ public final class PCIBack {
     let evtchn: EventChannels
     let gnttab: GrantTable
     let routing: InterruptRouting
-    let lock = BackendLock()
+    let loop = ServiceLoop()
     let aerCondition = NSCondition()
     var devices: [PCIAddress: ClaimedDevice] = [:]
     var instances: [DomID: Instance] = [:]
@@ -81,11 +82,14 @@ public final class PCIBack {
     var deferredUnmask: [(port: EvtchnPort, at: ContinuousClock.Instant)] = []
     static let watchEventsPerTurn = 16
     static let requestsPerTurn = 64
-    /// Resets run here, off the service thread and outside the lock.
+    /// Resets run here, off the service thread.
     let deviceWork: DeviceWork
+    /// Functions being claimed (their device I/O runs on the caller's thread).
+    var claiming: Set<PCIAddress> = []
     private var thread: Thread?
-    private let wake = xenpci_eventfd_open()
+    /// Stopping: guests' events are no longer taken, jobs still run.
     private var stopping = false
+    private var exiting = false
     private let stopped = DispatchSemaphore(value: 0)
     /// Per-request timing (`xenpci backend --profile`), off unless enabled.
     public let profile = RequestProfile()
@@ -126,32 +130,40 @@ public final class PCIBack {
         } catch { xs.close(); throw error }
     }
 
-    deinit {
-        close(wake)
-    }
-
-    /// Every event reaches `onEvent` after the lock is released. What a
-    /// guest can cause is rate-limited per guest (see `GuestLogLimit`).
+    /// Every event reaches `onEvent` once the job or guest event that caused
+    /// it is done (owner only). What a guest can cause is rate-limited per
+    /// guest (see `GuestLogLimit`).
     func emit(_ e: Event) {
         var events = [e]
-        if let d = e.guestCaused, let i = lock.withLock({ instances[d] }) {
+        if let d = e.guestCaused, let i = instances[d] {
             guard let summary = i.logLimit.admit(now: ContinuousClock.now) else { return }
             if summary > 0 { events.insert(.error(d, "\(summary) more message(s) about dom\(d) suppressed (rate limit)"), at: 0) }
         }
         guard let handler = onEvent else { return }
-        lock.afterUnlock { for ev in events { handler(ev) } }
+        loop.later { for ev in events { handler(ev) } }
     }
 
     // MARK: devices (pciback_pci_match / pciback_pci_attach)
 
     /// Claims one function for pass-through (hides it from dom0). Refused,
     /// with the reason, when already claimed or when a host driver owns it.
+    /// Its reset and golden-state read run on the caller's thread, with the
+    /// function reserved meanwhile; guests are served throughout.
     @discardableResult
     public func claim(_ access: PCIDeviceAccess) throws -> ClaimedDeviceInfo {
-        try lock.withLock {
-            guard devices[access.address] == nil else { throw PCIBackError.refused("\(access.address): already claimed") }
-            let d = try claimOrAdopt(access)
-            devices[access.address] = d
+        let a = access.address
+        let plan = try loop.sync { [self] () throws -> ClaimPlan in
+            guard devices[a] == nil, !claiming.contains(a) else { throw PCIBackError.refused("\(a): already claimed") }
+            let plan = try planClaim(access)
+            claiming.insert(a)
+            return plan
+        }
+        let built = Result { try plan.build(access, allowHostDriver: options.allowHostDriverReadOnly) }
+        return try loop.sync { [self] () throws -> ClaimedDeviceInfo in
+            claiming.remove(a)
+            let d = try built.get()
+            try completeClaim(d, plan)
+            devices[a] = d
             if !d.msixPrepared {
                 do { try prepareMSIX(d) } catch {
                     emit(.error(nil, "\(d.address): prepare MSI-X: \(error) (retried when a guest enables MSI-X)"))
@@ -178,7 +190,7 @@ public final class PCIBack {
         let accesses = try chosen.map(open)
         var done: [PCIAddress] = []
         do {
-            for a in accesses where lock.withLock({ devices[a.address] == nil }) {
+            for a in accesses where !isClaimed(a.address) {
                 try claim(a)
                 done.append(a.address)
             }
@@ -191,27 +203,9 @@ public final class PCIBack {
 
     /// Gives a function back to dom0: reset and golden state restored.
     /// Refused while a guest has it.
-    public func release(_ a: PCIAddress) throws {
-        // A reset already running (the guest just left) finishes first.
-        waitForResets()
-        let d: ClaimedDevice = try lock.withLock {
-            guard let d = devices[a] else { throw PCIBackError.badDevice("\(a): not claimed by pciback") }
-            if let g = d.guest { throw PCIBackError.refused("\(a): exported to dom\(g); detach it from the guest first") }
-            guard !d.resetting else { throw PCIBackError.refused("\(a): a reset is in progress; try again") }
-            d.resetting = true // no export while it is reset
-            return d
-        }
-        let result = Result { try d.resetHardware() }
-        try lock.withLock {
-            d.resetting = false
-            d.mediation = try result.get()
-            releaseMSIX(d)
-            devices[a] = nil
-            persist()
-        }
-    }
+    public func release(_ a: PCIAddress) throws { try releaseAll([a]) }
 
-    public func listing() -> [ClaimedDeviceInfo] { lock.withLock { devices.values.sorted { $0.address < $1.address }.map(info) } }
+    public func listing() -> [ClaimedDeviceInfo] { loop.sync { [self] in devices.values.sorted { $0.address < $1.address }.map(info) } }
 
     func info(_ d: ClaimedDevice) -> ClaimedDeviceInfo {
         var bars: [Int: PCIResource] = [:]
@@ -223,7 +217,7 @@ public final class PCIBack {
     }
 
     public func statistics() -> [DeviceStatistics] {
-        lock.withLock {
+        loop.sync { [self] in
             devices.values.sorted { $0.address < $1.address }.map { d in
                 DeviceStatistics(address: d.address, guest: d.guest, ops: d.ops, errors: d.errors,
                                  refusedWrites: d.mediation.refusalReport(d.address), permissive: d.mediation.permissive,
@@ -234,12 +228,12 @@ public final class PCIBack {
 
     /// Per-guest counters: requests served, spurious events, throttled pauses.
     public func guestStatistics() -> [(domid: DomID, requests: Int, spurious: Int, throttled: Int)] {
-        lock.withLock { instances.values.sorted { $0.domid < $1.domid }.map { ($0.domid, $0.requests, $0.spurious, $0.throttled) } }
+        loop.sync { [self] in instances.values.sorted { $0.domid < $1.domid }.map { ($0.domid, $0.requests, $0.spurious, $0.throttled) } }
     }
 
     /// Adds a quirk to a claimed device (cleared when it leaves its guest).
     public func addQuirk(_ q: PCIQuirk) throws {
-        try lock.withLock {
+        try loop.sync { [self] () throws in
             guard let d = devices[q.address] else { throw PCIBackError.badDevice("\(q.address): not claimed by pciback") }
             try d.mediation.addQuirk(q)
             persist()
@@ -247,7 +241,7 @@ public final class PCIBack {
     }
 
     public func setPermissive(_ a: PCIAddress, _ on: Bool) throws {
-        try lock.withLock {
+        try loop.sync { [self] () throws in
             guard let d = devices[a] else { throw PCIBackError.badDevice("\(a): not claimed by pciback") }
             d.mediation.permissive = on
             persist()
@@ -259,22 +253,29 @@ public final class PCIBack {
     /// Watches `backend/pci`, takes over the guests a previous backend
     /// served, and serves guests on a thread of its own.
     public func start() throws {
-        try xs.watch(backendRoot, token: "pciback")
-        do { try xs.watch("@releaseDomain", token: "release") } catch { try? xs.unwatch(backendRoot, token: "pciback"); throw error }
-        lock.withLock {
+        try loop.sync { [self] () throws in
+            try xs.watch(backendRoot, token: "pciback")
+            do { try xs.watch("@releaseDomain", token: "release") } catch { try? xs.unwatch(backendRoot, token: "pciback"); throw error }
             if let p = recoveryProblem { emit(.error(nil, "saved state unusable: \(p); functions a running guest holds are left alone")) }
             adoptGuests()
         }
         guard options.serviceThread else { return }
+        let began = DispatchSemaphore(value: 0)
         let t = Thread { [unowned self] in
+            loop.beginService()
+            began.signal()
             if let nice = options.servicePriority, xenpci_thread_set_nice(nice) != 0 {
-                emit(.notice(nil, "service thread priority \(nice): \(String(cString: strerror(errno))); running at the inherited priority"))
+                let why = String(cString: strerror(errno))
+                loop.step { emit(.notice(nil, "service thread priority \(nice): \(why); running at the inherited priority")) }
             }
-            self.run()
+            run()
+            loop.endService()
+            stopped.signal()
         }
         t.name = "pciback"
         thread = t
         t.start()
+        began.wait() // from here other threads' calls are the service thread's jobs
     }
 
     /// Clean shutdown: every guest told Closing, grants unmapped, ports
@@ -283,40 +284,47 @@ public final class PCIBack {
     /// as they can tell (no state change, devices untouched, pirqs mapped,
     /// MSI-X tables prepared); only this process's grant mappings, ports and
     /// watches go. The state is saved for the next backend, which takes over.
+    /// The service thread does it all (it owns the state) but takes no more
+    /// guest events; the resets it queued finish first.
     public func stop(keepGuests: Bool = false) {
-        if thread != nil {
-            lock.withLock { stopping = true }
-            _ = xenpci_eventfd_signal(wake)
-            stopped.wait()
-            thread = nil
-        }
+        loop.sync { [self] in stopping = true }
+        waitForResets()
         if keepGuests {
-            waitForResets()
-            lock.withLock {
+            loop.sync { [self] in
                 persist()
                 for i in instances.values { disconnect(i) }
                 instances.removeAll()
                 devices.removeAll()
             }
-            closeHandles(keepingInterrupts: true)
-            return
-        }
-        lock.withLock {
-            for i in instances.values.sorted(by: { $0.domid < $1.domid }) {
-                setState(i, .closing)
-                destroy(i)
+        } else {
+            loop.sync { [self] in
+                for i in instances.values.sorted(by: { $0.domid < $1.domid }) {
+                    setState(i, .closing)
+                    destroy(i)
+                }
+            }
+            waitForResets()
+            // Every function reset here, on this thread, then released.
+            let list = loop.sync { [self] in
+                devices.values.sorted { $0.address < $1.address }.map { d in d.resetting = true; return d }
+            }
+            let results = list.map { d in Result { try d.resetHardware() } }
+            loop.sync { [self] in
+                for (d, r) in zip(list, results) {
+                    d.resetting = false
+                    if case .failure(let error) = r { emit(.error(nil, "\(d.address): reset at shutdown: \(error)")) }
+                    releaseMSIX(d)
+                }
+                devices.removeAll()
+                persist()
             }
         }
-        waitForResets()
-        lock.withLock {
-            for d in devices.values.sorted(by: { $0.address < $1.address }) {
-                do { try d.quiesce() } catch { emit(.error(nil, "\(d.address): reset at shutdown: \(error)")) }
-                releaseMSIX(d)
-            }
-            devices.removeAll()
-            persist()
+        if thread != nil {
+            loop.sync { [self] in exiting = true }
+            stopped.wait()
+            thread = nil
         }
-        closeHandles(keepingInterrupts: false)
+        loop.sync { [self] in closeHandles(keepingInterrupts: keepGuests) }
     }
 
     /// The end of `stop`: watches gone, handles closed. Keeping interrupts
@@ -330,46 +338,49 @@ public final class PCIBack {
         xs.close()
     }
 
+    /// The service thread's loop: jobs handed over, then requests, then
+    /// watch events, each a bounded amount per turn.
     private func run() {
-        var fds = [pollfd(fd: xs.fileDescriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: evtchn.fileDescriptor, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
+        var fds = [pollfd(fd: loop.wake, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: xs.fileDescriptor, events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: evtchn.fileDescriptor, events: Int16(POLLIN), revents: 0)]
         var served = false, moreWork = false
-        while true {
+        while !exiting {
             var timeout: Int32 = -1
-            lock.withLock {
-                if let next = deferredUnmask.map(\.at).min() {
-                    let left = ContinuousClock.now.duration(to: next)
-                    timeout = left <= .zero ? 0 : Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
-                }
+            if let next = deferredUnmask.map(\.at).min() {
+                let left = ContinuousClock.now.duration(to: next)
+                timeout = left <= .zero ? 0 : Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
             }
             // Adaptive mode: spin only after a round that served an event, so a
             // guest that sets bit 0 without notifying cannot keep us spinning.
             if served && options.spinBeforeBlock > .zero && timeout != 0 && spinForRequest() { timeout = 0 }
             if moreWork { timeout = 0 }
-            _ = poll(&fds, 3, timeout)
+            // Stopping: only jobs (the guests' handles are left unread).
+            _ = poll(&fds, stopping ? 1 : 3, timeout)
             profile.woke()
-            if lock.withLock({ stopping }) { break }
+            if fds[0].revents != 0 { xenpci_eventfd_drain(loop.wake) }
+            loop.runJobs()
+            if exiting { break }
+            if stopping { moreWork = false; continue }
             // Bounded work per turn, requests first, then watches: a
             // toolstack writing 2N+2 keys, or 256 guests connecting, cannot
             // keep requests waiting past pcifront's 2 s (nor the reverse).
             served = false
             var requestBudget = Self.requestsPerTurn
-            while requestBudget > 0, let p = try? evtchn.pending() { lock.withLock { handleEvent(p) }; served = true; requestBudget -= 1 }
+            while requestBudget > 0, let p = try? evtchn.pending() { loop.step { handleEvent(p) }; served = true; requestBudget -= 1 }
             var watchBudget = Self.watchEventsPerTurn
-            while watchBudget > 0, let e = xs.nextWatchEvent() { lock.withLock { watchFired(e) }; watchBudget -= 1 }
+            while watchBudget > 0, let e = xs.nextWatchEvent() { loop.step { watchFired(e) }; watchBudget -= 1 }
             moreWork = watchBudget == 0 || requestBudget == 0
-            lock.withLock { unmaskDue() }
+            loop.step { unmaskDue() }
         }
-        stopped.signal()
     }
 
     /// Adaptive mode: true as soon as a connected guest has bit 0 set
     /// (its event is then taken from the handle as usual), false when the
-    /// spin ran out. Only the flag words are read, without the lock: pages
-    /// are unmapped on this thread only, so none goes away during the spin.
+    /// spin ran out. Only the flag words are read: pages are unmapped on
+    /// this thread only, so none goes away during the spin.
     private func spinForRequest() -> Bool {
-        let pages = lock.withLock { instances.values.compactMap { $0.connected ? $0.shared : nil } }
+        let pages = instances.values.compactMap { $0.connected ? $0.shared : nil }
         let end = ContinuousClock.now + options.spinBeforeBlock
         var n = 0
         while ContinuousClock.now < end {
@@ -383,17 +394,19 @@ public final class PCIBack {
     }
 
     /// The deterministic mode's step (the service thread runs the same
-    /// code): serves every pending watch event and channel event, then the
-    /// queued device work, until nothing is left. Returns how many things
-    /// it did; a cap keeps a backend that feeds itself from spinning forever.
+    /// code): runs the jobs handed over, serves every pending watch event
+    /// and channel event, then the queued device work, until nothing is
+    /// left. Returns how many things it did; a cap keeps a backend that
+    /// feeds itself from spinning forever. Each event's callbacks run as
+    /// soon as it is served.
     @discardableResult
     public func drain(limit: Int = 100_000) -> Int {
         var done = 0
         while done < limit {
-            var n = 0
-            while let e = xs.nextWatchEvent() { lock.withLock { watchFired(e) }; n += 1 }
-            while let p = try? evtchn.pending() { lock.withLock { handleEvent(p) }; n += 1 }
-            lock.withLock { unmaskDue() }
+            var n = loop.owned { loop.runJobs() }
+            while let e = xs.nextWatchEvent() { loop.owned { watchFired(e) }; n += 1 }
+            while let p = try? evtchn.pending() { loop.owned { handleEvent(p) }; n += 1 }
+            loop.owned { unmaskDue() }
             n += deviceWork.runQueued()
             if n == 0 { break }
             done += n
@@ -550,10 +563,3 @@ public final class PCIBack {
     }
 }
 
-extension NSRecursiveLock {
-    @inline(__always) func withLock<T>(_ body: () throws -> T) rethrows -> T {
-        lock()
-        defer { unlock() }
-        return try body()
-    }
-}

@@ -269,7 +269,9 @@ extension PCIBack {
         guard [.aerDetected, .aerResume, .aerMMIO, .aerSlotReset].contains(cmd) else {
             throw PCIBackError.refused("\(cmd) is not an AER request")
         }
-        let (i, sh, port): (Instance, SharedPage, EvtchnPort) = try lock.withLock {
+        // Posted and notified by the service thread, which owns the page;
+        // this thread waits for the answer.
+        let (i, sh): (Instance, SharedPage) = try loop.sync { [self] () throws -> (Instance, SharedPage) in
             guard let d = devices[host] else { throw PCIBackError.badDevice("\(host): not claimed by pciback") }
             guard let g = d.guest, let i = instances[g], let v = d.guestAddress else {
                 throw PCIBackError.notConnected("\(host): not exported to any guest")
@@ -289,14 +291,14 @@ extension PCIBack {
             i.aerPending = true
             i.aerDone = false
             sh.postAER(op)
-            return (i, sh, port)
+            try? evtchn.notify(port)
+            return (i, sh)
         }
-        defer { lock.withLock { i.aerPending = false } }
-        try? evtchn.notify(port)
+        defer { loop.sync { i.aerPending = false } }
         let deadline = ContinuousClock.now + (timeout ?? options.aerTimeout)
-        // The page is read only under the backend lock and while the guest
-        // is connected: a disconnect on the service thread unmaps it.
-        func answered() -> Bool? { lock.withLock { i.connected && i.shared?.pointer == sh.pointer ? sh.flags & XenPCI.backendActive == 0 : nil } }
+        // The page is read by the service thread, and only while the guest
+        // is connected: a disconnect there unmaps it.
+        func answered() -> Bool? { loop.sync { i.connected && i.shared?.pointer == sh.pointer ? sh.flags & XenPCI.backendActive == 0 : nil } }
         // Woken by the answer's event or a disconnect, else every 50 ms; a
         // guest that sets the bit again itself gets no busy loop.
         while let done = answered(), !done, ContinuousClock.now < deadline {
@@ -305,7 +307,7 @@ extension PCIBack {
             i.aerDone = false
             aerCondition.unlock()
         }
-        return try lock.withLock {
+        return try loop.sync { () throws -> Int32 in
             guard i.connected, i.shared?.pointer == sh.pointer else {
                 throw PCIBackError.notConnected("\(host): the frontend disconnected during the AER request")
             }

@@ -8,39 +8,44 @@ import XenPCIABI
 /// function a running guest holds is never reset at claim; its golden state
 /// and pirqs come from the state the previous backend saved.
 extension PCIBack {
-    /// pciback_pci_attach for one function: a plain claim (reset, golden
-    /// state read now), or the takeover of a function a running guest holds.
-    func claimOrAdopt(_ access: PCIDeviceAccess) throws -> ClaimedDevice {
+    /// pciback_pci_attach for one function, in three steps: `planClaim`
+    /// (owner: who holds it, what was saved), `ClaimPlan.build` (the caller's
+    /// thread: the device I/O, a reset unless a running guest holds it) and
+    /// `completeClaim` (owner: interrupts and options taken over).
+    func planClaim(_ access: PCIDeviceAccess) throws -> ClaimPlan {
         let a = access.address
         let saved = recovered.removeValue(forKey: a)
-        guard let holder = holder(of: a) else {
-            // Nobody uses it: a fresh claim. Pirqs of a guest that is gone
-            // went with it; an MSI-X table the previous backend prepared is ours.
-            let d = try ClaimedDevice(access, allowHostDriver: options.allowHostDriverReadOnly)
-            if saved?.msixPrepared == true, (try? routing.adoptPreparedMSIX(device: a)) != nil { d.msixPrepared = true }
-            return d
-        }
-        guard store != nil else {
+        // Nobody uses it: a fresh claim. Pirqs of a guest that is gone went
+        // with it; an MSI-X table the previous backend prepared is ours.
+        guard let holder = holder(of: a) else { return ClaimPlan(saved: saved, adoption: nil) }
+        guard let store else {
             throw PCIBackError.refused("\(a): dom\(holder) is using it and no state file was given: left alone, not reset")
         }
         guard let saved else {
-            let why = recoveryProblem ?? "\(store!.location) has no state for it"
+            let why = recoveryProblem ?? "\(store.location) has no state for it"
             throw PCIBackError.refused("\(a): dom\(holder) is using it and \(why): left alone, not reset")
         }
         guard let golden = saved.goldenSpace, golden.size == access.configSize else {
-            throw PCIBackError.refused("\(a): dom\(holder) is using it and its golden state in \(store!.location) is corrupt: left alone, not reset")
+            throw PCIBackError.refused("\(a): dom\(holder) is using it and its golden state in \(store.location) is corrupt: left alone, not reset")
         }
         guard saved.guest == holder, let ga = saved.guestAddress.flatMap({ try? PCIAddress(parsing: $0) }) else {
-            throw PCIBackError.refused("\(a): dom\(holder) is using it but \(store!.location) says dom\(saved.guest.map(String.init) ?? "none"): left alone, not reset")
+            throw PCIBackError.refused("\(a): dom\(holder) is using it but \(store.location) says dom\(saved.guest.map(String.init) ?? "none"): left alone, not reset")
         }
-        let d = try ClaimedDevice(access, allowHostDriver: false, adopting: golden)
+        return ClaimPlan(saved: saved, adoption: (holder, ga, golden, store.location))
+    }
+
+    func completeClaim(_ d: ClaimedDevice, _ plan: ClaimPlan) throws {
+        let a = d.address
+        guard let (holder, ga, _, location) = plan.adoption, let saved = plan.saved else {
+            if plan.saved?.msixPrepared == true, (try? routing.adoptPreparedMSIX(device: a)) != nil { d.msixPrepared = true }
+            return
+        }
         if saved.msixPrepared { try routing.adoptPreparedMSIX(device: a); d.msixPrepared = true }
         try routing.adopt(pirqs: saved.msiPirqs + saved.msixPirqs, guest: holder, device: a)
         d.adoption = (holder, ga, saved.msiPirqs, saved.msixPirqs)
         d.mediation.permissive = saved.permissive
         for q in saved.quirks { if let q = try? PCIQuirk(parsing: q) { try? d.mediation.addQuirk(q) } }
-        emit(.notice(holder, "\(a): dom\(holder) is using it: taken over without reset (golden state from \(store!.location))"))
-        return d
+        emit(.notice(holder, "\(a): dom\(holder) is using it: taken over without reset (golden state from \(location))"))
     }
 
     /// The running guest whose backend directory lists `a` as a live
@@ -117,5 +122,19 @@ extension PCIBack {
                                    quirks: d.mediation.quirks.map(\.description)))
         }
         do { try store.save(s) } catch { emit(.error(nil, "saving state: \(error)")) }
+    }
+}
+
+/// What a claim found before its device I/O: the previous backend's saved
+/// state, and whether a running guest holds the function (then it is
+/// adopted with that golden state: neither read again nor reset).
+struct ClaimPlan {
+    var saved: PersistedState.Device?
+    var adoption: (guest: DomID, address: PCIAddress, golden: ConfigSpace, location: String)?
+
+    /// The device I/O of a claim, on the caller's thread.
+    func build(_ access: PCIDeviceAccess, allowHostDriver: Bool) throws -> ClaimedDevice {
+        guard let adoption else { return try ClaimedDevice(access, allowHostDriver: allowHostDriver) }
+        return try ClaimedDevice(access, allowHostDriver: false, adopting: adoption.golden)
     }
 }

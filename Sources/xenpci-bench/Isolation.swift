@@ -7,22 +7,6 @@ import XenHypervisor
 import XenMock
 import PCIHost
 
-/// A function whose reset takes `delay` (a real FLR takes 100 ms and more).
-final class SlowResetDevice: PCIDeviceAccess, @unchecked Sendable {
-    let inner: MemoryPCIDevice
-    let delay: UInt32
-    init(_ inner: MemoryPCIDevice, delayMS: UInt32) { self.inner = inner; delay = delayMS * 1000 }
-    var address: PCIAddress { inner.address }
-    var configSize: Int { inner.configSize }
-    var resources: [PCIResource] { inner.resources }
-    var irq: Int { inner.irq }
-    var driver: String? { nil }
-    var accessCount: Int { inner.accessCount }
-    func readConfig(_ o: Int, _ s: Int) throws -> UInt32 { try inner.readConfig(o, s) }
-    func writeConfig(_ o: Int, _ s: Int, _ v: UInt32) throws { try inner.writeConfig(o, s, v) }
-    func reset() throws { usleep(delay); try inner.reset() }
-}
-
 /// Issue 13's isolation figure: guest A loops its frontend Closed /
 /// Initialised on a device whose reset takes 200 ms, guest B floods
 /// requests, guest C's request latency is measured. Returns C's sorted
@@ -30,12 +14,13 @@ final class SlowResetDevice: PCIDeviceAccess, @unchecked Sendable {
 func isolationRun(seconds: Double) throws -> (latencies: [UInt32], resets: Int, flood: Int) {
     let rig = try Rig()
     let e1000 = try Template("0000:00:03.0")
-    let slow = SlowResetDevice(e1000.clone(0), delayMS: 200)
+    let slow = e1000.clone(0)
+    slow.beforeReset = { usleep(200_000) } // a real FLR takes 100 ms and more
     let a = try rig.addGuest([slow])
     let b = try rig.addGuest([e1000.clone(1)])
     let c = try rig.addGuest([e1000.clone(2)])
     for f in [a, b, c] { try f.waitConnected(timeout: .seconds(30)) }
-    let resetsBefore = slow.inner.resetCount
+    let resetsBefore = slow.resetCount
     let stop = Atomic<Bool>(false)
     let group = DispatchGroup()
     // A: its frontend state 6, 3, 6, 3 ... written straight into xenstore.
@@ -75,7 +60,7 @@ func isolationRun(seconds: Double) throws -> (latencies: [UInt32], resets: Int, 
     stop.store(true, ordering: .relaxed)
     group.wait()
     xsA.close()
-    let resets = slow.inner.resetCount - resetsBefore
+    let resets = slow.resetCount - resetsBefore
     rig.finish()
     return (lat.sorted(), resets, flood.load(ordering: .relaxed))
 }

@@ -20,9 +20,11 @@ protocol DaemonHost: AnyObject {
 
 /// The running backend's administration (issue 14): run-time claims and
 /// releases, permissive and quirks, status, the config file and its reload.
-/// Its state is kept under the backend's own lock (`withAdminLock`): the
-/// backend calls `backendEvent` with that lock held, so one lock orders both
-/// and neither side can wait for the other.
+/// One administrator's command at a time (`lock`, held across a command's
+/// claims and resets, never taken by the backend's service thread). Backend
+/// events ask for `enforce`, which runs at once when no command is in
+/// progress, else when that command ends: the service thread never waits
+/// for a command that may be waiting for it.
 final class AdminDaemon {
     let host: DaemonHost
     var back: PCIBack { host.back }
@@ -37,21 +39,60 @@ final class AdminDaemon {
     /// since a function's last request without touching the request path.
     private var activity: [PCIAddress: (ops: Int, at: ContinuousClock.Instant?)] = [:]
     private var reportedEnforceErrors: Set<String> = []
+    private let lock = NSLock()
+    private let pendingLock = NSLock()
+    private var enforcePending = false
 
     init(host: DaemonHost, configPath: String?, config: DaemonConfig?) {
         self.host = host
         self.configPath = configPath
         self.config = config
         let back = host.back
-        back.withAdminLock {
-            let previous = back.onEvent
-            back.onEvent = { [weak self] e in
-                previous?(e)
-                switch e {
-                case .error, .notice: break
-                default: self?.enforce()
-                }
+        let previous = back.onEvent
+        back.onEvent = { [weak self] e in
+            previous?(e)
+            switch e {
+            case .error, .notice: break
+            default: self?.requestEnforce()
             }
+        }
+    }
+
+    /// Runs `body` as the one command in progress; an `enforce` asked for
+    /// meanwhile runs before the lock is given up (or just after, when it
+    /// was asked for in between).
+    private func command<T>(_ body: () throws -> T) rethrows -> T {
+        lock.lock()
+        defer {
+            while takePending() { enforceLocked() }
+            lock.unlock()
+            runPendingEnforce()
+        }
+        return try body()
+    }
+
+    private func takePending() -> Bool {
+        pendingLock.lock(); defer { pendingLock.unlock() }
+        let p = enforcePending
+        enforcePending = false
+        return p
+    }
+
+    /// From a backend event (the service thread, or the thread of the
+    /// command that caused it): never waits for the command lock.
+    private func requestEnforce() {
+        pendingLock.lock(); enforcePending = true; pendingLock.unlock()
+        runPendingEnforce()
+    }
+
+    private func runPendingEnforce() {
+        while true {
+            pendingLock.lock()
+            let pending = enforcePending
+            pendingLock.unlock()
+            guard pending, lock.try() else { return } // the holder runs it as it ends
+            while takePending() { enforceLocked() }
+            lock.unlock()
         }
     }
 
@@ -62,7 +103,7 @@ final class AdminDaemon {
     /// only get their options.
     func applyConfigAtStart() throws {
         guard let c = config else { return }
-        try back.withAdminLock {
+        try command {
             var claimed: [PCIAddress] = []
             do {
                 for e in c.entries {
@@ -127,7 +168,7 @@ final class AdminDaemon {
 
     /// `assignable-add`: every function claimed, or none.
     func addAssignable(_ addresses: [PCIAddress], noStrictReset: Bool) throws {
-        try back.withAdminLock {
+        try command {
             for a in addresses where back.isClaimed(a) { throw CLIError.failure("\(a): already assignable") }
             var done: [PCIAddress] = []
             do {
@@ -150,7 +191,7 @@ final class AdminDaemon {
     /// `assignable-remove`: every function released (reset, golden state),
     /// or none: refused, naming the guest, while a guest holds one.
     func removeAssignable(_ addresses: [PCIAddress]) throws {
-        try back.withAdminLock {
+        try command {
             try back.releaseAll(addresses)
             host.released(addresses)
             for a in addresses {
@@ -162,7 +203,7 @@ final class AdminDaemon {
     }
 
     func setPermissive(_ a: PCIAddress, _ on: Bool) throws {
-        try back.withAdminLock {
+        try command {
             try back.setPermissive(a, on)
             options[a, default: FunctionOptions()].permissive = on
             host.logInfo("[dom0 pciback] \(a): permissive \(on ? "on" : "off")")
@@ -170,7 +211,7 @@ final class AdminDaemon {
     }
 
     func addQuirk(_ q: PCIQuirk) throws {
-        try back.withAdminLock {
+        try command {
             try back.addQuirk(q)
             options[q.address, default: FunctionOptions()].quirks.append(q)
             host.logInfo("[dom0 pciback] \(q.address): quirk \(q) added")
@@ -178,7 +219,7 @@ final class AdminDaemon {
     }
 
     func removeQuirk(_ q: PCIQuirk) throws {
-        try back.withAdminLock {
+        try command {
             try back.removeQuirk(q)
             options[q.address]?.quirks.removeAll { $0 == q }
             host.logInfo("[dom0 pciback] \(q.address): quirk \(q) removed")
@@ -186,9 +227,11 @@ final class AdminDaemon {
     }
 
     /// Puts the administrator's options back where the backend cleared them.
-    /// Called with every backend event (under its lock) and once a second.
-    func enforce() {
-        back.withAdminLock {
+    /// Asked for by every backend event, and called once a second.
+    func enforce() { command { enforceLocked() } }
+
+    private func enforceLocked() {
+        do {
             for (a, o) in options.sorted(by: { $0.key < $1.key }) {
                 guard let perm = back.permissive(of: a), let cur = back.quirks(of: a) else { continue }
                 if o.permissive && !perm { try? back.setPermissive(a, true) }
@@ -223,7 +266,7 @@ final class AdminDaemon {
             host.logError("[dom0 pciback] \(line)")
             return line
         }
-        return back.withAdminLock {
+        return command {
             let old = config ?? DaemonConfig(path: path)
             var undo: [() -> Void] = []
             var claimed: [PCIAddress] = [], changed: [PCIAddress] = [], released: [PCIAddress] = [], held: [String] = []
@@ -293,8 +336,10 @@ final class AdminDaemon {
 
     /// Notes which functions' request counts moved since the last call:
     /// called once a second by the control thread, and by `status`.
-    func sample() {
-        back.withAdminLock {
+    func sample() { command { sampleLocked() } }
+
+    private func sampleLocked() {
+        do {
             let now = ContinuousClock.now
             var seen: [PCIAddress: (ops: Int, at: ContinuousClock.Instant?)] = [:]
             for s in back.statistics() {
@@ -310,8 +355,8 @@ final class AdminDaemon {
     }
 
     func status() -> [FunctionStatusJSON] {
-        back.withAdminLock {
-            sample()
+        command {
+            sampleLocked()
             let now = ContinuousClock.now
             return back.adminStatus().map { s in
                 let since = activity[s.info.address]?.at.map { Int((now - $0).components.seconds) }

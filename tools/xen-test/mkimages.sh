@@ -3,14 +3,15 @@
 #   build/xen-test/images/guest-initrd.gz  busybox + lspci + xen-pcifront/e1000/... modules
 #                                          + xenpci and the libxen* it dlopens
 #   build/xen-test/images/dom0-initrd.gz   dom0-base.cpio.gz + an overlay cpio (/init,
-#                                          scenarios, xenpci, the guest kernel and initrd)
+#                                          scenarios, xenpci, xt-syscost, the guest kernel
+#                                          and initrd)
 # Cached: rebuilt only when the base, these scripts or the xenpci binary change.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 XENPCI=${1:?usage: mkimages.sh PATH-TO-XENPCI}
 [ -x "$XENPCI" ] || die "$XENPCI: no such executable"
 [ -f "$BASE/.stamp" ] || die "base images missing: run mkbase.sh"
-host_pkgs busybox-static cpio kmod binutils
+host_pkgs busybox-static cpio kmod binutils gcc libc6-dev
 
 KEY=$( { cat "$BASE/.stamp" "$XT/mkimages.sh" "$XT/common.sh"; find "$XT/dom0" "$XT/guest" -type f | LC_ALL=C sort | xargs cat; sha256sum < "$XENPCI"; } | sha256sum | cut -c1-16)
 if [ -f "$IMG/.stamp" ] && [ "$(cat "$IMG/.stamp")" = "$KEY" ] && [ -f "$IMG/dom0-initrd.gz" ]; then
@@ -68,6 +69,8 @@ cp "$XT"/dom0/*.sh "$O/xt/"
 cp "$BASE/vmlinuz" "$O/xt/guest/vmlinuz"
 cp "$IMG/guest-initrd.gz" "$O/xt/guest/initrd.gz"
 cp "$IMG/xenpci" "$O/usr/local/bin/xenpci"
+# scenario 4's system-call cost probe (dom0 has no compiler)
+cc -O2 -Wall -static -o "$O/usr/local/bin/xt-syscost" "$XT/dom0/syscost.c" || die "cc dom0/syscost.c failed"
 pack_cpio "$O" "$IMG/dom0-overlay.cpio.gz"
 # The kernel unpacks concatenated cpio archives in order: overlay wins.
 cat "$BASE/dom0-base.cpio.gz" "$IMG/dom0-overlay.cpio.gz" > "$IMG/dom0-initrd.gz"

@@ -10,13 +10,14 @@
 #   XT_SKIP_BUILD=1  use the existing .build-xen-test/release/xenpci
 #   XT_XENPCI=PATH   put this xenpci executable into the images instead
 #   XT_KEEP=1        keep the serial log of every run (build/xen-test/logs/)
+#   XT_PAIRS=N XT_RATE=S  scenario 4: N pairs, S seconds of reads per run
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 T_START=$(date +%s)
 XT_ONLY=${XT_ONLY:-1:2:3:4:5:6:7}
 # Scenario budgets (s): dom0's /init enforces its own (announced in XT-BEGIN);
 # these only size the hard cap on QEMU.
-declare -A BUDGET=([1]=180 [2]=300 [3]=360 [4]=1200 [5]=600 [6]=300 [7]=420)
+declare -A BUDGET=([1]=180 [2]=300 [3]=360 [4]=1200 [5]=600 [6]=300 [7]=600)
 BOOT_BUDGET=${XT_BOOT_BUDGET:-300}   # QEMU start -> first scenario
 SLACK=60
 
@@ -65,10 +66,20 @@ NVME2_IMG="$WORK/nvme2.img" AHCI_IMG="$WORK/ahci.img" NVME3_IMG="$WORK/nvme3.img
 for f in "$NVME2_IMG" "$AHCI_IMG" "$NVME3_IMG"; do [ -f "$f" ] || truncate -s 16M "$f"; done
 XEN_ARGS="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 loglvl=all guest_loglvl=all iommu=verbose"
 DOM0_ARGS="console=hvc0 earlyprintk=xen panic=-1 loglevel=4 xt_only=$XT_ONLY"
+# Scenario 4's knobs reach dom0's /init (and the scenarios) as variables.
+for v in XT_PAIRS XT_RATE; do
+    [ -n "${!v:-}" ] || continue
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a number"
+    DOM0_ARGS="$DOM0_ARGS $v=${!v}"
+done
+# XT_QEMU_MONITOR=PATH: QEMU's monitor on a unix socket there (to look at a
+# stalled boot: `info cpus`, `info registers -a`), else none.
+MONITOR=${XT_QEMU_MONITOR:+unix:$XT_QEMU_MONITOR,server=on,wait=off}
+MONITOR=${MONITOR:-none}
 QEMU_ARGS=(
     -accel tcg -cpu max,-smap,-smep -machine q35 -m 3072 -smp 2
     -device intel-iommu,intremap=on
-    -display none -no-reboot -monitor none -serial "file:$LOG" -nic none
+    -display none -no-reboot -monitor "$MONITOR" -serial "file:$LOG" -nic none
     -device isa-debug-exit,iobase=0xf4,iosize=0x04
     -kernel "$BASE/xen.elf" -append "$XEN_ARGS"
     -initrd "$BASE/vmlinuz $DOM0_ARGS,$IMG/dom0-initrd.gz"

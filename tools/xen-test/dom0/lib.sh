@@ -99,21 +99,82 @@ guest_block() {
 }
 guest_gone() { ! xl domid "$1" > /dev/null 2>&1; }
 
+# loopback_dirs_rm: remove dom0's own backend/pci/0 and device/pci/0 (the
+# loopback of scenario 1) when no xenpci process uses them. A toolstack
+# removes a departed guest's directories; dom0 never departs, so nothing else
+# would, and Linux's xen-pciback, loaded later, would take backend/pci/0/0
+# for a device of its own (see linux_pciback_off).
+loopback_dirs_rm() {
+    pgrep -x xenpci > /dev/null && return 0
+    xenstore-exists /local/domain/0/backend/pci/0 2>/dev/null || xenstore-exists /local/domain/0/device/pci/0 2>/dev/null || return 0
+    note "removing dom0's loopback directories backend/pci/0 and device/pci/0 (no xenpci running)"
+    xenstore-rm /local/domain/0/backend/pci/0 2>/dev/null
+    xenstore-rm /local/domain/0/device/pci/0 2>/dev/null
+    return 0
+}
+# pciback_stale: a xenbus backend device is still bound to Linux's pciback
+# while its xenstore directory is gone (the kernel removes such devices from
+# its xenbus watch thread, a moment after the directory goes).
+pciback_stale() {
+    local d n
+    for d in /sys/bus/xen-backend/drivers/*pciback*/pci-*; do
+        [ -e "$d" ] || continue
+        n=$(cat "$d/nodename" 2>/dev/null) || continue
+        xenstore-exists "/local/domain/0/$n" 2>/dev/null || return 0
+    done
+    return 1
+}
 # linux_pciback_off: give back what Linux's xen-pciback holds and unload it:
 # loaded, it watches backend/pci too and fights our backend for the
 # directories `xenpci attach` writes ("Couldn't locate PCI device").
+# Every backend/pci/<domid>/<n> directory it finds becomes a xenbus device
+# bound to its xenbus driver, and each bound device holds a reference on the
+# module: rmmod fails while one is left. Directories no guest uses are
+# removed (the kernel then drops their devices): those of domains that are
+# gone, and dom0's loopback ones (loopback_dirs_rm). A live guest's directory
+# stays: its device keeps the module, rmmod fails, and the caller says so.
 linux_pciback_off() {
-    local d
+    local d i=0
     [ -d /sys/module/xen_pciback ] || return 0
     for d in /sys/bus/pci/drivers/pciback/0000:*; do
         [ -e "$d" ] && xl pci-assignable-remove "$(basename "$d")" > /dev/null 2>&1
     done
-    # Directories of guests that are gone: xen-pciback holds a xenbus device
-    # (and a module reference) for each one it found, so it cannot unload.
     for d in $(xenstore-list /local/domain/0/backend/pci 2>/dev/null); do
-        xenstore-read /local/domain/$d/domid > /dev/null 2>&1 || xenstore-rm /local/domain/0/backend/pci/$d 2>/dev/null
+        if [ "$d" = 0 ]; then
+            loopback_dirs_rm
+        elif ! xenstore-read /local/domain/$d/domid > /dev/null 2>&1; then
+            note "removing backend/pci/$d: domain $d is gone"
+            xenstore-rm /local/domain/0/backend/pci/$d 2>/dev/null
+        fi
     done
+    while pciback_stale && [ $i -lt 20 ]; do sleep 0.5; i=$((i + 1)); done
     rmmod xen_pciback 2>/dev/null || { note "rmmod xen_pciback failed (refcount $(cat /sys/module/xen_pciback/refcnt 2>/dev/null))"; return 1; }
+}
+# pciback_holders: what may hold Linux's xen-pciback, as evidence lines on
+# stderr (for a scenario that could not unload it): the module's reference
+# count and holders, every xenbus backend device with its driver, xenstore
+# node and state, the PCI functions pciback's PCI driver has, the backend/pci
+# directories with their frontend's domain and state, and the domains.
+pciback_holders() {
+    local d drv l
+    {
+        ev "pciback holders: module refcnt=$(cat /sys/module/xen_pciback/refcnt 2>/dev/null || echo unloaded) holders=[$(ls /sys/module/xen_pciback/holders 2>/dev/null | tr '\n' ' ')] lsmod: $(lsmod | awk '$1 == "xen_pciback"' | tr -s ' ')"
+        for d in /sys/bus/xen-backend/devices/*; do
+            [ -e "$d" ] || continue
+            drv=$([ -L "$d/driver" ] && basename "$(readlink "$d/driver")" || echo none)
+            ev "pciback holders: xen-backend device $(basename "$d") driver=$drv nodename=$(cat "$d/nodename" 2>/dev/null) state=$(cat "$d/state" 2>/dev/null)"
+        done
+        for d in /sys/bus/xen-backend/drivers/*pciback*; do
+            [ -d "$d" ] && ev "pciback holders: bound to xen-backend driver $(basename "$d"): [$(ls "$d" | grep '^pci-' | tr '\n' ' ')]"
+        done
+        ev "pciback holders: PCI functions of pciback: [$(ls /sys/bus/pci/drivers/pciback 2>/dev/null | grep '^0000:' | tr '\n' ' ')]"
+        for d in $(xenstore-list /local/domain/0/backend/pci 2>/dev/null); do
+            for l in $(xenstore-list /local/domain/0/backend/pci/$d 2>/dev/null); do
+                ev "pciback holders: xenstore backend/pci/$d/$l state=$(xenstore-read /local/domain/0/backend/pci/$d/$l/state 2>/dev/null) frontend=$(xenstore-read /local/domain/0/backend/pci/$d/$l/frontend 2>/dev/null) (frontend state $(xenstore-read "$(xenstore-read /local/domain/0/backend/pci/$d/$l/frontend 2>/dev/null)/state" 2>/dev/null || echo gone)); domain $d $(xenstore-read /local/domain/$d/domid > /dev/null 2>&1 && echo alive || echo gone)"
+            done
+        done
+        ev "pciback holders: xl list: $(xl list 2>&1 | awk 'NR > 1 { printf "%s(%s) ", $1, $2 }')"
+    } >&2
 }
 
 # ------------------------------------------------------------------ our backend
@@ -195,4 +256,5 @@ cleanup_all() {
         rm -f "$p"
     done
     for d in $(xl list | awk 'NR > 2 { print $2 }'); do xl destroy "$d" > /dev/null 2>&1; done
+    loopback_dirs_rm 2> /dev/null
 }

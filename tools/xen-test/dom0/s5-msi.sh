@@ -45,7 +45,7 @@ guest_report() {
 }
 
 for b in $MSI_BDFS; do [ -e /sys/bus/pci/devices/$b ] || fail "device $b missing in dom0"; done
-linux_pciback_off || fail "Linux's xen-pciback is loaded and cannot be unloaded: it would serve our guest's backend directory too"
+linux_pciback_off || { pciback_holders; fail "Linux's xen-pciback is loaded and cannot be unloaded: it would serve our guest's backend directory too"; }
 xl dmesg -c > /dev/null 2>&1   # from here on, Xen's log is this scenario's
 
 # ---- run 1: our backend
@@ -85,7 +85,7 @@ ev "linux: workload took $(( $(date +%s) - t0 )) s"
 guest_report $G linux 0
 timeout 90 xl shutdown -w $G > /dev/null 2>&1 || xl destroy $G 2>/dev/null
 i=0; while ! guest_gone $G && [ $i -lt 60 ]; do sleep 1; i=$((i + 1)); done
-linux_pciback_off
+linux_pciback_off || pciback_holders
 xl dmesg -c > /tmp/xt/s5-xen-linux.txt 2>&1
 grep -iE 'warn|insecure|error|bad ' /tmp/xt/s5-xen-linux.txt | while read -r l; do ev "xl dmesg during linux: $l"; done
 

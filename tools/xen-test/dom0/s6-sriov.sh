@@ -28,7 +28,7 @@ read -r s e _ < <(head -n1 $S/$VF/resource)
 ev "dom0: $VF physfn=$(basename "$(readlink $S/$VF/physfn)") ids $(cut -c3- $S/$VF/vendor):$(cut -c3- $S/$VF/device), own config reads $(od -An -tx4 -N4 $S/$VF/config | tr -d ' '), BAR0 register $(od -An -tx4 -j16 -N4 $S/$VF/config | tr -d ' '), resource0 $s-$e"
 dmesg | grep -iE 'virtfn|sr-?iov|VF' | tail -n 3 | while read -r l; do ev "dom0 kernel: $l"; done
 
-linux_pciback_off || fail "Linux's xen-pciback is loaded and cannot be unloaded: it would serve our guest's backend directory too"
+linux_pciback_off || { pciback_holders; fail "Linux's xen-pciback is loaded and cannot be unloaded: it would serve our guest's backend directory too"; }
 xl dmesg -c > /dev/null 2>&1
 HIDE="($VF)" backend_start
 G=xt-s6

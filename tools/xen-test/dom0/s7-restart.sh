@@ -10,7 +10,7 @@
 . /xt/lib.sh
 have_sub backend attach detach
 D=0000:02:00.0 P=0000:00:06.0   # P: in the pool from the start, released at run time
-linux_pciback_off || fail "Linux's xen-pciback is loaded and cannot be unloaded: it would serve our guest's backend directory too"
+linux_pciback_off || { pciback_holders; fail "Linux's xen-pciback is loaded and cannot be unloaded: it would serve our guest's backend directory too"; }
 HIDE="($D)($P)" backend_start
 G=xt-s7
 domid=$(guest_create $G "xt_role=restart xt_rounds=45") || exit 1
