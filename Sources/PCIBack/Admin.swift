@@ -22,10 +22,10 @@ public struct AdminFunctionStatus: Sendable {
 extension PCIBack {
     /// The guest holding `a`, or nil (also when `a` is not claimed).
     public func guestHolding(_ a: PCIAddress) -> (guest: DomID, address: PCIAddress?)? {
-        loop.sync { [self] in devices[a].flatMap { d in d.guest.map { ($0, d.guestAddress) } } }
+        loop.sync { [self] in registry[a].flatMap { d in d.guest.map { ($0, d.guestAddress) } } }
     }
 
-    public func isClaimed(_ a: PCIAddress) -> Bool { loop.sync { [self] in devices[a] != nil || claiming.contains(a) } }
+    public func isClaimed(_ a: PCIAddress) -> Bool { loop.sync { [self] in registry.isClaimed(a) } }
 
     /// Claims every function or none: all are checked first (none already
     /// claimed), then claimed in order; a failure releases those claimed.
@@ -50,7 +50,7 @@ extension PCIBack {
         let list = try loop.sync { [self] () throws -> [ClaimedDevice] in
             var list: [ClaimedDevice] = []
             for a in addresses {
-                guard let d = devices[a] else { throw PCIBackError.badDevice("\(a): not assignable (not claimed by pciback)") }
+                guard let d = registry[a] else { throw PCIBackError.badDevice("\(a): not assignable (not claimed by pciback)") }
                 if let g = d.guest {
                     throw PCIBackError.refused("\(a): held by dom\(g)\(d.guestAddress.map { " as \($0)" } ?? ""); detach it from the guest first")
                 }
@@ -70,22 +70,22 @@ extension PCIBack {
             for d in list { d.releasing = false; d.resetting = false }
             if let failure { throw failure }
             for d in list {
-                releaseMSIX(d)
-                devices[d.address] = nil
+                ctx.releaseMSIX(d)
+                registry.remove(d.address)
             }
             persist()
         }
     }
 
-    public func permissive(of a: PCIAddress) -> Bool? { loop.sync { [self] in devices[a]?.mediation.permissive } }
-    public func quirks(of a: PCIAddress) -> [PCIQuirk]? { loop.sync { [self] in devices[a]?.mediation.quirks } }
+    public func permissive(of a: PCIAddress) -> Bool? { loop.sync { [self] in registry[a]?.mediation.permissive } }
+    public func quirks(of a: PCIAddress) -> [PCIQuirk]? { loop.sync { [self] in registry[a]?.mediation.quirks } }
 
     /// Replaces the quirks of `a` by `wanted`, keeping permissive as it is.
     /// All or nothing: when one of `wanted` cannot be added (it overlaps an
     /// emulated register), the previous quirks are put back and the error thrown.
     public func setQuirks(_ a: PCIAddress, _ wanted: [PCIQuirk]) throws {
         try loop.sync { [self] () throws in
-            guard let d = devices[a] else { throw PCIBackError.badDevice("\(a): not claimed by pciback") }
+            guard let d = registry[a] else { throw PCIBackError.badDevice("\(a): not claimed by pciback") }
             for q in wanted where q.address != a { throw PCIBackError.badQuirk("\(q): not a quirk of \(a)") }
             let m = d.mediation
             let previous = m.quirks, permissive = m.permissive
@@ -122,8 +122,8 @@ extension PCIBack {
     public func adminStatus() -> [AdminFunctionStatus] {
         loop.sync { [self] in
             let stats = Dictionary(statistics().map { ($0.address, $0) }, uniquingKeysWith: { a, _ in a })
-            return devices.values.sorted { $0.address < $1.address }.map { d in
-                AdminFunctionStatus(info: info(d),
+            return registry.sorted.map { d in
+                AdminFunctionStatus(info: d.info,
                                     interruptMode: !d.msixPirqs.isEmpty ? "msix" : !d.msiPirqs.isEmpty ? "msi" : "intx",
                                     msiPirqs: d.msiPirqs, msixPirqs: d.msixPirqs, statistics: stats[d.address]!)
             }

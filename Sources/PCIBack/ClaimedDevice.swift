@@ -13,10 +13,8 @@ final class ClaimedDevice {
     let access: PCIDeviceAccess
     let golden: ConfigSpace       // saved at claim, restored at release
     let readOnly: Bool            // a host driver owns it: never written
-    let vendorID: UInt16          // the host's ids (a VF's registers read 0xFFFF)
-    let deviceID: UInt16
     var mediation: ConfigMediation
-    /// The owner: read from pb->pbx_instance, set by Instance.link/unlink.
+    /// The owner: read from pb->pbx_instance, set by GuestConnection.link/unlink.
     var guest: DomID? { pb.pointee.pbx_instance.map { $0.pointee.pbx_domid } }
     /// The address the guest sees (no NetBSD field: its pciback exports
     /// functions at their host addresses).
@@ -57,8 +55,8 @@ final class ClaimedDevice {
         let cs = try saved.flatMap { $0.size == access.configSize ? $0 : nil } ?? access.readConfigSpace()
         // A VF's vendor and device registers read 0xFFFF: its ids are the host's.
         let ids = access.isVirtualFunction ? access.identity : nil
-        vendorID = ids?.vendor ?? cs.vendorID
-        deviceID = ids?.device ?? cs.deviceID
+        let vendorID = ids?.vendor ?? cs.vendorID
+        let deviceID = ids?.device ?? cs.deviceID
         guard vendorID != 0xFFFF && vendorID != 0 else {
             throw PCIBackError.badDevice("\(access.address): no device answers (vendor id 0x\(hex(vendorID, 4)))")
         }
@@ -101,6 +99,24 @@ final class ClaimedDevice {
         sc.deallocate()
     }
 
+    // What the softc holds is read from it (NetBSD's kernfs read does the same).
+    /// The host's ids, from sc_id (a VF's registers read 0xFFFF; the host knows its ids).
+    var vendorID: UInt16 { UInt16(truncatingIfNeeded: sc.pointee.sc_id) }
+    var deviceID: UInt16 { UInt16(truncatingIfNeeded: sc.pointee.sc_id >> 16) }
+    /// sc_subid: the subsystem ids saved at claim.
+    var subsystemVendorID: UInt16 { UInt16(truncatingIfNeeded: sc.pointee.sc_subid) }
+    var subsystemID: UInt16 { UInt16(truncatingIfNeeded: sc.pointee.sc_subid >> 16) }
+    /// sc_irq: the INTx line the host assigned.
+    var irq: Int { Int(sc.pointee.sc_irq) }
+    /// sc_bars: the assigned BARs 0-5 (address, size, I/O or memory).
+    var softcBARs: [(index: Int, start: UInt64, size: UInt64, isIO: Bool)] {
+        withUnsafeBytes(of: sc.pointee.sc_bars) { raw in
+            raw.bindMemory(to: pci_bar.self).enumerated().compactMap { i, b in
+                b.b_valid != 0 ? (i, UInt64(b.b_addr), UInt64(b.b_size), b.b_type == 1) : nil
+            }
+        }
+    }
+
     var isBridge: Bool { golden.isBridge }
 
     /// Reset, then the saved header written back: BARs, ROM, cache line,
@@ -134,15 +150,27 @@ final class ClaimedDevice {
         access.resources.prefix(7).enumerated().filter { $0.element.size > 0 }.map { ($0.offset, $0.element) }
     }
 
-    /// NetBSD's /kern/xen/pci/<BDF> text.
+    /// What `list` shows of it.
+    var info: ClaimedDeviceInfo {
+        var bars: [Int: PCIResource] = [:]
+        for (i, r) in self.bars { bars[i] = r }
+        return ClaimedDeviceInfo(address: address, vendorID: vendorID, deviceID: deviceID,
+                                 subsystemVendorID: subsystemVendorID, subsystemID: subsystemID,
+                                 classCode: golden.classCode, bars: bars, irq: irq, guest: guest,
+                                 guestAddress: guestAddress, readOnly: readOnly, driver: access.driver, text: kernfsText())
+    }
+
+    /// NetBSD's /kern/xen/pci/<BDF> text, from the softc; the expansion
+    /// ROM, which has no sc_bars entry, from the host's resources.
     func kernfsText() -> String {
         var s = "\(address): vendor 0x\(hex(vendorID, 4)) product 0x\(hex(deviceID, 4))"
-        s += " subsys vendor 0x\(hex(golden.read16(PCIReg.subsystemVendorID), 4)) subsys product 0x\(hex(golden.read16(PCIReg.subsystemID), 4))\n"
-        for (i, r) in bars {
-            let kind = r.isIO ? "i/o" : "mem"
-            s += "  \(i == 6 ? "rom" : "bar \(i)"): \(kind) 0x\(hex(r.start, 1))-0x\(hex(r.end, 1)) (size 0x\(hex(r.size, 1)))\n"
+        s += " subsys vendor 0x\(hex(subsystemVendorID, 4)) subsys product 0x\(hex(subsystemID, 4))\n"
+        var ranges = softcBARs.map { (name: "bar \($0.index)", start: $0.start, size: $0.size, isIO: $0.isIO) }
+        if let rom = bars.first(where: { $0.index == 6 })?.resource { ranges.append(("rom", rom.start, rom.size, false)) }
+        for r in ranges {
+            s += "  \(r.name): \(r.isIO ? "i/o" : "mem") 0x\(hex(r.start, 1))-0x\(hex(r.start + r.size - 1, 1)) (size 0x\(hex(r.size, 1)))\n"
         }
-        s += "  irq \(access.irq)\n"
+        s += "  irq \(irq)\n"
         if let g = guest { s += "  guest: dom\(g) as \(guestAddress.map(\.description) ?? "?")\n" } else { s += "  guest: none\n" }
         if readOnly { s += "  read-only: host driver '\(access.driver ?? "")' owns it\n" }
         return s

@@ -21,11 +21,11 @@ extension PCIBack {
             let dev = MemoryPCIDevice(address: PCIAddress(bus: 0xFE, device: 0, function: 0), config: config, resources: resources, irq: 11)
             dev.virtualTime = true // power transitions counted, not slept
             guard let d = try? ClaimedDevice(dev, allowHostDriver: false) else { return nil } // nothing answers: refused at claim
-            let i = Instance(domid: 0x7FEE, backendPath: "/fuzz", frontendPath: "/fuzz")
+            let i = GuestConnection(ctx, domid: 0x7FEE, backendPath: "/fuzz", frontendPath: "/fuzz")
             d.guestAddress = PCIAddress(bus: 0, device: 0, function: 0)
-            devices[d.address] = d // found through the guest's list, like any device
+            registry.add(d) // found through the guest's list, like any device
             i.link(d)
-            defer { releaseInterrupts(i, d); releaseMSIX(d); i.unlink(d); devices[d.address] = nil }
+            defer { i.releaseInterrupts(d); ctx.releaseMSIX(d); i.unlink(d); registry.remove(d.address) }
 
             let raw = UnsafeMutableRawPointer.allocate(byteCount: XenPCI.pageSize, alignment: XenPCI.pageSize)
             defer { raw.deallocate() }
@@ -39,10 +39,10 @@ extension PCIBack {
             before.copyMemory(from: raw, byteCount: XenPCI.pageSize)
             i.c.pointee.pbx_sh_info = raw.assumingMemoryBound(to: xen_pci_sharedinfo.self)
 
-            // What handleEvent does, minus the event channel.
+            // What evthandler does, minus the event channel.
             let op = withUnsafeMutablePointer(to: &i.c.pointee.op) { $0 }
             sh.snapshotRequest(into: op)
-            let nvec = dispatch(i, op)
+            let nvec = i.dispatch(op)
             sh.completeRequest(op, msixVectors: nvec)
             i.c.pointee.pbx_sh_info = nil
 

@@ -10,9 +10,11 @@ import PCIHost
 /// One thread serves everything: it polls the xenstore connection (watch on
 /// `backend/pci` and on each frontend's state) and the event channel handle
 /// (requests from every guest), like NetBSD's xenwatch and interrupt
-/// handlers rolled into one loop. That thread owns the state: other threads
-/// claim, release, list and raise AER by handing it jobs (`ServiceLoop`),
-/// and do their slow device work (resets) on their own threads.
+/// handlers rolled into one loop, and hands each event to the guest's
+/// `GuestConnection`; the claimed functions are the `DeviceRegistry`'s.
+/// That thread owns the state: other threads claim, release, list and raise
+/// AER by handing it jobs (`ServiceLoop`), and do their slow device work
+/// (resets) on their own threads.
 public final class PCIBack {
     public enum Topology: String, Sendable { case vpci, passthrough }
 
@@ -68,59 +70,43 @@ public final class PCIBack {
 
     let hv: BackendServices
     let options: Options
-    let me: DomID
-    let xs: XenStore
-    let evtchn: EventChannels
-    let gnttab: GrantTable
-    let routing: InterruptRouting
-    let loop = ServiceLoop()
-    let aerCondition = NSCondition()
-    var devices: [PCIAddress: ClaimedDevice] = [:]
-    var instances: [DomID: Instance] = [:]
-    /// Event handler registrations: port -> the instance it was bound for.
-    var handlers: [EvtchnPort: Instance] = [:]
-    var deferredUnmask: [(port: EvtchnPort, at: ContinuousClock.Instant)] = []
+    let loop: ServiceLoop
+    /// What the guest connections work with: handles, registry, event sink.
+    let ctx: BackendContext
+    var registry: DeviceRegistry { ctx.registry }
+    var xs: XenStore { ctx.xs }
+    var evtchn: EventChannels { ctx.evtchn }
+    var routing: InterruptRouting { ctx.routing }
+    /// One connection per guest with a `backend/pci/<domid>/0`.
+    var connections: [DomID: GuestConnection] = [:]
     static let watchEventsPerTurn = 16
     static let requestsPerTurn = 64
-    /// Resets run here, off the service thread.
-    let deviceWork: DeviceWork
-    /// Functions being claimed (their device I/O runs on the caller's thread).
-    var claiming: Set<PCIAddress> = []
     private var thread: Thread?
     /// Stopping: guests' events are no longer taken, jobs still run.
     private var stopping = false
     private var exiting = false
     private let stopped = DispatchSemaphore(value: 0)
     /// Per-request timing (`xenpci backend --profile`), off unless enabled.
-    public let profile = RequestProfile()
+    public let profile: RequestProfile
     /// Called on the service thread, or the caller's, for every change.
-    public var onEvent: ((Event) -> Void)?
+    public var onEvent: ((Event) -> Void)? {
+        get { ctx.onEvent }
+        set { ctx.onEvent = newValue }
+    }
 
-    public var backendRoot: String { "/local/domain/\(me)/backend/pci" }
-
-    /// Where the state a restarted backend needs is kept (nil: nowhere; a
-    /// restart then resets every function, as before issue 13).
-    let store: BackendStateStore?
-    /// What the previous backend saved, by function; taken at claim.
-    var recovered: [PCIAddress: PersistedState.Device] = [:]
-    /// Why the saved state could not be used (reported at start).
-    var recoveryProblem: String?
+    public var backendRoot: String { ctx.backendRoot }
 
     /// Opens the handles the backend needs; nothing runs until `start()`.
     public init(hypervisor: BackendServices, options: Options = Options(), stateStore: BackendStateStore? = nil) throws {
         hv = hypervisor
         self.options = options
-        deviceWork = DeviceWork(workers: options.serviceThread)
-        store = stateStore
-        do {
-            for d in try stateStore?.load()?.devices ?? [] {
-                if let a = try? PCIAddress(parsing: d.address) { recovered[a] = d }
-            }
-        } catch {
-            recoveryProblem = "\(error)"
-        }
-        me = try hypervisor.domid()
-        xs = try hypervisor.openXenStore()
+        let loop = ServiceLoop(), profile = RequestProfile()
+        self.loop = loop
+        self.profile = profile
+        let registry = DeviceRegistry(store: stateStore)
+        let me = try hypervisor.domid()
+        let xs = try hypervisor.openXenStore()
+        let evtchn: EventChannels, gnttab: GrantTable, routing: InterruptRouting
         do {
             evtchn = try hypervisor.openEventChannels()
             do {
@@ -128,20 +114,13 @@ public final class PCIBack {
                 do { routing = try hypervisor.openInterruptRouting() } catch { gnttab.close(); throw error }
             } catch { evtchn.close(); throw error }
         } catch { xs.close(); throw error }
+        ctx = BackendContext(options: options, me: me, xs: xs, evtchn: evtchn, gnttab: gnttab, routing: routing,
+                             registry: registry, loop: loop, profile: profile)
+        ctx.resetDone = { [unowned self] in resumeWaitingForReset() }
     }
 
-    /// Every event reaches `onEvent` once the job or guest event that caused
-    /// it is done (owner only). What a guest can cause is rate-limited per
-    /// guest (see `GuestLogLimit`).
-    func emit(_ e: Event) {
-        var events = [e]
-        if let d = e.guestCaused, let i = instances[d] {
-            guard let summary = i.logLimit.admit(now: ContinuousClock.now) else { return }
-            if summary > 0 { events.insert(.error(d, "\(summary) more message(s) about dom\(d) suppressed (rate limit)"), at: 0) }
-        }
-        guard let handler = onEvent else { return }
-        loop.later { for ev in events { handler(ev) } }
-    }
+    func emit(_ e: Event) { ctx.emit(e) }
+    func persist() { ctx.persist() }
 
     // MARK: devices (pciback_pci_match / pciback_pci_attach)
 
@@ -153,24 +132,24 @@ public final class PCIBack {
     public func claim(_ access: PCIDeviceAccess) throws -> ClaimedDeviceInfo {
         let a = access.address
         let plan = try loop.sync { [self] () throws -> ClaimPlan in
-            guard devices[a] == nil, !claiming.contains(a) else { throw PCIBackError.refused("\(a): already claimed") }
+            guard !registry.isClaimed(a) else { throw PCIBackError.refused("\(a): already claimed") }
             let plan = try planClaim(access)
-            claiming.insert(a)
+            registry.claiming.insert(a)
             return plan
         }
         let built = Result { try plan.build(access, allowHostDriver: options.allowHostDriverReadOnly) }
         return try loop.sync { [self] () throws -> ClaimedDeviceInfo in
-            claiming.remove(a)
+            registry.claiming.remove(a)
             let d = try built.get()
             try completeClaim(d, plan)
-            devices[a] = d
+            registry.add(d)
             if !d.msixPrepared {
-                do { try prepareMSIX(d) } catch {
+                do { try ctx.prepareMSIX(d) } catch {
                     emit(.error(nil, "\(d.address): prepare MSI-X: \(error) (retried when a guest enables MSI-X)"))
                 }
             }
             persist()
-            return info(d)
+            return d.info
         }
     }
 
@@ -205,36 +184,19 @@ public final class PCIBack {
     /// Refused while a guest has it.
     public func release(_ a: PCIAddress) throws { try releaseAll([a]) }
 
-    public func listing() -> [ClaimedDeviceInfo] { loop.sync { [self] in devices.values.sorted { $0.address < $1.address }.map(info) } }
+    public func listing() -> [ClaimedDeviceInfo] { loop.sync { [self] in registry.sorted.map(\.info) } }
 
-    func info(_ d: ClaimedDevice) -> ClaimedDeviceInfo {
-        var bars: [Int: PCIResource] = [:]
-        for (i, r) in d.bars { bars[i] = r }
-        return ClaimedDeviceInfo(address: d.address, vendorID: d.vendorID, deviceID: d.deviceID,
-                                 subsystemVendorID: d.golden.read16(PCIReg.subsystemVendorID), subsystemID: d.golden.read16(PCIReg.subsystemID),
-                                 classCode: d.golden.classCode, bars: bars, irq: d.access.irq, guest: d.guest,
-                                 guestAddress: d.guestAddress, readOnly: d.readOnly, driver: d.access.driver, text: d.kernfsText())
-    }
-
-    public func statistics() -> [DeviceStatistics] {
-        loop.sync { [self] in
-            devices.values.sorted { $0.address < $1.address }.map { d in
-                DeviceStatistics(address: d.address, guest: d.guest, ops: d.ops, errors: d.errors,
-                                 refusedWrites: d.mediation.refusalReport(d.address), permissive: d.mediation.permissive,
-                                 quirks: d.mediation.quirks)
-            }
-        }
-    }
+    public func statistics() -> [DeviceStatistics] { loop.sync { [self] in registry.statistics() } }
 
     /// Per-guest counters: requests served, spurious events, throttled pauses.
     public func guestStatistics() -> [(domid: DomID, requests: Int, spurious: Int, throttled: Int)] {
-        loop.sync { [self] in instances.values.sorted { $0.domid < $1.domid }.map { ($0.domid, $0.requests, $0.spurious, $0.throttled) } }
+        loop.sync { [self] in connections.values.sorted { $0.domid < $1.domid }.map { ($0.domid, $0.requests, $0.spurious, $0.throttled) } }
     }
 
     /// Adds a quirk to a claimed device (cleared when it leaves its guest).
     public func addQuirk(_ q: PCIQuirk) throws {
         try loop.sync { [self] () throws in
-            guard let d = devices[q.address] else { throw PCIBackError.badDevice("\(q.address): not claimed by pciback") }
+            guard let d = registry[q.address] else { throw PCIBackError.badDevice("\(q.address): not claimed by pciback") }
             try d.mediation.addQuirk(q)
             persist()
         }
@@ -242,7 +204,7 @@ public final class PCIBack {
 
     public func setPermissive(_ a: PCIAddress, _ on: Bool) throws {
         try loop.sync { [self] () throws in
-            guard let d = devices[a] else { throw PCIBackError.badDevice("\(a): not claimed by pciback") }
+            guard let d = registry[a] else { throw PCIBackError.badDevice("\(a): not claimed by pciback") }
             d.mediation.permissive = on
             persist()
         }
@@ -256,7 +218,7 @@ public final class PCIBack {
         try loop.sync { [self] () throws in
             try xs.watch(backendRoot, token: "pciback")
             do { try xs.watch("@releaseDomain", token: "release") } catch { try? xs.unwatch(backendRoot, token: "pciback"); throw error }
-            if let p = recoveryProblem { emit(.error(nil, "saved state unusable: \(p); functions a running guest holds are left alone")) }
+            if let p = registry.recoveryProblem { emit(.error(nil, "saved state unusable: \(p); functions a running guest holds are left alone")) }
             adoptGuests()
         }
         guard options.serviceThread else { return }
@@ -292,30 +254,28 @@ public final class PCIBack {
         if keepGuests {
             loop.sync { [self] in
                 persist()
-                for i in instances.values { disconnect(i) }
-                instances.removeAll()
-                devices.removeAll()
+                for i in connections.values { i.disconnect() }
+                connections.removeAll()
+                registry.removeAll()
             }
         } else {
             loop.sync { [self] in
-                for i in instances.values.sorted(by: { $0.domid < $1.domid }) {
-                    setState(i, .closing)
-                    destroy(i)
+                for i in connections.values.sorted(by: { $0.domid < $1.domid }) {
+                    i.setState(.closing)
+                    forget(i)
                 }
             }
             waitForResets()
             // Every function reset here, on this thread, then released.
-            let list = loop.sync { [self] in
-                devices.values.sorted { $0.address < $1.address }.map { d in d.resetting = true; return d }
-            }
+            let list = loop.sync { [self] in registry.sorted.map { d in d.resetting = true; return d } }
             let results = list.map { d in Result { try d.resetHardware() } }
             loop.sync { [self] in
                 for (d, r) in zip(list, results) {
                     d.resetting = false
                     if case .failure(let error) = r { emit(.error(nil, "\(d.address): reset at shutdown: \(error)")) }
-                    releaseMSIX(d)
+                    ctx.releaseMSIX(d)
                 }
-                devices.removeAll()
+                registry.removeAll()
                 persist()
             }
         }
@@ -333,7 +293,7 @@ public final class PCIBack {
         try? xs.unwatch(backendRoot, token: "pciback")
         try? xs.unwatch("@releaseDomain", token: "release")
         if keepingInterrupts { routing.abandon() } else { routing.close() }
-        gnttab.close()
+        ctx.gnttab.close()
         evtchn.close()
         xs.close()
     }
@@ -347,7 +307,7 @@ public final class PCIBack {
         var served = false, moreWork = false
         while !exiting {
             var timeout: Int32 = -1
-            if let next = deferredUnmask.map(\.at).min() {
+            if let next = ctx.deferredUnmask.map(\.at).min() {
                 let left = ContinuousClock.now.duration(to: next)
                 timeout = left <= .zero ? 0 : Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
             }
@@ -367,7 +327,7 @@ public final class PCIBack {
             // keep requests waiting past pcifront's 2 s (nor the reverse).
             served = false
             var requestBudget = Self.requestsPerTurn
-            while requestBudget > 0, let p = try? evtchn.pending() { loop.step { handleEvent(p) }; served = true; requestBudget -= 1 }
+            while requestBudget > 0, let p = try? evtchn.pending() { loop.step { serve(p) }; served = true; requestBudget -= 1 }
             var watchBudget = Self.watchEventsPerTurn
             while watchBudget > 0, let e = xs.nextWatchEvent() { loop.step { watchFired(e) }; watchBudget -= 1 }
             moreWork = watchBudget == 0 || requestBudget == 0
@@ -380,7 +340,7 @@ public final class PCIBack {
     /// spin ran out. Only the flag words are read: pages are unmapped on
     /// this thread only, so none goes away during the spin.
     private func spinForRequest() -> Bool {
-        let pages = instances.values.compactMap { $0.connected ? $0.shared : nil }
+        let pages = connections.values.compactMap { $0.connected ? $0.shared : nil }
         let end = ContinuousClock.now + options.spinBeforeBlock
         var n = 0
         while ContinuousClock.now < end {
@@ -405,9 +365,9 @@ public final class PCIBack {
         while done < limit {
             var n = loop.owned { loop.runJobs() }
             while let e = xs.nextWatchEvent() { loop.owned { watchFired(e) }; n += 1 }
-            while let p = try? evtchn.pending() { loop.owned { handleEvent(p) }; n += 1 }
+            while let p = try? evtchn.pending() { loop.owned { serve(p) }; n += 1 }
             loop.owned { unmaskDue() }
-            n += deviceWork.runQueued()
+            n += ctx.deviceWork.runQueued()
             if n == 0 { break }
             done += n
         }
@@ -416,21 +376,26 @@ public final class PCIBack {
 
     private func unmaskDue() {
         let now = ContinuousClock.now
-        let due = deferredUnmask.filter { $0.at <= now }
-        deferredUnmask.removeAll { $0.at <= now }
-        for d in due where instance(port: d.port) != nil {
+        let due = ctx.deferredUnmask.filter { $0.at <= now }
+        ctx.deferredUnmask.removeAll { $0.at <= now }
+        for d in due where ctx.connection(port: d.port) != nil {
             try? evtchn.unmask(d.port)
             // Anything that arrived while paused is now delivered again.
         }
     }
 
+    /// An event on a port: the request of the guest bound to it.
+    private func serve(_ p: EvtchnPort) { ctx.connection(port: p)?.evthandler(p) }
+
     // MARK: xenbus (pciback_xenbus_create, the watch callbacks)
 
+    /// Routes a watch event to the connection it concerns.
     private func watchFired(_ e: XenstoreWatchEvent) {
         if e.token == "release" {
-            for i in instances.values where (try? xs.readIfPresent("/local/domain/\(i.domid)/domid")) == nil {
+            for i in connections.values.sorted(by: { $0.domid < $1.domid })
+            where (try? xs.readIfPresent("/local/domain/\(i.domid)/domid")) == nil {
                 emit(.error(i.domid, "dom\(i.domid) is gone: releasing its devices"))
-                destroy(i)
+                forget(i)
                 // What libxl does for the devices it created itself: the
                 // directory of a dead guest goes (a toolstack other than
                 // libxl, like `xenpci attach`, is not around to do it).
@@ -438,8 +403,8 @@ public final class PCIBack {
             }
             return
         }
-        if e.token.hasPrefix("front:"), let d = DomID(e.token.dropFirst(6)), let i = instances[d] {
-            frontendChanged(i)
+        if e.token.hasPrefix("front:"), let d = DomID(e.token.dropFirst(6)), let i = connections[d] {
+            i.frontendChanged()
             return
         }
         guard e.token == "pciback", e.path.hasPrefix(backendRoot + "/") else { return }
@@ -449,40 +414,23 @@ public final class PCIBack {
     }
 
     /// The toolstack changed `backend/pci/<domid>/0`: create, update or
-    /// destroy the guest's instance.
+    /// destroy the guest's connection.
     func backendChanged(_ domid: DomID) {
         let path = "\(backendRoot)/\(domid)/0"
         guard let st = try? xs.readIfPresent(path + "/state") else {
-            if let i = instances[domid] { destroy(i) }
+            if let i = connections[domid] { forget(i) }
             return
         }
-        let i: Instance
-        if let existing = instances[domid] {
-            i = existing
-        } else {
-            guard let created = create(domid, path) else { return }
-            i = created
-        }
+        guard let i = connections[domid] ?? create(domid, path) else { return }
         guard let state = XenState(xenstore: st) else {
-            fatal(i, "backend state '\(st)' is not a xenbus state")
+            i.fatal("backend state '\(st)' is not a xenbus state")
             return
         }
-        i.state = state
-        switch state {
-        case .initialising:
-            setState(i, .initWait)
-            setupBackend(i)
-        case .reconfiguring:
-            // Missed-Connected race: finish the connect before the reconfigure.
-            if !i.connected && i.frontState == .initialised { attach(i) }
-            if i.frontState == .reconfiguring { reconfigure(i) }
-        default:
-            break
-        }
+        i.backendChanged(state)
     }
 
     /// pciback_xenbus_create: read the frontend's location and watch its state.
-    func create(_ domid: DomID, _ path: String) -> Instance? {
+    func create(_ domid: DomID, _ path: String) -> GuestConnection? {
         let expected = "/local/domain/\(domid)/device/pci/0"
         guard let fe = try? xs.readIfPresent(path + "/frontend"), let feid = try? xs.readIfPresent(path + "/frontend-id") else {
             return nil // the toolstack has not finished writing; the next event retries
@@ -492,74 +440,32 @@ public final class PCIBack {
             try? xs.write(path + "/error", "frontend must be \(expected)")
             return nil
         }
-        let i = Instance(domid: domid, backendPath: path, frontendPath: fe)
+        let i = GuestConnection(ctx, domid: domid, backendPath: path, frontendPath: fe)
         do {
             try xs.watch(fe + "/state", token: "front:\(domid)")
         } catch {
             emit(.error(domid, "watch \(fe)/state: \(error)"))
             return nil // nothing was allocated that outlives `i`
         }
-        instances[domid] = i
+        connections[domid] = i
+        ctx.logLimits[domid] = GuestLogLimit()
         return i
     }
 
-    func setState(_ i: Instance, _ s: XenState) {
-        do {
-            try xs.write(i.backendPath + "/state", s.xenstoreValue)
-            i.state = s
-            emit(.backendState(i.domid, s))
-        } catch {
-            emit(.error(i.domid, "write \(i.backendPath)/state: \(error)"))
-        }
+    /// The guest or its directory is gone: its connection releases
+    /// everything (pciback_xenbus_destroy) and is dropped.
+    func forget(_ i: GuestConnection) {
+        i.destroy()
+        connections[i.domid] = nil
+        ctx.logLimits[i.domid] = nil
     }
 
-    /// xenbus_dev_fatal: say why in `error`, go Closing, drop the connection.
-    func fatal(_ i: Instance, _ why: String) {
-        emit(.error(i.domid, why))
-        try? xs.write(i.backendPath + "/error", why)
-        disconnect(i)
-        setState(i, .closing)
+    /// A reset is done: the connections that waited for it go on.
+    func resumeWaitingForReset() {
+        for i in connections.values.sorted(by: { $0.domid < $1.domid }) { i.resumeAfterReset() }
     }
 
-    /// The frontend's state changed (pciback_xenbus_frontend_changed).
-    private func frontendChanged(_ i: Instance) {
-        let raw = (try? xs.readIfPresent(i.frontendPath + "/state")) ?? nil
-        let fs = raw.flatMap(XenState.init(xenstore:)) ?? .unknown
-        let previous = i.frontState
-        i.frontState = fs
-        if fs != previous { emit(.frontendState(i.domid, fs)) }
-        switch fs {
-        case .initialising:
-            // A frontend that closed and starts again (Mini-OS, kexec).
-            if i.state == .closing || i.state == .closed {
-                setState(i, .initWait)
-                setupBackend(i)
-            }
-        case .initialised:
-            // A frontend that closed and attaches again without passing Initialising.
-            if i.state == .closing || i.state == .closed {
-                setState(i, .initWait)
-                setupBackend(i) // attaches and goes Connected: the frontend is ready
-                return
-            }
-            if !i.connected && (i.state == .initialised || i.state == .reconfiguring) { attach(i) }
-            if i.connected && i.state == .initialised { setState(i, .connected) }
-        case .connected:
-            if i.state == .reconfigured { setState(i, .connected) }
-        case .reconfiguring:
-            if i.state == .reconfiguring { reconfigure(i) }
-        case .closing:
-            disconnect(i)
-            setState(i, .closing)
-        case .closed:
-            disconnect(i)
-            quiesceDevices(i)
-            setState(i, .closed)
-        case .unknown:
-            if raw == nil && previous != .unknown { disconnect(i); quiesceDevices(i) }
-        default:
-            break
-        }
-    }
+    /// Waits until no reset is running and what the workers handed back
+    /// is installed.
+    func waitForResets() { ctx.waitForResets() }
 }
-

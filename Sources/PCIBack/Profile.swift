@@ -2,7 +2,7 @@ import Foundation
 
 /// `xenpci backend --profile` (issue 16): where a request's time goes on the
 /// service thread. Monotonic timestamps at four points: poll() returning,
-/// the request taken (handleEvent), the reply ready (before the unmask), the
+/// the request taken (GuestConnection.evthandler), the reply ready (before the unmask), the
 /// notify done. Off by default, each hook is then one load and a branch.
 ///
 /// Phases per request:

@@ -6,29 +6,29 @@ import XenPCIABI
 import CXenPCISoftc
 import PCIHost
 
-/// The op path: pciback_xenbus_evthandler and the dispatch of each command.
-extension PCIBack {
+/// A guest's request path: pciback_xenbus_evthandler and the dispatch of
+/// each command.
+extension GuestConnection {
     /// One event on a guest's port. The request is copied once into the
     /// instance's private `op` (XSA-155); only the copy is read; only `err`,
     /// `value` and the MSI-X vectors are written back.
-    func handleEvent(_ port: EvtchnPort) {
-        guard let i = instance(port: port), let sh = i.shared else { return }
-        let domid = i.domid
-        if i.aerPending && sh.flags & XenPCI.backendActive == 0 {
-            aerCondition.lock(); i.aerDone = true; aerCondition.broadcast(); aerCondition.unlock()
+    func evthandler(_ port: EvtchnPort) {
+        guard let sh = shared else { return }
+        if aerPending && sh.flags & XenPCI.backendActive == 0 {
+            ctx.aerCondition.lock(); aerDone = true; ctx.aerCondition.broadcast(); ctx.aerCondition.unlock()
             if sh.flags & XenPCI.frontendActive == 0 { try? evtchn.unmask(port); return } // the AER answer
         }
         guard sh.flags & XenPCI.frontendActive != 0 else {
-            i.spurious += 1
-            throttle(i, port)
+            spurious += 1
+            throttle(port)
             return
         }
-        i.requests += 1
-        profile.begin()
-        let op = withUnsafeMutablePointer(to: &i.c.pointee.op) { $0 }
+        requests += 1
+        ctx.profile.begin()
+        let op = withUnsafeMutablePointer(to: &c.pointee.op) { $0 }
         sh.snapshotRequest(into: op)
-        let nvec = dispatch(i, op)
-        profile.replied()
+        let nvec = dispatch(op)
+        ctx.profile.replied()
         // Unmasked before the reply is published (issue 9): unmasking after
         // the notify met the woken frontend taking its event under the same
         // event channel lock, a futex wait and wake per request. The next
@@ -36,22 +36,22 @@ extension PCIBack {
         try? evtchn.unmask(port)
         sh.completeRequest(op, msixVectors: nvec)
         do { try evtchn.notify(port) } catch { emit(.error(domid, "notify port \(port): \(error)")) }
-        profile.notified()
+        ctx.profile.notified()
     }
 
     /// XSA-332: a guest that floods events without requests gets its port
     /// left masked for a pause, so it cannot keep this thread busy.
-    private func throttle(_ i: Instance, _ port: EvtchnPort) {
+    private func throttle(_ port: EvtchnPort) {
         let now = ContinuousClock.now
-        if now - i.windowStart > .milliseconds(100) {
-            i.windowStart = now
-            i.spuriousInWindow = 0
+        if now - windowStart > .milliseconds(100) {
+            windowStart = now
+            spuriousInWindow = 0
         }
-        i.spuriousInWindow += 1
-        if i.spuriousInWindow > options.spuriousLimit {
-            i.throttled += 1
-            i.spuriousInWindow = 0
-            deferredUnmask.append((port, now + options.floodPause))
+        spuriousInWindow += 1
+        if spuriousInWindow > options.spuriousLimit {
+            throttled += 1
+            spuriousInWindow = 0
+            ctx.deferredUnmask.append((port, now + options.floodPause))
         } else {
             try? evtchn.unmask(port)
         }
@@ -59,10 +59,10 @@ extension PCIBack {
 
     /// Acts on the private copy; sets op.err (one of the six) and op.value.
     /// Returns how many MSI-X vectors to write back.
-    func dispatch(_ i: Instance, _ op: UnsafeMutablePointer<xen_pci_op>) -> Int {
+    func dispatch(_ op: UnsafeMutablePointer<xen_pci_op>) -> Int {
         var nvec = 0
         let cmd = PCIOpCommand(rawValue: op.pointee.cmd)
-        let d = op.pointee.address.flatMap { exported(i, guest: $0) }
+        let d = op.pointee.address.flatMap { exported(guest: $0) }
         var value: UInt32 = 0
         let err: PCIOpError
         switch cmd {
@@ -78,13 +78,13 @@ extension PCIBack {
         case .confWrite?:
             err = configWrite(d!, op.pointee.offset, op.pointee.size, op.pointee.value)
         case .enableMSI?:
-            (err, value) = enableMSI(i, d!)
+            (err, value) = enableMSI(d!)
         case .disableMSI?:
-            (err, value) = disableMSI(i, d!)
+            (err, value) = disableMSI(d!)
         case .enableMSIX?:
-            (err, nvec) = enableMSIX(i, d!, op)
+            (err, nvec) = enableMSIX(d!, op)
         case .disableMSIX?:
-            (err, value) = disableMSIX(i, d!)
+            (err, value) = disableMSIX(d!)
         }
         if let d, let cmd {
             d.ops[cmd, default: 0] += 1
@@ -122,18 +122,18 @@ extension PCIBack {
     }
 
     /// Refused when MSI is already on or MSI-X is on (XSA-157 sequences).
-    private func enableMSI(_ i: Instance, _ d: ClaimedDevice) -> (PCIOpError, UInt32) {
+    private func enableMSI(_ d: ClaimedDevice) -> (PCIOpError, UInt32) {
         guard !d.readOnly, d.mediation.capability(.msi) != nil, d.msiPirqs.isEmpty, d.msixPirqs.isEmpty,
               !d.mediation.isEnabled(.msi), !d.mediation.isEnabled(.msix) else { return (.opFailed, 0) }
         do {
-            let pirq = try routing.mapMSI(device: d.address, guest: i.domid)
+            let pirq = try routing.mapMSI(device: d.address, guest: domid)
             d.msiPirqs = [pirq]
             try d.mediation.setEnable(.msi, true)
-            emit(.notice(i.domid, "\(d.address): MSI on: pirq \(pirq)"))
+            emit(.notice(domid, "\(d.address): MSI on: pirq \(pirq)"))
             return (.success, pirq)
         } catch {
-            emit(.error(i.domid, "\(d.address): enable MSI: \(error)"))
-            releaseInterrupts(i, d)
+            emit(.error(domid, "\(d.address): enable MSI: \(error)"))
+            releaseInterrupts(d)
             return (.opFailed, 0)
         }
     }
@@ -144,14 +144,14 @@ extension PCIBack {
     /// with MSI off and MSI-X vectors mapped this disables MSI-X: otherwise a
     /// driver that frees its vectors and asks again (nvme at probe, any
     /// unbind and bind) would find MSI-X still on and be refused.
-    private func disableMSI(_ i: Instance, _ d: ClaimedDevice) -> (PCIOpError, UInt32) {
-        if d.msiPirqs.isEmpty && !d.msixPirqs.isEmpty { return disableMSIX(i, d) }
+    private func disableMSI(_ d: ClaimedDevice) -> (PCIOpError, UInt32) {
+        if d.msiPirqs.isEmpty && !d.msixPirqs.isEmpty { return disableMSIX(d) }
         if !d.msiPirqs.isEmpty {
-            for p in d.msiPirqs { try? routing.unmapPirq(p, guest: i.domid) }
+            for p in d.msiPirqs { try? routing.unmapPirq(p, guest: domid) }
             d.msiPirqs = []
             try? d.mediation.setEnable(.msi, false)
         }
-        return (.success, UInt32(max(0, d.access.irq)))
+        return (.success, UInt32(max(0, d.irq)))
     }
 
     /// `value` = nvec in (1...128, within the table), entries unique and in
@@ -159,10 +159,10 @@ extension PCIBack {
     /// (the PF's for a VF; XSA-157). Exactly the entries asked for are
     /// mapped, in order. On success `value` is 0 (pcifront reads non-zero as
     /// error).
-    private func enableMSIX(_ i: Instance, _ d: ClaimedDevice, _ op: UnsafeMutablePointer<xen_pci_op>) -> (PCIOpError, Int) {
+    private func enableMSIX(_ d: ClaimedDevice, _ op: UnsafeMutablePointer<xen_pci_op>) -> (PCIOpError, Int) {
         let nvec = Int(op.pointee.value)
         func refuse(_ why: String) -> (PCIOpError, Int) {
-            emit(.error(i.domid, "\(d.address): enable MSI-X refused: \(why)"))
+            emit(.error(domid, "\(d.address): enable MSI-X refused: \(why)"))
             return (.opFailed, 0)
         }
         guard !d.readOnly, let cap = d.mediation.capability(.msix) else { return refuse("no MSI-X capability the guest may use") }
@@ -186,8 +186,8 @@ extension PCIBack {
         }
         do {
             let base = try msixTableBAR(d, cap, tableSize)
-            if !d.msixPrepared { try prepareMSIX(d) }
-            let pirqs = try routing.mapMSIX(device: d.address, guest: i.domid, entries: entries, tableBase: base)
+            if !d.msixPrepared { try ctx.prepareMSIX(d) }
+            let pirqs = try routing.mapMSIX(device: d.address, guest: domid, entries: entries, tableBase: base)
             d.msixPirqs = pirqs
             guard pirqs.count == nvec, pirqs.allSatisfy({ $0 <= UInt32(UInt16.max) }) else {
                 throw PCIBackError.hardware("pirqs \(pirqs) for \(nvec) vectors (each must fit 16 bits)")
@@ -198,11 +198,11 @@ extension PCIBack {
                 op.pointee.setMSIXEntry(n, e)
             }
             try d.mediation.setEnable(.msix, true)
-            emit(.notice(i.domid, "\(d.address): MSI-X on: entries \(entries) -> pirqs \(pirqs)"))
+            emit(.notice(domid, "\(d.address): MSI-X on: entries \(entries) -> pirqs \(pirqs)"))
             return (.success, nvec)
         } catch {
-            emit(.error(i.domid, "\(d.address): enable MSI-X: \(error)"))
-            releaseInterrupts(i, d)
+            emit(.error(domid, "\(d.address): enable MSI-X: \(error)"))
+            releaseInterrupts(d)
             return (.opFailed, 0)
         }
     }
@@ -223,99 +223,12 @@ extension PCIBack {
         return res[bir].start
     }
 
-    /// Xen learns a function's MSI-X table only from dom0
-    /// (PHYSDEVOP_prepare_msix, as Linux's pciback does when it takes a
-    /// function); without it mapping a vector for a guest fails (ENODATA).
-    /// Xen reads the table's BAR with memory decoding on: a function's own
-    /// decode is turned on for the call if it was off (a VF's follows its PF).
-    func prepareMSIX(_ d: ClaimedDevice) throws {
-        guard !d.readOnly, !d.msixPrepared, d.mediation.capability(.msix) != nil else { return }
-        let a = d.access
-        let cmd = UInt16(truncatingIfNeeded: try a.readConfig(PCIReg.command, 2))
-        let turnOn = !a.isVirtualFunction && cmd & PCICommand.memory == 0
-        if turnOn { try a.writeConfig(PCIReg.command, 2, UInt32(cmd | PCICommand.memory)) }
-        defer { if turnOn { try? a.writeConfig(PCIReg.command, 2, UInt32(cmd)) } }
-        try routing.prepareMSIX(device: d.address)
-        d.msixPrepared = true
-    }
-
-    /// Undoes prepareMSIX once no vector is mapped (release, shutdown).
-    func releaseMSIX(_ d: ClaimedDevice) {
-        guard d.msixPrepared else { return }
-        do { try routing.releaseMSIX(device: d.address); d.msixPrepared = false } catch {
-            emit(.error(d.guest, "\(d.address): release MSI-X: \(error)"))
-        }
-    }
-
-    private func disableMSIX(_ i: Instance, _ d: ClaimedDevice) -> (PCIOpError, UInt32) {
+    private func disableMSIX(_ d: ClaimedDevice) -> (PCIOpError, UInt32) {
         if !d.msixPirqs.isEmpty {
-            for p in d.msixPirqs { try? routing.unmapPirq(p, guest: i.domid) }
+            for p in d.msixPirqs { try? routing.unmapPirq(p, guest: domid) }
             d.msixPirqs = []
             try? d.mediation.setEnable(.msix, false)
         }
-        return (.success, UInt32(max(0, d.access.irq)))
-    }
-
-    // MARK: AER
-
-    /// PCI channel states as `aer_op.err` carries them to the guest.
-    public enum ChannelState: Int32, Sendable { case normal = 1, frozen = 2, permanentFailure = 3 }
-
-    /// Runs the bit-2 handshake for an error on a host device: the guest's
-    /// handler answers within `timeout` (default: options.aerTimeout).
-    /// Without an AER handler the guest cannot recover: `aerState` =
-    /// `aerfail` asks the toolstack to stop it.
-    public func raiseAER(_ host: PCIAddress, _ cmd: PCIOpCommand, channel: ChannelState = .normal, timeout: Duration? = nil) throws -> Int32 {
-        guard [.aerDetected, .aerResume, .aerMMIO, .aerSlotReset].contains(cmd) else {
-            throw PCIBackError.refused("\(cmd) is not an AER request")
-        }
-        // Posted and notified by the service thread, which owns the page;
-        // this thread waits for the answer.
-        let (i, sh): (Instance, SharedPage) = try loop.sync { [self] () throws -> (Instance, SharedPage) in
-            guard let d = devices[host] else { throw PCIBackError.badDevice("\(host): not claimed by pciback") }
-            guard let g = d.guest, let i = instances[g], let v = d.guestAddress else {
-                throw PCIBackError.notConnected("\(host): not exported to any guest")
-            }
-            guard let sh = i.shared, let port = i.port else { throw PCIBackError.notConnected("\(host): dom\(g)'s frontend is not connected") }
-            guard sh.flags & XenPCI.aerHandler != 0 else {
-                try? xs.write(i.backendPath + "/aerState", "aerfail")
-                throw PCIBackError.refused("\(host): dom\(g) has no AER handler: asked the toolstack to stop it (aerState=aerfail)")
-            }
-            guard !i.aerPending else { throw PCIBackError.refused("\(host): an AER request to dom\(g) is already in progress") }
-            var op = xen_pcie_aer_op()
-            op.cmd = cmd.rawValue
-            op.err = channel.rawValue
-            op.domain = UInt32(v.segment)
-            op.bus = UInt32(v.bus)
-            op.devfn = UInt32(v.devfn)
-            i.aerPending = true
-            i.aerDone = false
-            sh.postAER(op)
-            try? evtchn.notify(port)
-            return (i, sh)
-        }
-        defer { loop.sync { i.aerPending = false } }
-        let deadline = ContinuousClock.now + (timeout ?? options.aerTimeout)
-        // The page is read by the service thread, and only while the guest
-        // is connected: a disconnect there unmaps it.
-        func answered() -> Bool? { loop.sync { i.connected && i.shared?.pointer == sh.pointer ? sh.flags & XenPCI.backendActive == 0 : nil } }
-        // Woken by the answer's event or a disconnect, else every 50 ms; a
-        // guest that sets the bit again itself gets no busy loop.
-        while let done = answered(), !done, ContinuousClock.now < deadline {
-            aerCondition.lock()
-            if !i.aerDone { _ = aerCondition.wait(until: Date().addingTimeInterval(0.05)) }
-            i.aerDone = false
-            aerCondition.unlock()
-        }
-        return try loop.sync { () throws -> Int32 in
-            guard i.connected, i.shared?.pointer == sh.pointer else {
-                throw PCIBackError.notConnected("\(host): the frontend disconnected during the AER request")
-            }
-            if sh.flags & XenPCI.backendActive != 0 {
-                sh.clearFlags(XenPCI.backendActive) // a late answer must not be read as the next one
-                throw PCIBackError.timeout("\(host): dom\(i.domid) did not answer the \(cmd) request in time")
-            }
-            return sh.snapshotAER().err
-        }
+        return (.success, UInt32(max(0, d.irq)))
     }
 }

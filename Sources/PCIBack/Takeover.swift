@@ -14,15 +14,15 @@ extension PCIBack {
     /// `completeClaim` (owner: interrupts and options taken over).
     func planClaim(_ access: PCIDeviceAccess) throws -> ClaimPlan {
         let a = access.address
-        let saved = recovered.removeValue(forKey: a)
+        let saved = registry.takeSaved(a)
         // Nobody uses it: a fresh claim. Pirqs of a guest that is gone went
         // with it; an MSI-X table the previous backend prepared is ours.
         guard let holder = holder(of: a) else { return ClaimPlan(saved: saved, adoption: nil) }
-        guard let store else {
+        guard let store = registry.store else {
             throw PCIBackError.refused("\(a): dom\(holder) is using it and no state file was given: left alone, not reset")
         }
         guard let saved else {
-            let why = recoveryProblem ?? "\(store.location) has no state for it"
+            let why = registry.recoveryProblem ?? "\(store.location) has no state for it"
             throw PCIBackError.refused("\(a): dom\(holder) is using it and \(why): left alone, not reset")
         }
         guard let golden = saved.goldenSpace, golden.size == access.configSize else {
@@ -57,7 +57,7 @@ extension PCIBack {
             let p = "\(backendRoot)/\(domid)/0"
             guard let st = (try? xs.readIfPresent(p + "/state")) ?? nil, let s = XenState(xenstore: st),
                   s != .closed, s != .closing, s != .initialising,
-                  let num = ((try? xs.readIfPresent(p + "/num_devs")) ?? nil).flatMap({ XenstoreValue.decimal($0, max: Self.maxDevices) }) else { continue }
+                  let num = ((try? xs.readIfPresent(p + "/num_devs")) ?? nil).flatMap({ XenstoreValue.decimal($0, max: GuestConnection.maxDevices) }) else { continue }
             for n in 0..<Int(num) {
                 guard ((try? xs.readIfPresent(p + "/dev-\(n)")) ?? nil).flatMap(XSValue.hostAddress) == a else { continue }
                 let ds = (try? xs.readIfPresent(p + "/state-\(n)")) ?? nil
@@ -73,16 +73,16 @@ extension PCIBack {
     /// it posted while no backend ran is answered.
     func adoptGuests() {
         for name in (try? xs.directory(backendRoot)) ?? [] {
-            guard let domid = XenstoreValue.decimal(name, max: 0x7FEF).map(DomID.init), instances[domid] == nil else { continue }
+            guard let domid = XenstoreValue.decimal(name, max: 0x7FEF).map(DomID.init), connections[domid] == nil else { continue }
             let path = "\(backendRoot)/\(domid)/0"
             guard let st = (try? xs.readIfPresent(path + "/state")) ?? nil, let state = XenState(xenstore: st) else { continue }
             switch state {
             case .initialised, .connected, .reconfiguring, .reconfigured:
                 // Only a guest we hold a function of: one whose functions were
                 // refused (left alone) is not ours to attach to, nor to close.
-                let num0 = ((try? xs.readIfPresent(path + "/num_devs")) ?? nil).flatMap { XenstoreValue.decimal($0, max: Self.maxDevices) } ?? 0
+                let num0 = ((try? xs.readIfPresent(path + "/num_devs")) ?? nil).flatMap { XenstoreValue.decimal($0, max: GuestConnection.maxDevices) } ?? 0
                 let ours = (0..<Int(num0)).contains { n in
-                    ((try? xs.readIfPresent(path + "/dev-\(n)")) ?? nil).flatMap(XSValue.hostAddress).map { devices[$0]?.adoption?.guest == domid } ?? false
+                    ((try? xs.readIfPresent(path + "/dev-\(n)")) ?? nil).flatMap(XSValue.hostAddress).map { registry[$0]?.adoption?.guest == domid } ?? false
                 }
                 guard ours else {
                     emit(.notice(domid, "\(path): \(state), but none of its functions is held here: left alone"))
@@ -92,36 +92,22 @@ extension PCIBack {
                 i.state = state
                 let fs = ((try? xs.readIfPresent(i.frontendPath + "/state")) ?? nil).flatMap(XenState.init(xenstore:)) ?? .unknown
                 i.frontState = fs
-                let num = ((try? xs.readIfPresent(path + "/num_devs")) ?? nil).flatMap { XenstoreValue.decimal($0, max: Self.maxDevices) } ?? 0
+                let num = ((try? xs.readIfPresent(path + "/num_devs")) ?? nil).flatMap { XenstoreValue.decimal($0, max: GuestConnection.maxDevices) } ?? 0
                 for n in 0..<Int(num) {
                     let ds = (try? xs.readIfPresent(path + "/state-\(n)")) ?? nil
                     if ds == XenState.closing.xenstoreValue || ds == XenState.closed.xenstoreValue { continue }
-                    if let h = hostAddress(i, n), devices[h]?.guest == nil, devices[h] != nil { export(i, n) }
+                    if let h = i.hostAddress(n), let d = registry[h], d.guest == nil { i.exportDevice(n) }
                 }
-                i.roots = computeRoots(i)
+                i.roots = i.computeRoots()
                 if [.initialised, .connected, .reconfiguring, .reconfigured].contains(fs) {
-                    attach(i)
-                    emit(.notice(domid, "taken over: \(exported(i).count) function(s), frontend \(fs), backend \(state) (no state change)"))
-                    if let port = i.port, let sh = i.shared, sh.flags & XenPCI.frontendActive != 0 { handleEvent(port) }
+                    i.attach()
+                    emit(.notice(domid, "taken over: \(i.exported.count) function(s), frontend \(fs), backend \(state) (no state change)"))
+                    if let port = i.port, let sh = i.shared, sh.flags & XenPCI.frontendActive != 0 { i.evthandler(port) }
                 }
             default:
                 backendChanged(domid) // Initialising, InitWait, Closing, Closed: the usual path
             }
         }
-    }
-
-    /// Saves what a restarted backend needs (every change of ownership,
-    /// pirqs or grants calls this; the file is replaced atomically).
-    func persist() {
-        guard let store else { return }
-        var s = PersistedState()
-        for d in devices.values.sorted(by: { $0.address < $1.address }) where !d.readOnly {
-            s.devices.append(.init(address: d.address.description, golden: PersistedState.Device.hexString(d.golden),
-                                   msixPrepared: d.msixPrepared, guest: d.guest, guestAddress: d.guestAddress?.description,
-                                   msiPirqs: d.msiPirqs, msixPirqs: d.msixPirqs, permissive: d.mediation.permissive,
-                                   quirks: d.mediation.quirks.map(\.description)))
-        }
-        do { try store.save(s) } catch { emit(.error(nil, "saving state: \(error)")) }
     }
 }
 

@@ -66,25 +66,46 @@ struct DeterministicTests {
         let f = try RawFrontend(h)
         try f.connect()
         h.back.drain()
-        let i = try #require(h.back.instances[1])
+        let i = try #require(h.back.connections[1])
         let list = i.deviceList.map(ClaimedDevice.address(of:))
         #expect(Set(list) == [Fixture.e1000, Fixture.ahci])
         for a in [Fixture.e1000, Fixture.ahci] {
-            let d = try #require(h.back.devices[a])
+            let d = try #require(h.back.registry[a])
             #expect(d.pb.pointee.pbx_instance == i.c, "\(a): owner pointer")
             #expect(d.guest == 1)
         }
         #expect(i.c.pointee.pbx_evtchn != 0 && i.port == i.c.pointee.pbx_evtchn)
         #expect(i.c.pointee.pbx_sh_info != nil)
         // Unlinking a device in the C list is what takes it from the guest.
-        let d = try #require(h.back.devices[Fixture.ahci])
+        let d = try #require(h.back.registry[Fixture.ahci])
         i.unlink(d)
         #expect(d.guest == nil)
-        #expect(h.back.exported(i).map(\.address) == [Fixture.e1000])
+        #expect(i.exported.map(\.address) == [Fixture.e1000])
         i.link(d)
         f.close()
         h.shutdown()
         #expect(h.hv.leaks().isEmpty, "leaks: \(h.hv.leaks())")
+    }
+
+    @Test("list and the kernfs text read each function's pciback_pci_softc: ids, subsystem ids, BARs and irq")
+    func softcIsReadForListing() throws {
+        let h = try Harness(options: Self.manual())
+        try h.claim(Fixture.e1000)
+        let d = try #require(h.back.registry[Fixture.e1000])
+        let before = try #require(h.back.listing().first)
+        #expect(before.vendorID == 0x8086 && before.irq == d.access.irq)
+        #expect(d.softcBARs.map(\.index) == before.bars.keys.filter { $0 < 6 }.sorted())
+        // A change in the softc shows; a Swift copy would not.
+        d.sc.pointee.sc_id = 0xBEEF_1234
+        d.sc.pointee.sc_subid = 0x5678_9ABC
+        d.sc.pointee.sc_irq = 77
+        withUnsafeMutableBytes(of: &d.sc.pointee.sc_bars) { $0.bindMemory(to: pci_bar.self)[0].b_size = 0x40 }
+        let after = try #require(h.back.listing().first)
+        #expect(after.vendorID == 0x1234 && after.deviceID == 0xBEEF)
+        #expect(after.subsystemVendorID == 0x9ABC && after.subsystemID == 0x5678)
+        #expect(after.irq == 77)
+        #expect(after.text.contains("irq 77") && after.text.contains("(size 0x40)"), "\(after.text)")
+        h.shutdown()
     }
 }
 

@@ -5,14 +5,17 @@ import CXenPCI
 import XenPCIABI
 import CXenPCISoftc
 
-/// One guest's connection: NetBSD's `pb_xenbus_instance`, the state of
-/// record for what it holds. The C struct holds the domid, the bound port,
-/// the mapped shared page and its grant handle, the private copy of the
-/// request being served and the guest's device list; what is read of them
-/// is read there. Swift adds what NetBSD keeps elsewhere (xenbus paths and
-/// states, flood and log counters) and nothing the struct already has.
-final class Instance {
+/// One guest's connection: its xenbus state machine (`Xenbus.swift`) and
+/// its request path (`Requests.swift`), run against NetBSD's
+/// `pb_xenbus_instance`, the state of record for what the guest holds. The
+/// C struct holds the domid, the bound port, the mapped shared page and its
+/// grant handle, the private copy of the request being served and the
+/// guest's device list; what is read of them is read there. Swift adds what
+/// NetBSD keeps elsewhere (xenbus paths and states, flood counters) and
+/// nothing the struct already has.
+final class GuestConnection {
     let c: UnsafeMutablePointer<pb_xenbus_instance>
+    unowned let ctx: BackendContext
     let domid: DomID
     let backendPath: String      // /local/domain/<be>/backend/pci/<domid>/0
     let frontendPath: String     // /local/domain/<domid>/device/pci/0
@@ -28,16 +31,25 @@ final class Instance {
     var requests = 0
     var spurious = 0
     var throttled = 0
-    /// Log lines this guest can cause, per window.
-    var logLimit = GuestLogLimit()
     /// A function to export is still being reset after its previous guest:
-    /// the connect or reconfigure waits for it (see `exportWhenReset`).
+    /// the connect or reconfigure waits for it (see `waitsForReset`).
     var waitingForReset = false
     // AER handshake in progress.
     var aerPending = false
     var aerDone = false
 
-    init(domid: DomID, backendPath: String, frontendPath: String) {
+    // What the connection works with (the context's, named as NetBSD's code names them).
+    var xs: XenStore { ctx.xs }
+    var evtchn: EventChannels { ctx.evtchn }
+    var gnttab: GrantTable { ctx.gnttab }
+    var routing: InterruptRouting { ctx.routing }
+    var registry: DeviceRegistry { ctx.registry }
+    var options: PCIBack.Options { ctx.options }
+    func emit(_ e: PCIBack.Event) { ctx.emit(e) }
+    func persist() { ctx.persist() }
+
+    init(_ ctx: BackendContext, domid: DomID, backendPath: String, frontendPath: String) {
+        self.ctx = ctx
         self.domid = domid
         self.backendPath = backendPath
         self.frontendPath = frontendPath
