@@ -107,7 +107,7 @@ backend_counts() {
 # dom0's clock: from the attach command to the guest's "e1000 bound" line
 # read from its console (xenconsoled's log, looked at every 20 ms).
 run() {
-    local kind=$1 n=$2 g=xt-s4-$1-$2 domid be drv r p x i prof t0 t1 cmd c0 c1 sc=""
+    local kind=$1 n=$2 g=xt-s4-$1-$2 domid be drv r p x i prof t0 t1 cmd c0 c1 sc="" to
     if [ "$kind" = ours ]; then
         # Exit 3: no run of ours can follow; the pairs so far are reported.
         pciback_off || { note "ours run $n: Linux's xen-pciback cannot be unloaded (refcount $(cat /sys/module/xen_pciback/refcnt 2>/dev/null))"; exit 3; }
@@ -147,6 +147,7 @@ run() {
     fi
     r=$(wait_guest $g '^@@XT rate ' $((RATE + 120))) || fail "$kind run $n: no config-read rate from the guest"
     p=$(wait_guest $g '^@@XT perop ' 20)
+    to=$(wait_guest $g '^@@XT perf timeouts ' 20)
     if [ "$kind" = ours ] && c1=$(backend_counts) && [ -n "$c0" ]; then
         # Per request over the guest's reads (from e1000 bound to its rate line).
         sc=$(awk -v a="$c0" -v b="$c1" -v q="$(( $(field ops "$r") + 64 ))" 'BEGIN { split(a, x, " "); split(b, y, " ")
@@ -159,7 +160,7 @@ run() {
         fi
         [ -n "$sc" ] && [ "$n" != profiled ] && echo "$sc" >> /tmp/xt/s4-percall
     fi
-    ev "run $n $kind (served by $drv): ${r#@@XT rate } ${x#*dev=* }; per-op ${p#@@XT perop us }" >&2
+    ev "run $n $kind (served by $drv): ${r#@@XT rate } ${x#*dev=* }; per-op ${p#@@XT perop us }; pcifront timeouts $(field n " $to")" >&2
     xl destroy $g 2>/dev/null
     i=0; while { [ -e $be ] || xenstore-exists /local/domain/0/backend/pci/$domid; } && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
     if [ "$kind" = ours ]; then
