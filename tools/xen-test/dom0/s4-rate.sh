@@ -86,6 +86,18 @@ next_line() {
     return 1
 }
 
+# backend_counts: "READS WRITES SWITCHES" of our running backend: its
+# read-like and write-like system calls (/proc/PID/io syscr, syscw: read,
+# pread, write ...; poll and ioctl are not counted there) and its threads'
+# context switches. Taken when the guest says e1000 is bound (it then waits
+# 2 s before reading) and after its rate line: in between, our backend
+# serves the guest's 64 reads of `wc -c` and its OPS, nothing else.
+backend_counts() {
+    local pid
+    pid=$(cat "$PIDS/backend.pid" 2>/dev/null) || return 1
+    echo "$(awk '/^syscr:/ { r = $2 } /^syscw:/ { w = $2 } END { print r + 0, w + 0 }' /proc/$pid/io 2>/dev/null) $(cat /proc/$pid/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches:/ { s += $2 } END { print s + 0 }')"
+}
+
 # run KIND N: one guest, one measurement. Prints "OPS CONNECT_MS PEROP_P50
 # ATTACH_MS" on stdout (evidence on stderr); fails with the reason.
 # The guest is created without the device and booted; then the device is
@@ -95,7 +107,7 @@ next_line() {
 # dom0's clock: from the attach command to the guest's "e1000 bound" line
 # read from its console (xenconsoled's log, looked at every 20 ms).
 run() {
-    local kind=$1 n=$2 g=xt-s4-$1-$2 domid be drv r p x i prof t0 t1 cmd
+    local kind=$1 n=$2 g=xt-s4-$1-$2 domid be drv r p x i prof t0 t1 cmd c0 c1 sc="" to
     if [ "$kind" = ours ]; then
         # Exit 3: no run of ours can follow; the pairs so far are reported.
         pciback_off || { note "ours run $n: Linux's xen-pciback cannot be unloaded (refcount $(cat /sys/module/xen_pciback/refcnt 2>/dev/null))"; exit 3; }
@@ -118,6 +130,7 @@ run() {
     next_line '^@@XT perf (bound|unbound)' 240 || fail "$kind run $n: e1000 did not bind in the guest within 240 s of $cmd"
     x=$LINE
     exec 9<&-
+    [ "$kind" = ours ] && c0=$(backend_counts)
     [[ $x == *" bound "* ]] || fail "$kind run $n: e1000 did not bind in the guest"
     x="$x attach_cmd_ms=$(ms_between $t0 $t1) attach_to_bound_ms=$(ms_between $t0 $LINE_T)"
     # Who served this run: never a mislabelled figure.
@@ -134,7 +147,20 @@ run() {
     fi
     r=$(wait_guest $g '^@@XT rate ' $((RATE + 120))) || fail "$kind run $n: no config-read rate from the guest"
     p=$(wait_guest $g '^@@XT perop ' 20)
-    ev "run $n $kind (served by $drv): ${r#@@XT rate } ${x#*dev=* }; per-op ${p#@@XT perop us }" >&2
+    to=$(wait_guest $g '^@@XT perf timeouts ' 20)
+    if [ "$kind" = ours ] && c1=$(backend_counts) && [ -n "$c0" ]; then
+        # Per request over the guest's reads (from e1000 bound to its rate line).
+        sc=$(awk -v a="$c0" -v b="$c1" -v q="$(( $(field ops "$r") + 64 ))" 'BEGIN { split(a, x, " "); split(b, y, " ")
+            if (q > 64) printf "%.2f %.2f %.2f %d", (y[1] - x[1]) / q, (y[2] - x[2]) / q, (y[3] - x[3]) / q, q }')
+        if [ -n "$sc" ]; then
+            set -- $sc
+            ev "run $n ours: backend per request over $4 requests: $1 read-like + $2 write-like system calls, $3 context switches" >&2
+        else
+            ev "run $n ours: backend counts not usable: before '$c0', after '$c1'" >&2
+        fi
+        [ -n "$sc" ] && [ "$n" != profiled ] && echo "$sc" >> /tmp/xt/s4-percall
+    fi
+    ev "run $n $kind (served by $drv): ${r#@@XT rate } ${x#*dev=* }; per-op ${p#@@XT perop us }; pcifront timeouts $(field n " $to")" >&2
     xl destroy $g 2>/dev/null
     i=0; while { [ -e $be ] || xenstore-exists /local/domain/0/backend/pci/$domid; } && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
     if [ "$kind" = ours ]; then
@@ -149,7 +175,7 @@ run() {
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "none"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-: > /tmp/xt/s4-ratios; : > /tmp/xt/s4-attach; : > /tmp/xt/s4-ours; : > /tmp/xt/s4-attach-cmd
+: > /tmp/xt/s4-ratios; : > /tmp/xt/s4-attach; : > /tmp/xt/s4-ours; : > /tmp/xt/s4-attach-cmd; : > /tmp/xt/s4-percall
 syscalls before the pairs
 k=1 last=150
 while [ $k -le "$PAIRS" ]; do
@@ -177,6 +203,7 @@ ev "ratio (median of $N interleaved pairs): $M"
 ev "connect->bound time ours/Linux (median of $N pairs): $(median < /tmp/xt/s4-attach)"
 ev "attach->bound time ours/Linux (median of $N pairs): $(median < /tmp/xt/s4-attach-cmd)"
 syscalls after the pairs
+[ -s /tmp/xt/s4-percall ] && ev "our backend per request (median of $(wc -l < /tmp/xt/s4-percall) runs): $(cut -d' ' -f1 /tmp/xt/s4-percall | median) read-like + $(cut -d' ' -f2 /tmp/xt/s4-percall | median) write-like system calls (with poll and the notify ioctl, not counted there), $(cut -d' ' -f3 /tmp/xt/s4-percall | median) context switches"
 if [ "$N" -ge "$PAIRS" ] && [ $(( T_END - $(date +%s) )) -gt $(( last * 3 / 4 )) ]; then
     o=$(PROFILE=1 run ours profiled) || exit 1
     ev "profiled run of ours: ${o%% *} config ops/s (unprofiled ours, median: $(cut -d' ' -f1 /tmp/xt/s4-ours | median))"
