@@ -12,6 +12,8 @@ public protocol EventChannels: AnyObject {
     func notify(_ port: EvtchnPort) throws
     /// The next pending port, without blocking.
     func pending() throws -> EvtchnPort?
+    /// Up to `max` pending ports, without blocking (see the extension).
+    func pendingBatch(max: Int) throws -> [EvtchnPort]
     func unmask(_ port: EvtchnPort) throws
     func unbind(_ port: EvtchnPort) throws
     var fileDescriptor: Int32 { get }
@@ -20,6 +22,14 @@ public protocol EventChannels: AnyObject {
 }
 
 extension EventChannels {
+    /// Up to `max` pending ports, without blocking; empty when none. A
+    /// binding that can take several in one system call overrides this.
+    public func pendingBatch(max: Int) throws -> [EvtchnPort] {
+        var out: [EvtchnPort] = []
+        while out.count < max, let p = try pending() { out.append(p) }
+        return out
+    }
+
     /// Waits up to `timeout` (nil: forever) for a pending port.
     public func wait(timeout: Duration?) throws -> EvtchnPort? {
         if let p = try pending() { return p }

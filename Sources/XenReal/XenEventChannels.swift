@@ -73,6 +73,24 @@ public final class XenEventChannels: EventChannels, @unchecked Sendable {
         }
     }
 
+    /// Every port the device has ready, up to `max`, in one read(2) of its
+    /// fd (Linux's evtchn device returns as many 4-byte ports as the buffer
+    /// holds); libxenevtchn's pending reads one per call, and in a PV dom0
+    /// each system call goes through Xen (docs/PERFORMANCE.md, issue 16).
+    public func pendingBatch(max: Int) throws -> [EvtchnPort] {
+        guard max > 0 else { return [] }
+        _ = try h("xenevtchn_pending", "")
+        var buf = [UInt32](repeating: 0, count: max)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fileDescriptor, $0.baseAddress, $0.count) }
+            if n >= 0 { return buf.prefix(n / MemoryLayout<UInt32>.size).map { EvtchnPort($0) } }
+            let e = errno
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return [] }
+            throw XenError(e, "xenevtchn_pending", "read of \(max) ports")
+        }
+    }
+
     public func unmask(_ port: EvtchnPort) throws {
         let h = try h("xenevtchn_unmask", "port \(port)")
         try xenCall("xenevtchn_unmask", "port \(port)") { xenpci_evtchn.xenevtchn_unmask!(h, port) }
