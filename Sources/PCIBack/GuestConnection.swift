@@ -38,7 +38,7 @@ final class GuestConnection {
     var aerPending = false
     var aerDone = false
 
-    // What the connection works with (the context's, named as NetBSD's code names them).
+    // Shorthands for what the connection works with (the context's).
     var xs: XenStore { ctx.xs }
     var evtchn: EventChannels { ctx.evtchn }
     var gnttab: GrantTable { ctx.gnttab }
