@@ -183,8 +183,17 @@ backend_start() { # extra args; HIDE= overrides the hide list
     note "xenpci backend --hypervisor xen --hide '$hide' $*"
     "$XENPCI" backend --hypervisor xen --hide "$hide" "$@" > /tmp/xt/backend.log 2>&1 &
     echo $! > "$PIDS/backend.pid"
-    sleep 3
-    kill -0 "$(cat "$PIDS/backend.pid")" 2>/dev/null || { sed 's/^/  backend: /' /tmp/xt/backend.log; fail "xenpci backend exited at start"; }
+    # Ready once it says it runs (after its claims and takeovers): starting
+    # a large static executable in a PV dom0 under TCG took from 3 s to over
+    # 30 s on a loaded host, so a fixed wait raced the checks that follow.
+    local i=0 pid
+    pid=$(cat "$PIDS/backend.pid")
+    while ! grep -q 'running on Xen' /tmp/xt/backend.log 2>/dev/null && kill -0 "$pid" 2>/dev/null && [ $i -lt 240 ]; do
+        sleep 0.5; i=$((i + 1))
+    done
+    kill -0 "$pid" 2>/dev/null || { sed 's/^/  backend: /' /tmp/xt/backend.log; fail "xenpci backend exited at start"; }
+    grep -q 'running on Xen' /tmp/xt/backend.log || fail "xenpci backend not running 120 s after its start: $(tail -n 3 /tmp/xt/backend.log | tr '\n' ' ')"
+    note "backend ready after $((i / 2)) s"
 }
 backend_stop() { # SIGTERM; returns the exit code (fails after 20 s)
     local pid i=0 rc
