@@ -84,7 +84,7 @@ final class MockEventChannels: MockHandle, EventChannels, @unchecked Sendable {
     /// Called with the lock held by the delivering side.
     func deliver(_ port: EvtchnPort) {
         ready.append(port)
-        signal.raise()
+        signal.raise(hv)
     }
 
     func pending() throws -> EvtchnPort? {
