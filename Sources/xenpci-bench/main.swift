@@ -391,7 +391,7 @@ for f in figures {
 // medians of the runs' CPU per round trip, both threads of each side).
 do {
     let du = median(oursUser) - median(cEventUser), ds = median(oursSystem) - median(cEventSystem)
-    print(String(format: "event-driven round trip: %.2fx C eventfd (target <= 1.1x: %@), %.0f ns against %.0f ns; CPU per round trip ours %.0f ns user + %.0f ns system, C %.0f + %.0f: ours spends %+.0f ns user and %+.0f ns system CPU more",
+    print(String(format: "event-driven round trip: %.2fx C eventfd (target <= 1.1x: %@), %.0f ns against %.0f ns; CPU per round trip ours %.0f ns user + %.0f ns system, C %.0f + %.0f (ours - C: %+.0f ns user, %+.0f ns system; the split is sampled at the tick, the sum is not)",
                  rEvent, rEvent <= 1.1 ? "met" : "missed", median(ours), limitEvent, median(oursUser), median(oursSystem),
                  median(cEventUser), median(cEventSystem), du, ds))
 }
