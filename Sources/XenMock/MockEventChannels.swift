@@ -104,6 +104,24 @@ final class MockEventChannels: MockHandle, EventChannels, @unchecked Sendable {
         }
     }
 
+    /// The pending ports in one lock (the service loop's turn), as Linux's
+    /// evtchn device gives several in one read(2).
+    func pendingBatch(max: Int) throws -> [EvtchnPort] {
+        let hv = self.hv
+        return try hv.locked {
+            guard !closed else { throw XenError(EBADF, "evtchn pending", "handle closed") }
+            guard max > 0 else { return [] }
+            guard !ready.isEmpty else { signal.clear(); return [] }
+            let out = Array(ready.prefix(max))
+            ready.removeFirst(out.count)
+            if ready.isEmpty { signal.clear() }
+            for p in out {
+                if let i = hv.ports.index(forKey: Key(dom: dom, port: p)) { hv.ports.values[i].pending = false }
+            }
+            return out
+        }
+    }
+
     func unmask(_ port: EvtchnPort) throws {
         let hv = self.hv
         try hv.locked {

@@ -345,6 +345,29 @@ struct EventTests {
         #expect(try be.wait(timeout: .seconds(5)) == bp, "and the next notify still wakes a waiter")
     }
 
+    @Test("pendingBatch takes up to max ports in order, each masked until unmask; the fd stays readable while any is left")
+    func batch() throws {
+        let w = World()
+        let (fe, fp, be, bp) = try Self.pair(w)
+        defer { fe.close(); be.close() }
+        let fp2 = try fe.allocateUnbound(remote: 0)
+        let bp2 = try be.bindInterdomain(remote: 1, remotePort: fp2)
+        #expect(try be.pendingBatch(max: 4) == [], "nothing pending")
+        try fe.notify(fp)
+        try fe.notify(fp2)
+        #expect(try be.pendingBatch(max: 0) == [])
+        #expect(try be.pendingBatch(max: 1) == [bp])
+        #expect(try pollReadable(be.fileDescriptor, timeout: .zero), "one port left")
+        try fe.notify(fp) // masked: recorded, not queued
+        #expect(try be.pendingBatch(max: 8) == [bp2])
+        #expect(try !pollReadable(be.fileDescriptor, timeout: .zero))
+        try be.unmask(bp)
+        #expect(try be.pendingBatch(max: 8) == [bp], "the notify made while masked, delivered on unmask")
+        try be.unmask(bp); try be.unmask(bp2)
+        be.close()
+        #expect(errno { _ = try be.pendingBatch(max: 1) } == EBADF)
+    }
+
     @Test("wait times out; binding the wrong domain or port fails; unbind leaves the peer unbound")
     func errorsAndUnbind() throws {
         let w = World()
