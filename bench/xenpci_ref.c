@@ -13,7 +13,9 @@
  *   spin     no notification: both sides spin on the flag word (pause)
  *
  * Usage: xenpci_ref eventfd|spin REQUESTS [WARMUP]
- * Prints one line: "<mode> <ns per round trip> <requests> <checksum>".
+ * Prints one line: "<mode> <ns per round trip> <requests> <checksum>
+ * <user CPU ns per round trip> <system CPU ns per round trip>" (the CPU of
+ * both threads over the timed requests, getrusage outside the timing).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -24,6 +26,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -133,6 +136,12 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* b - a in nanoseconds. */
+static int64_t timeval_ns(const struct timeval *b, const struct timeval *a)
+{
+    return ((int64_t)b->tv_sec - a->tv_sec) * 1000000000 + ((int64_t)b->tv_usec - a->tv_usec) * 1000;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3 || (strcmp(argv[1], "eventfd") && strcmp(argv[1], "spin"))) {
@@ -156,13 +165,17 @@ int main(int argc, char **argv)
 
     uint64_t sum = 0;
     for (long i = 0; i < warm; i++) sum += request((int32_t)(i % 1024) * 4);
+    struct rusage r0, r1;
+    getrusage(RUSAGE_SELF, &r0);
     uint64_t t0 = now_ns();
     for (long i = 0; i < n; i++) sum += request((int32_t)(i % 1024) * 4);
     uint64_t t1 = now_ns();
+    getrusage(RUSAGE_SELF, &r1);
 
     __atomic_store_n(&stopping, 1, __ATOMIC_RELAXED);
     if (!spin_mode) notify(to_server);
     pthread_join(t, NULL);
-    printf("%s %.1f %ld %llu\n", argv[1], (double)(t1 - t0) / (double)n, n, (unsigned long long)sum);
+    printf("%s %.1f %ld %llu %.1f %.1f\n", argv[1], (double)(t1 - t0) / (double)n, n, (unsigned long long)sum,
+           (double)timeval_ns(&r1.ru_utime, &r0.ru_utime) / (double)n, (double)timeval_ns(&r1.ru_stime, &r0.ru_stime) / (double)n);
     return 0;
 }

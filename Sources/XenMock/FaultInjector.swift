@@ -94,12 +94,15 @@ public final class FaultInjector: @unchecked Sendable {
         }
     }
 
-    /// Called with the lock held for each notification: false = drop it.
-    func shouldDeliver() -> Bool {
+    /// What becomes of a notification: dropped, or delivered (now, or after
+    /// a delay). Called with the mock's lock held, once per notification
+    /// (one lock of its own for both questions: this is the request path).
+    enum Delivery { case drop, now, after(Duration) }
+    func delivery() -> Delivery {
         lock.lock()
         defer { lock.unlock() }
-        if dropAll { return false }
-        if dropNotifications > 0 { dropNotifications -= 1; return false }
-        return true
+        if dropAll { return .drop }
+        if dropNotifications > 0 { dropNotifications -= 1; return .drop }
+        return delayBy.map { .after($0) } ?? .now
     }
 }

@@ -25,12 +25,13 @@ final class MockEventChannels: MockHandle, EventChannels, @unchecked Sendable {
         return p
     }
 
-    /// Our port, or ENOTCONN when this handle does not own it (Linux evtchn).
-    private func owned(_ port: EvtchnPort, _ op: MockOperation) throws -> MockHypervisor.Port {
-        guard let p = hv.ports[Key(dom: dom, port: port)], p.handle == id else {
+    /// Where our port is in `hv.ports` (one lookup, the port not copied),
+    /// or ENOTCONN when this handle does not own it (Linux evtchn).
+    private func owned(_ port: EvtchnPort, _ op: MockOperation, _ hv: MockHypervisor) throws -> [Key: MockHypervisor.Port].Index {
+        guard let i = hv.ports.index(forKey: Key(dom: dom, port: port)), hv.ports.values[i].handle == id else {
             throw XenError(ENOTCONN, op.rawValue, "port \(port) is not bound by this handle")
         }
-        return p
+        return i
     }
 
     func allocateUnbound(remote: DomID) throws -> EvtchnPort {
@@ -61,21 +62,25 @@ final class MockEventChannels: MockHandle, EventChannels, @unchecked Sendable {
     }
 
     func notify(_ port: EvtchnPort) throws {
+        let hv = self.hv // one strong reference for the call, not one per use
         let inPlace: (handler: MockHypervisor.InPlaceHandler, port: EvtchnPort)? = try hv.locked {
             try begin(.evtchnNotify, "port \(port)")
-            let p = try owned(port, .evtchnNotify)
-            guard case .interdomain(let rd, let rp) = p.state else { return nil } // unbound: dropped, as Xen does
-            guard hv.faults.shouldDeliver() else { return nil }
-            if let h = hv.ports[Key(dom: rd, port: rp)]?.inPlace { return (h, rp) }
-            if let d = hv.faults.delay {
+            let i = try owned(port, .evtchnNotify, hv)
+            guard case .interdomain(let rd, let rp) = hv.ports.values[i].state else { return nil } // unbound: dropped, as Xen does
+            let peer = Key(dom: rd, port: rp)
+            switch hv.faults.delivery() {
+            case .drop:
+                return nil
+            case .now:
+                return hv.raiseUnlessInPlace(peer).map { ($0, rp) }
+            case .after(let d):
+                if let h = hv.ports[peer]?.inPlace { return (h, rp) } // in place ignores a delay
                 let ns = d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000
                 DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(ns))) { [hv] in
-                    hv.locked { hv.raise(Key(dom: rd, port: rp)) }
+                    hv.locked { hv.raise(peer) }
                 }
-            } else {
-                hv.raise(Key(dom: rd, port: rp))
+                return nil
             }
-            return nil
         }
         // Outside the lock: the handler calls back into the mock (notify).
         if let inPlace { inPlace.handler(inPlace.port) }
@@ -84,34 +89,53 @@ final class MockEventChannels: MockHandle, EventChannels, @unchecked Sendable {
     /// Called with the lock held by the delivering side.
     func deliver(_ port: EvtchnPort) {
         ready.append(port)
-        signal.raise()
+        signal.raise(hv)
     }
 
     func pending() throws -> EvtchnPort? {
-        try hv.locked {
+        let hv = self.hv
+        return try hv.locked {
             guard !closed else { throw XenError(EBADF, "evtchn pending", "handle closed") }
             guard !ready.isEmpty else { signal.clear(); return nil }
             let p = ready.removeFirst()
             if ready.isEmpty { signal.clear() }
-            hv.ports[Key(dom: dom, port: p)]?.pending = false
+            if let i = hv.ports.index(forKey: Key(dom: dom, port: p)) { hv.ports.values[i].pending = false }
             return p
         }
     }
 
+    /// The pending ports in one lock (the service loop's turn), as Linux's
+    /// evtchn device gives several in one read(2).
+    func pendingBatch(max: Int) throws -> [EvtchnPort] {
+        let hv = self.hv
+        return try hv.locked {
+            guard !closed else { throw XenError(EBADF, "evtchn pending", "handle closed") }
+            guard max > 0 else { return [] }
+            guard !ready.isEmpty else { signal.clear(); return [] }
+            let out = Array(ready.prefix(max))
+            ready.removeFirst(out.count)
+            if ready.isEmpty { signal.clear() }
+            for p in out {
+                if let i = hv.ports.index(forKey: Key(dom: dom, port: p)) { hv.ports.values[i].pending = false }
+            }
+            return out
+        }
+    }
+
     func unmask(_ port: EvtchnPort) throws {
+        let hv = self.hv
         try hv.locked {
             try begin(.evtchnUnmask, "port \(port)")
-            _ = try owned(port, .evtchnUnmask)
-            let k = Key(dom: dom, port: port)
-            hv.ports[k]!.masked = false
-            if hv.ports[k]!.pending { hv.ports[k]!.pending = false; hv.raise(k) }
+            let i = try owned(port, .evtchnUnmask, hv)
+            hv.ports.values[i].masked = false
+            if hv.ports.values[i].pending { hv.ports.values[i].pending = false; hv.raise(Key(dom: dom, port: port)) }
         }
     }
 
     func unbind(_ port: EvtchnPort) throws {
         try hv.locked {
             try begin(.evtchnUnbind, "port \(port)")
-            _ = try owned(port, .evtchnUnbind)
+            _ = try owned(port, .evtchnUnbind, hv)
             release(port)
         }
     }
@@ -164,5 +188,15 @@ extension MockHypervisor {
         // Changed in place: one lookup, the port (and its handler) not copied.
         guard let handle = ports[k]?.raise() else { return }
         evtchnHandles[handle]?.deliver(k.port)
+    }
+
+    /// Lock held. `raise`, unless the port has an in-place handler: that is
+    /// returned instead (the notify's path: one lookup for both).
+    func raiseUnlessInPlace(_ k: PortKey) -> InPlaceHandler? {
+        guard let i = ports.index(forKey: k) else { return nil }
+        if let h = ports.values[i].inPlace { return h }
+        guard let handle = ports.values[i].raise() else { return nil }
+        evtchnHandles[handle]?.deliver(k.port)
+        return nil
     }
 }

@@ -160,9 +160,30 @@ public final class MockHypervisor: @unchecked Sendable {
 
     public var domainIDs: [DomID] { locked { domains.keys.sorted() } }
 
+    /// Signals raised under the lock, written once it is released (the
+    /// first in a slot: one per notify, no array).
+    private var unlockSignal: ReadySignal?
+    private var unlockSignals: [ReadySignal] = []
+
+    /// Lock held: `signal`'s eventfd is written when the lock is released.
+    func signalAfterUnlock(_ signal: ReadySignal) {
+        if unlockSignal == nil { unlockSignal = signal } else { unlockSignals.append(signal) }
+    }
+
     @inline(__always) func locked<T>(_ body: () throws -> T) rethrows -> T {
         lock.lock()
-        defer { lock.unlock() }
+        defer {
+            if let first = unlockSignal {
+                unlockSignal = nil
+                let more = unlockSignals
+                if !more.isEmpty { unlockSignals = [] }
+                lock.unlock()
+                first.write()
+                for s in more { s.write() }
+            } else {
+                lock.unlock()
+            }
+        }
         return try body()
     }
 

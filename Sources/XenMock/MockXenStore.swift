@@ -14,7 +14,7 @@ final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
 
     func enqueue(_ e: XenstoreWatchEvent) {
         queue.append(e)
-        signal.raise()
+        signal.raise(hv)
     }
 
     func nextWatchEvent() -> XenstoreWatchEvent? {

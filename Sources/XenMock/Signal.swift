@@ -3,28 +3,44 @@ import XenHypervisor
 import CXenPCI
 import XenPCIABI
 
-/// An eventfd that is readable while a queue is non-empty. Calls are made
-/// with the mock's lock held, so raise/clear never race each other.
+/// An eventfd that is readable while a queue is non-empty. `raise` and
+/// `clear` are called with the mock's lock held; the write that makes the
+/// descriptor readable is made after the lock is released
+/// (`MockHypervisor.locked`), so the woken reader, whose first step is to
+/// take the lock, does not find it held by the writer (a futex wait and
+/// wake per event, issue 16).
 final class ReadySignal {
     let fd: Int32
-    private var raised = false
+    /// Writes decided and not yet read back. While above zero the
+    /// descriptor is readable, or will be when a write still on its way
+    /// lands; that write can land after the queue was emptied, so a reader
+    /// finding the queue empty reads the count again (`clear`).
+    private var owed = 0
 
     init() {
         fd = xenpci_eventfd_open()
         precondition(fd >= 0, "eventfd: \(String(cString: strerror(errno)))")
     }
 
-    func raise() {
-        guard !raised else { return }
-        raised = true
-        _ = xenpci_eventfd_signal(fd)
+    /// Lock held: the queue is not empty.
+    func raise(_ hv: MockHypervisor) {
+        guard owed == 0 else { return }
+        owed = 1
+        hv.signalAfterUnlock(self)
     }
 
+    /// Lock held: the queue is empty. Reads back the writes that landed;
+    /// one still on its way leaves `owed` above zero for the next call.
     func clear() {
-        guard raised else { return }
-        raised = false
-        xenpci_eventfd_drain(fd)
+        guard owed > 0 else { return }
+        var count: UInt64 = 0
+        if read(fd, &count, MemoryLayout<UInt64>.size) == MemoryLayout<UInt64>.size {
+            owed = max(0, owed - Int(clamping: count))
+        }
     }
+
+    /// Without the lock: the write `raise` decided.
+    func write() { _ = xenpci_eventfd_signal(fd) }
 
     deinit { Foundation.close(fd) }
 }

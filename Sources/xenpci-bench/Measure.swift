@@ -28,9 +28,26 @@ func residentBytes() -> Int {
     return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
 }
 
+/// Time and CPU per request of one run: wall clock, and the user and
+/// system CPU of the whole process (both sides of the round trip).
+struct RunTime {
+    var ns: Double
+    var userNS: Double
+    var systemNS: Double
+}
+
+/// User and system CPU of this process so far (every thread), in nanoseconds.
+func cpuTimes() -> (user: Double, system: Double) {
+    var r = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &r)
+    func ns(_ t: timeval) -> Double { Double(t.tv_sec) * 1e9 + Double(t.tv_usec) * 1e3 }
+    return (ns(r.ru_utime), ns(r.ru_stime))
+}
+
 /// Runs the C reference once: `<path> <mode> <requests> <warmup>`, which
-/// prints "<mode> <ns per round trip> <requests> <checksum>".
-func runReference(_ path: String, _ mode: String, requests: Int) throws -> Double {
+/// prints "<mode> <ns per round trip> <requests> <checksum> <user CPU ns>
+/// <system CPU ns>" (CPU per round trip, both threads).
+func runReference(_ path: String, _ mode: String, requests: Int) throws -> RunTime {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: path)
     p.arguments = [mode, String(requests), String(max(1000, requests / 10))]
@@ -39,11 +56,11 @@ func runReference(_ path: String, _ mode: String, requests: Int) throws -> Doubl
     try p.run()
     let data = out.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
-    let line = String(decoding: data, as: UTF8.self).split(separator: " ")
-    guard p.terminationStatus == 0, line.count >= 2, let ns = Double(line[1]) else {
+    let line = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isWhitespace)
+    guard p.terminationStatus == 0, line.count >= 6, let ns = Double(line[1]), let user = Double(line[4]), let system = Double(line[5]) else {
         throw BenchError("\(path) \(mode) failed (status \(p.terminationStatus)): '\(String(decoding: data, as: UTF8.self))'")
     }
-    return ns
+    return RunTime(ns: ns, userNS: user, systemNS: system)
 }
 
 struct BenchError: Error, CustomStringConvertible {

@@ -310,6 +310,64 @@ struct EventTests {
         #expect(w.hv.leaks().isEmpty)
     }
 
+    @Test("the port fd is readable exactly while ports are queued, also when a notify's write lands after its port was taken")
+    func descriptorFollowsQueue() throws {
+        let w = World()
+        let (fe, fp, be, bp) = try Self.pair(w)
+        defer { fe.close(); be.close() }
+        try fe.notify(fp)
+        #expect(try pollReadable(be.fileDescriptor, timeout: .zero), "readable once notify returns")
+        #expect(try be.pending() == bp)
+        #expect(try !pollReadable(be.fileDescriptor, timeout: .zero), "not readable once the queue is empty")
+        try be.unmask(bp)
+        // The eventfd is written after the mock's lock is released, so a
+        // taker spinning on pending() can have the port before the write
+        // lands, and the descriptor turns readable with nothing queued. Once
+        // the notify has returned, a pending() that finds the queue empty
+        // must leave the descriptor unreadable. Round by round:
+        let rounds = 10_000
+        let go = DispatchSemaphore(value: 0), returned = DispatchSemaphore(value: 0)
+        let t = Thread {
+            for _ in 0..<rounds { go.wait(); try? fe.notify(fp); returned.signal() }
+        }
+        t.start()
+        var stuckReadable = 0
+        for _ in 0..<rounds {
+            go.signal()
+            while try be.pending() == nil {}
+            returned.wait()
+            #expect(try be.pending() == nil)
+            if try pollReadable(be.fileDescriptor, timeout: .zero) { stuckReadable += 1 }
+            try be.unmask(bp)
+        }
+        #expect(stuckReadable == 0, "rounds left readable with nothing queued")
+        try fe.notify(fp)
+        #expect(try be.wait(timeout: .seconds(5)) == bp, "and the next notify still wakes a waiter")
+    }
+
+    @Test("pendingBatch takes up to max ports in order, each masked until unmask; the fd stays readable while any is left")
+    func batch() throws {
+        let w = World()
+        let (fe, fp, be, bp) = try Self.pair(w)
+        defer { fe.close(); be.close() }
+        let fp2 = try fe.allocateUnbound(remote: 0)
+        let bp2 = try be.bindInterdomain(remote: 1, remotePort: fp2)
+        #expect(try be.pendingBatch(max: 4) == [], "nothing pending")
+        try fe.notify(fp)
+        try fe.notify(fp2)
+        #expect(try be.pendingBatch(max: 0) == [])
+        #expect(try be.pendingBatch(max: 1) == [bp])
+        #expect(try pollReadable(be.fileDescriptor, timeout: .zero), "one port left")
+        try fe.notify(fp) // masked: recorded, not queued
+        #expect(try be.pendingBatch(max: 8) == [bp2])
+        #expect(try !pollReadable(be.fileDescriptor, timeout: .zero))
+        try be.unmask(bp)
+        #expect(try be.pendingBatch(max: 8) == [bp], "the notify made while masked, delivered on unmask")
+        try be.unmask(bp); try be.unmask(bp2)
+        be.close()
+        #expect(errno { _ = try be.pendingBatch(max: 1) } == EBADF)
+    }
+
     @Test("wait times out; binding the wrong domain or port fails; unbind leaves the peer unbound")
     func errorsAndUnbind() throws {
         let w = World()
