@@ -95,6 +95,10 @@ final class ClaimedDevice {
     }
 
     deinit {
+        // Off its guest's list first, so that whichever of a device and its
+        // connection goes first (a backend dropped without stop), the other
+        // never walks into freed memory.
+        if let owner = pb.pointee.pbx_instance { GuestConnection.unlink(pb, from: owner) }
         pb.deallocate()
         sc.deallocate()
     }

@@ -100,16 +100,19 @@ final class GuestConnection {
         c.pointee.pbx_pb_pci_dev.slh_first = d.pb
     }
 
-    func unlink(_ d: ClaimedDevice) {
+    func unlink(_ d: ClaimedDevice) { Self.unlink(d.pb, from: c) }
+
+    /// Takes `pb` off the list of instance `c` and clears its owner.
+    static func unlink(_ pb: UnsafeMutablePointer<pciback_pci_dev>, from c: UnsafeMutablePointer<pb_xenbus_instance>) {
         var p = c.pointee.pbx_pb_pci_dev.slh_first
-        if p == d.pb {
-            c.pointee.pbx_pb_pci_dev.slh_first = d.pb.pointee.pb_guest_next.sle_next
+        if p == pb {
+            c.pointee.pbx_pb_pci_dev.slh_first = pb.pointee.pb_guest_next.sle_next
         } else {
-            while let cur = p, cur.pointee.pb_guest_next.sle_next != d.pb { p = cur.pointee.pb_guest_next.sle_next }
-            p?.pointee.pb_guest_next.sle_next = d.pb.pointee.pb_guest_next.sle_next
+            while let cur = p, cur.pointee.pb_guest_next.sle_next != pb { p = cur.pointee.pb_guest_next.sle_next }
+            p?.pointee.pb_guest_next.sle_next = pb.pointee.pb_guest_next.sle_next
         }
-        d.pb.pointee.pb_guest_next.sle_next = nil
-        d.pb.pointee.pbx_instance = nil
+        pb.pointee.pb_guest_next.sle_next = nil
+        pb.pointee.pbx_instance = nil
     }
 }
 

@@ -89,9 +89,11 @@ public final class PCIBack {
     /// Per-request timing (`xenpci backend --profile`), off unless enabled.
     public let profile: RequestProfile
     /// Called on the service thread, or the caller's, for every change.
+    /// Set from any thread, also while the service thread runs (it is
+    /// handed over like any other change of the state).
     public var onEvent: ((Event) -> Void)? {
-        get { ctx.onEvent }
-        set { ctx.onEvent = newValue }
+        get { loop.sync { [ctx] in ctx.onEvent } }
+        set { loop.sync { [ctx] in ctx.onEvent = newValue } }
     }
 
     public var backendRoot: String { ctx.backendRoot }

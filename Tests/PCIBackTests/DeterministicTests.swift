@@ -87,6 +87,25 @@ struct DeterministicTests {
         #expect(h.hv.leaks().isEmpty, "leaks: \(h.hv.leaks())")
     }
 
+    @Test("a function freed while on a guest's list leaves the list, and a connection freed first clears its functions' owner")
+    func freeingInEitherOrder() throws {
+        let h = try Harness(options: Self.manual(), start: false)
+        let dev = try h.device(Fixture.e1000)
+        var d: ClaimedDevice? = try ClaimedDevice(dev, allowHostDriver: false)
+        let i = GuestConnection(h.back.ctx, domid: 1, backendPath: "/b", frontendPath: "/f")
+        i.link(d!)
+        #expect(i.deviceList.count == 1)
+        d = nil
+        #expect(i.deviceList.isEmpty, "a freed function is still on the guest's list")
+        let kept = try ClaimedDevice(dev, allowHostDriver: false)
+        var j: GuestConnection? = GuestConnection(h.back.ctx, domid: 2, backendPath: "/b2", frontendPath: "/f2")
+        j!.link(kept)
+        #expect(kept.guest == 2)
+        j = nil
+        #expect(kept.guest == nil && kept.pb.pointee.pb_guest_next.sle_next == nil)
+        h.shutdown()
+    }
+
     @Test("list and the kernfs text read each function's pciback_pci_softc: ids, subsystem ids, BARs and irq")
     func softcIsReadForListing() throws {
         let h = try Harness(options: Self.manual())
