@@ -208,10 +208,11 @@ extension GuestConnection {
         setState(.reconfigured)
     }
 
-    /// True when a function `i` is to be given is still being reset after
-    /// its previous guest (a detach and an attach in quick succession): the
-    /// step waits, with no state change, and runs again once the reset is
-    /// done, so the guest never scans a function that answers dev_not_found.
+    /// True when a function this guest is to be given is still being reset
+    /// after its previous guest (a detach and an attach in quick
+    /// succession): the step waits, with no state change, and runs again once
+    /// the reset is done, so the guest never scans a function that answers
+    /// dev_not_found.
     /// Linux's pciback puts a function back in its pool only after the reset.
     func waitsForReset() -> Bool {
         let p = backendPath
