@@ -33,6 +33,10 @@ public final class PCIBack {
         /// poll, spin this long watching every connected guest's bit 0.
         /// Zero (the default) blocks at once.
         public var spinBeforeBlock: Duration = .zero
+        /// sched_yield now and then while spinning: for guests whose threads
+        /// share the backend's CPUs (the mock). On Xen each guest has vCPUs
+        /// of its own, and in a PV dom0 a yield is a system call through Xen.
+        public var spinYields = true
         /// False: the deterministic mode (what NIOEmbedded is to SwiftNIO).
         /// `start()` starts no thread and resets wait in a queue; the caller
         /// steps the backend with `drain()`, which serves what is pending
@@ -311,6 +315,11 @@ public final class PCIBack {
         // some (the guests' next requests came meanwhile), -1 each time it
         // found none, within -8...8; and batches since it was last tried.
         var againScore = 0, sinceAgain = 0
+        // Turns since the spin last saw a guest's bit 0 with no port read
+        // since: its event may still be on its way, so the ports are read
+        // even if poll has not seen it (twice at most, then we block: a
+        // guest that sets the bit and never notifies gets nothing more).
+        var expected = 0
         while !exiting {
             var timeout: Int32 = -1
             if let next = ctx.deferredUnmask.map(\.at).min() {
@@ -319,7 +328,7 @@ public final class PCIBack {
             }
             // Adaptive mode: spin only after a round that served an event, so a
             // guest that sets bit 0 without notifying cannot keep us spinning.
-            if served && options.spinBeforeBlock > .zero && timeout != 0 && spinForRequest() { timeout = 0 }
+            if served && options.spinBeforeBlock > .zero && timeout != 0 && spinForRequest() { timeout = 0; expected += 1 } else { expected = 0 }
             if moreWork { timeout = 0 }
             // Stopping: only jobs (the guests' handles are left unread).
             _ = poll(&fds, stopping ? 1 : 3, timeout)
@@ -339,11 +348,14 @@ public final class PCIBack {
             // reading again at once then saves a poll, and finding nothing
             // costs a read. So read again while finds outnumber misses, and
             // otherwise once every 8 batches, to notice when they would again.
-            if fds[2].revents != 0 {
+            if fds[2].revents != 0 || (expected > 0 && expected <= 2) {
                 var ports = (try? evtchn.pendingBatch(max: requestBudget)) ?? []
+                // Still on its way: spin again rather than block (bounded above).
+                if ports.isEmpty && expected == 1 { served = true }
                 while !ports.isEmpty {
                     for p in ports { loop.step { serve(p) } }
                     served = true
+                    expected = 0
                     requestBudget -= ports.count
                     guard requestBudget > 0 else { break }
                     if againScore < 0 {
@@ -375,7 +387,7 @@ public final class PCIBack {
                 for p in pages where p.flags & XenPCI.frontendActive != 0 { return true }
             }
             n += 1
-            if n % 16 == 0 { sched_yield() } // the guest may be waiting for this CPU
+            if options.spinYields && n % 16 == 0 { sched_yield() } // the guest may be waiting for this CPU
         }
         return false
     }

@@ -21,11 +21,13 @@ final class XenBackendHost {
     let enabledPath: String?
 
     init(hypervisor: Hypervisor, topology: PCIBack.Topology, sysfsRoot: String, statePath: String? = nil,
-         log: Logger = Logger(label: "xenpci.pciback")) throws {
+         spin: Duration = .zero, log: Logger = Logger(label: "xenpci.pciback")) throws {
         self.log = log
         self.sysfsRoot = sysfsRoot
         var o = PCIBack.Options()
         o.topology = topology
+        o.spinBeforeBlock = spin
+        o.spinYields = false // guests have vCPUs of their own; a yield is a system call through Xen
         o.allowHostDriverReadOnly = false // a host driver's device is refused, never shared
         back = try PCIBack(hypervisor: hypervisor, options: o, stateStore: statePath.map(FileStateStore.init(path:)))
         enabledPath = statePath.map { ($0 as NSString).deletingLastPathComponent + "/enabled-in-dom0" }

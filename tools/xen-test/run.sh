@@ -11,6 +11,7 @@
 #   XT_XENPCI=PATH   put this xenpci executable into the images instead
 #   XT_KEEP=1        keep the serial log of every run (build/xen-test/logs/)
 #   XT_PAIRS=N XT_RATE=S  scenario 4: N pairs, S seconds of reads per run
+#   XT_SPIN_US=N          scenario 4: our backend with --spin-us N (experimental)
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 T_START=$(date +%s)
@@ -67,7 +68,7 @@ for f in "$NVME2_IMG" "$AHCI_IMG" "$NVME3_IMG"; do [ -f "$f" ] || truncate -s 16
 XEN_ARGS="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 loglvl=all guest_loglvl=all iommu=verbose"
 DOM0_ARGS="console=hvc0 earlyprintk=xen panic=-1 loglevel=4 xt_only=$XT_ONLY"
 # Scenario 4's knobs reach dom0's /init (and the scenarios) as variables.
-for v in XT_PAIRS XT_RATE; do
+for v in XT_PAIRS XT_RATE XT_SPIN_US; do
     [ -n "${!v:-}" ] || continue
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a number"
     DOM0_ARGS="$DOM0_ARGS $v=${!v}"

@@ -27,6 +27,8 @@
 have_sub backend attach
 DEV=${LINUX_BDFS%% *}
 PAIRS=${XT_PAIRS:-5}
+# XT_SPIN_US: ours with `--spin-us` (experimental, issue 16); said in the log.
+[ -n "${XT_SPIN_US:-}" ] && ev "ours runs with --spin-us $XT_SPIN_US (not the default)"
 RATE=${XT_RATE:-5}
 T_END=$(( $(date +%s) + ${XT_BUDGET:-1200} ))
 
@@ -112,7 +114,7 @@ run() {
         # Exit 3: no run of ours can follow; the pairs so far are reported.
         pciback_off || { note "ours run $n: Linux's xen-pciback cannot be unloaded (refcount $(cat /sys/module/xen_pciback/refcnt 2>/dev/null))"; exit 3; }
         [ "$(drv_of $DEV)" = none ] || fail "ours run $n: $DEV is bound to $(drv_of $DEV)"
-        HIDE="($DEV)" backend_start ${PROFILE:+--profile} > /dev/null
+        HIDE="($DEV)" backend_start ${PROFILE:+--profile} ${XT_SPIN_US:+--spin-us $XT_SPIN_US} > /dev/null
         cmd="$XENPCI attach"
     else
         [ ! -f "$PIDS/backend.pid" ] || fail "Linux run $n: our backend still running"
