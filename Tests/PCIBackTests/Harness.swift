@@ -83,6 +83,18 @@ final class Harness {
 
     func connectGuest(_ addrs: PCIAddress...) throws -> RawFrontend { try connectGuest(addrs.map { ($0, Self.defaultOpts) }) }
 
+    /// Dom1 given `first`, dom2 given `second` (both claimed), each frontend connected.
+    func connectTwoGuests(_ first: PCIAddress, _ second: PCIAddress) throws -> (RawFrontend, RawFrontend) {
+        try create(1, first)
+        try create(2, second)
+        #expect(waitBackend(1, .initialised) && waitBackend(2, .initialised))
+        let f1 = try RawFrontend(self, dom: 1), f2 = try RawFrontend(self, dom: 2)
+        try f1.connect()
+        try f2.connect()
+        #expect(waitBackend(1, .connected) && waitBackend(2, .connected))
+        return (f1, f2)
+    }
+
     func be(_ dom: DomID) -> String { "/local/domain/0/backend/pci/\(dom)/0" }
     func fe(_ dom: DomID) -> String { "/local/domain/\(dom)/device/pci/0" }
 

@@ -19,13 +19,7 @@ struct SpinTests {
         o.spinYields = false
         let h = try Harness(options: o, guests: [1, 2])
         try h.claim(Fixture.e1000, Fixture.virtioNet)
-        try h.create(1, Fixture.e1000)
-        try h.create(2, Fixture.virtioNet)
-        #expect(h.waitBackend(1, .initialised) && h.waitBackend(2, .initialised))
-        let polite = try RawFrontend(h, dom: 1), hostile = try RawFrontend(h, dom: 2)
-        try polite.connect()
-        try hostile.connect()
-        #expect(h.waitBackend(1, .connected) && h.waitBackend(2, .connected))
+        let (polite, hostile) = try h.connectTwoGuests(Fixture.e1000, Fixture.virtioNet)
         // The hostile guest's bit 0 stays set: it never notifies.
         hostile.page.postRequest(xen_pci_op(command: .confRead, address: v00, offset: 0, size: 2))
         for n in 0..<200 {
