@@ -23,6 +23,8 @@ final class BackendContext {
     /// Event handler registrations: port -> the connection it was bound for
     /// (NetBSD establishes the handler with the instance as its argument).
     var ports: [EvtchnPort: GuestConnection] = [:]
+    /// Ports left masked after serving (see `HeldPorts`).
+    let held: HeldPorts
     /// Ports a flooding guest has masked until the given time.
     var deferredUnmask: [(port: EvtchnPort, at: ContinuousClock.Instant)] = []
     /// Log lines each connected guest may still cause.
@@ -44,6 +46,7 @@ final class BackendContext {
         self.registry = registry
         self.loop = loop
         self.profile = profile
+        held = HeldPorts(evtchn: evtchn)
         deviceWork = DeviceWork(workers: options.serviceThread)
     }
 

@@ -29,8 +29,12 @@ final class GuestConnection {
     var spuriousInWindow = 0
     var windowStart = ContinuousClock.now
     var requests = 0
+    var withoutEvent = 0
     var spurious = 0
     var throttled = 0
+    /// A request was served while the port was held: its notify, still
+    /// pending behind the mask, is not a spurious event.
+    var owedEvent = false
     /// A function to export is still being reset after its previous guest:
     /// the connect or reconfigure waits for it (see `waitsForReset`).
     var waitingForReset = false

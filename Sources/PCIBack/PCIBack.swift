@@ -29,9 +29,10 @@ public final class PCIBack {
         /// the guest's port is left masked for `floodPause`.
         public var spuriousLimit = 256
         public var floodPause: Duration = .milliseconds(20)
-        /// Adaptive mode (issue 9, docs/PERFORMANCE.md): before blocking in
-        /// poll, spin this long watching every connected guest's bit 0.
-        /// Zero (the default) blocks at once.
+        /// Adaptive mode (issue 9, docs/PERFORMANCE.md): before unmasking the
+        /// ports of the guests just served and blocking in poll, spin this
+        /// long watching their bit 0 (`HeldPorts`). Zero (the default)
+        /// unmasks and blocks at once.
         public var spinBeforeBlock: Duration = .zero
         /// sched_yield now and then while spinning: for guests whose threads
         /// share the backend's CPUs (the mock). On Xen each guest has vCPUs
@@ -194,9 +195,13 @@ public final class PCIBack {
 
     public func statistics() -> [DeviceStatistics] { loop.sync { [self] in registry.statistics() } }
 
-    /// Per-guest counters: requests served, spurious events, throttled pauses.
-    public func guestStatistics() -> [(domid: DomID, requests: Int, spurious: Int, throttled: Int)] {
-        loop.sync { [self] in connections.values.sorted { $0.domid < $1.domid }.map { ($0.domid, $0.requests, $0.spurious, $0.throttled) } }
+    /// Per-guest counters: requests served, of them those served without
+    /// an event (seen waiting while the port was held), spurious events,
+    /// throttled pauses.
+    public func guestStatistics() -> [(domid: DomID, requests: Int, withoutEvent: Int, spurious: Int, throttled: Int)] {
+        loop.sync { [self] in
+            connections.values.sorted { $0.domid < $1.domid }.map { ($0.domid, $0.requests, $0.withoutEvent, $0.spurious, $0.throttled) }
+        }
     }
 
     /// Adds a quirk to a claimed device (cleared when it leaves its guest).
@@ -310,26 +315,14 @@ public final class PCIBack {
         var fds = [pollfd(fd: loop.wake, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: xs.fileDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: evtchn.fileDescriptor, events: Int16(POLLIN), revents: 0)]
-        var served = false, moreWork = false
-        // Reading the ports again right after serving: +1 each time it found
-        // some (the guests' next requests came meanwhile), -1 each time it
-        // found none, within -8...8; and batches since it was last tried.
-        var againScore = 0, sinceAgain = 0
-        // Turns since the spin last saw a guest's bit 0 with no port read
-        // since: its event may still be on its way, so the ports are read
-        // even if poll has not seen it (twice at most, then we block: a
-        // guest that sets the bit and never notifies gets nothing more).
-        var expected = 0
+        var moreWork = false
         while !exiting {
             var timeout: Int32 = -1
             if let next = ctx.deferredUnmask.map(\.at).min() {
                 let left = ContinuousClock.now.duration(to: next)
                 timeout = left <= .zero ? 0 : Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
             }
-            // Adaptive mode: spin only after a round that served an event, so a
-            // guest that sets bit 0 without notifying cannot keep us spinning.
-            if served && options.spinBeforeBlock > .zero && timeout != 0 && spinForRequest() { timeout = 0; expected += 1 } else { expected = 0 }
-            if moreWork { timeout = 0 }
+            if moreWork || ctx.held.hasReady { timeout = 0 }
             // Stopping: only jobs (the guests' handles are left unread).
             _ = poll(&fds, stopping ? 1 : 3, timeout)
             profile.woke()
@@ -340,56 +333,30 @@ public final class PCIBack {
             // Bounded work per turn, requests first, then watches: a
             // toolstack writing 2N+2 keys, or 256 guests connecting, cannot
             // keep requests waiting past pcifront's 2 s (nor the reverse).
-            served = false
             var requestBudget = Self.requestsPerTurn
             // Every ready port in one read, and none when poll said none:
-            // each system call of a PV dom0 goes through Xen (issue 16). A
-            // guest's next request often comes while we serve its last one;
-            // reading again at once then saves a poll, and finding nothing
-            // costs a read. So read again while finds outnumber misses, and
-            // otherwise once every 8 batches, to notice when they would again.
-            if fds[2].revents != 0 || (expected > 0 && expected <= 2) {
-                var ports = (try? evtchn.pendingBatch(max: requestBudget)) ?? []
-                // Still on its way: spin again rather than block (bounded above).
-                if ports.isEmpty && expected == 1 { served = true }
-                while !ports.isEmpty {
-                    for p in ports { loop.step { serve(p) } }
-                    served = true
-                    expected = 0
-                    requestBudget -= ports.count
-                    guard requestBudget > 0 else { break }
-                    if againScore < 0 {
-                        sinceAgain += 1
-                        guard sinceAgain >= 8 else { break }
-                    }
-                    sinceAgain = 0
-                    ports = (try? evtchn.pendingBatch(max: requestBudget)) ?? []
-                    againScore = ports.isEmpty ? max(againScore - 1, -8) : min(againScore + 1, 8)
-                }
+            // each system call of a PV dom0 goes through Xen (issue 16).
+            var ports = fds[2].revents != 0 ? (try? evtchn.pendingBatch(max: requestBudget)) ?? [] : []
+            var round = 0
+            while true {
+                let ready = ctx.held.takeReady()
+                if ports.isEmpty && ready.isEmpty { break }
+                for p in ports { loop.step { serve(p) } }
+                for p in ready { loop.step { serve(p, fromEvent: false) } }
+                requestBudget -= ports.count + ready.count
+                loop.step { settleHeld(spin: options.spinBeforeBlock) }
+                guard requestBudget > 0 else { break }
+                // While the held guests are served without a system call,
+                // the others' events are read every 4th round: one guest
+                // whose requests keep coming delays another by 4 of them.
+                round += 1
+                ports = round % 4 == 0 && ctx.ports.count > 1 ? (try? evtchn.pendingBatch(max: requestBudget)) ?? [] : []
             }
             var watchBudget = Self.watchEventsPerTurn
             while watchBudget > 0, let e = xs.nextWatchEvent() { loop.step { watchFired(e) }; watchBudget -= 1 }
-            moreWork = watchBudget == 0 || requestBudget == 0
+            moreWork = watchBudget == 0 || requestBudget <= 0
             loop.step { unmaskDue() }
         }
-    }
-
-    /// Adaptive mode: true as soon as a connected guest has bit 0 set
-    /// (its event is then taken from the handle as usual), false when the
-    /// spin ran out. Only the flag words are read: pages are unmapped on
-    /// this thread only, so none goes away during the spin.
-    private func spinForRequest() -> Bool {
-        let pages = connections.values.compactMap { $0.connected ? $0.shared : nil }
-        let end = ContinuousClock.now + options.spinBeforeBlock
-        var n = 0
-        while ContinuousClock.now < end {
-            for _ in 0..<256 {
-                for p in pages where p.flags & XenPCI.frontendActive != 0 { return true }
-            }
-            n += 1
-            if options.spinYields && n % 16 == 0 { sched_yield() } // the guest may be waiting for this CPU
-        }
-        return false
     }
 
     /// The deterministic mode's step (the service thread runs the same
@@ -405,6 +372,8 @@ public final class PCIBack {
             var n = loop.owned { loop.runJobs() }
             while let e = xs.nextWatchEvent() { loop.owned { watchFired(e) }; n += 1 }
             while let p = try? evtchn.pending() { loop.owned { serve(p) }; n += 1 }
+            for p in ctx.held.takeReady() { loop.owned { serve(p, fromEvent: false) }; n += 1 }
+            loop.owned { settleHeld(spin: .zero) }
             loop.owned { unmaskDue() }
             n += ctx.deviceWork.runQueued()
             if n == 0 { break }
@@ -426,8 +395,15 @@ public final class PCIBack {
         }
     }
 
-    /// An event on a port: the request of the guest bound to it.
-    private func serve(_ p: EvtchnPort) { ctx.connection(port: p)?.evthandler(p) }
+    /// A request of the guest bound to `p`: on its event, or seen waiting
+    /// while the port was held. A port that served one stays masked, held.
+    private func serve(_ p: EvtchnPort, fromEvent: Bool = true) {
+        if ctx.connection(port: p)?.evthandler(p, fromEvent: fromEvent) == true { ctx.held.hold(p) }
+    }
+
+    private func settleHeld(spin: Duration) {
+        ctx.held.settle({ [ctx] in ctx.connection(port: $0) }, spin: spin, yields: options.spinYields)
+    }
 
     // MARK: xenbus (pciback_xenbus_create, the watch callbacks)
 

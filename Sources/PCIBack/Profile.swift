@@ -2,7 +2,7 @@ import Foundation
 
 /// `xenpci backend --profile` (issue 16): where a request's time goes on the
 /// service thread. Monotonic timestamps at four points: poll() returning,
-/// the request taken (GuestConnection.evthandler), the reply ready (before the unmask), the
+/// the request taken (GuestConnection.evthandler), the reply ready, the
 /// notify done. Off by default, each hook is then one load and a branch.
 ///
 /// Phases per request:
@@ -12,7 +12,7 @@ import Foundation
 ///   wake      poll() wake (or the previous request's end) -> handling starts
 ///             (watch check, lock, reading the port from /dev/xen/evtchn)
 ///   handling  the op itself (config access through sysfs, mediation)
-///   reply     unmask + publish + notify
+///   reply     publish + notify (the port stays masked: `HeldPorts`)
 /// Samples go to fixed rings written by the service thread only; `report()`
 /// is read once that thread has stopped (at `stop`).
 public final class RequestProfile: @unchecked Sendable {
@@ -35,7 +35,7 @@ public final class RequestProfile: @unchecked Sendable {
             case .idle: return "idle (notify -> next wake)"
             case .wake: return "wake -> handling"
             case .handling: return "handling"
-            case .reply: return "unmask+notify"
+            case .reply: return "publish+notify"
             case .inBackend: return "wake -> notified"
             }
         }
@@ -69,7 +69,7 @@ public final class RequestProfile: @unchecked Sendable {
         startAt = Self.now()
     }
 
-    /// The reply is ready; unmask and notify follow.
+    /// The reply is ready; publishing and the notify follow.
     @inline(__always) func replied() {
         guard enabled else { return }
         repliedAt = Self.now()

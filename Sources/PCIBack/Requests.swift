@@ -9,34 +9,42 @@ import PCIHost
 /// A guest's request path: pciback_xenbus_evthandler and the dispatch of
 /// each command.
 extension GuestConnection {
-    /// One event on a guest's port. The request is copied once into the
-    /// instance's private `op` (XSA-155); only the copy is read; only `err`,
-    /// `value` and the MSI-X vectors are written back.
-    func evthandler(_ port: EvtchnPort) {
-        guard let sh = shared else { return }
+    /// One request of a guest: on an event of its port, or seen waiting
+    /// while the port was held (`fromEvent` false, see `HeldPorts`). The
+    /// request is copied once into the instance's private `op` (XSA-155);
+    /// only the copy is read; only `err`, `value` and the MSI-X vectors are
+    /// written back. True when a request was served: the port is then left
+    /// masked, for `HeldPorts.settle` to unmask or serve again.
+    func evthandler(_ port: EvtchnPort, fromEvent: Bool = true) -> Bool {
+        guard let sh = shared else { return false }
         if aerPending && sh.flags & XenPCI.backendActive == 0 {
             ctx.aerCondition.lock(); aerDone = true; ctx.aerCondition.broadcast(); ctx.aerCondition.unlock()
-            if sh.flags & XenPCI.frontendActive == 0 { try? evtchn.unmask(port); return } // the AER answer
+            if sh.flags & XenPCI.frontendActive == 0 { try? evtchn.unmask(port); return false } // the AER answer
         }
         guard sh.flags & XenPCI.frontendActive != 0 else {
+            // The notify of a request served while held arrives once the
+            // port is unmasked: owed, not a flood (one per served request).
+            if !fromEvent || owedEvent {
+                if fromEvent { owedEvent = false }
+                try? evtchn.unmask(port)
+                return false
+            }
             spurious += 1
             throttle(port)
-            return
+            return false
         }
+        owedEvent = !fromEvent
         requests += 1
+        if !fromEvent { withoutEvent += 1 }
         ctx.profile.begin()
         let op = withUnsafeMutablePointer(to: &c.pointee.op) { $0 }
         sh.snapshotRequest(into: op)
         let nvec = dispatch(op)
         ctx.profile.replied()
-        // Unmasked before the reply is published (issue 9): unmasking after
-        // the notify met the woken frontend taking its event under the same
-        // event channel lock, a futex wait and wake per request. The next
-        // request can only follow the reply, so no event is lost either way.
-        try? evtchn.unmask(port)
         sh.completeRequest(op, msixVectors: nvec)
         do { try evtchn.notify(port) } catch { emit(.error(domid, "notify port \(port): \(error)")) }
         ctx.profile.notified()
+        return true
     }
 
     /// XSA-332: a guest that floods events without requests gets its port

@@ -57,8 +57,8 @@ extension PCIBack {
             let p = "\(backendRoot)/\(domid)/0"
             guard let st = (try? xs.readIfPresent(p + "/state")) ?? nil, let s = XenState(xenstore: st),
                   s != .closed, s != .closing, s != .initialising,
-                  let num = ((try? xs.readIfPresent(p + "/num_devs")) ?? nil).flatMap({ XenstoreValue.decimal($0, max: GuestConnection.maxDevices) }) else { continue }
-            for n in 0..<Int(num) {
+                  let num = GuestConnection.numDevs(xs, p) else { continue }
+            for n in 0..<num {
                 guard ((try? xs.readIfPresent(p + "/dev-\(n)")) ?? nil).flatMap(XSValue.hostAddress) == a else { continue }
                 let ds = (try? xs.readIfPresent(p + "/state-\(n)")) ?? nil
                 if ds != XenState.closing.xenstoreValue && ds != XenState.closed.xenstoreValue { return domid }
@@ -80,8 +80,7 @@ extension PCIBack {
             case .initialised, .connected, .reconfiguring, .reconfigured:
                 // Only a guest we hold a function of: one whose functions were
                 // refused (left alone) is not ours to attach to, nor to close.
-                let num0 = ((try? xs.readIfPresent(path + "/num_devs")) ?? nil).flatMap { XenstoreValue.decimal($0, max: GuestConnection.maxDevices) } ?? 0
-                let ours = (0..<Int(num0)).contains { n in
+                let ours = (0..<(GuestConnection.numDevs(xs, path) ?? 0)).contains { n in
                     ((try? xs.readIfPresent(path + "/dev-\(n)")) ?? nil).flatMap(XSValue.hostAddress).map { registry[$0]?.adoption?.guest == domid } ?? false
                 }
                 guard ours else {
@@ -92,8 +91,7 @@ extension PCIBack {
                 i.state = state
                 let fs = ((try? xs.readIfPresent(i.frontendPath + "/state")) ?? nil).flatMap(XenState.init(xenstore:)) ?? .unknown
                 i.frontState = fs
-                let num = ((try? xs.readIfPresent(path + "/num_devs")) ?? nil).flatMap { XenstoreValue.decimal($0, max: GuestConnection.maxDevices) } ?? 0
-                for n in 0..<Int(num) {
+                for n in 0..<(GuestConnection.numDevs(xs, path) ?? 0) {
                     let ds = (try? xs.readIfPresent(path + "/state-\(n)")) ?? nil
                     if ds == XenState.closing.xenstoreValue || ds == XenState.closed.xenstoreValue { continue }
                     if let h = i.hostAddress(n), let d = registry[h], d.guest == nil { i.exportDevice(n) }
@@ -102,7 +100,9 @@ extension PCIBack {
                 if [.initialised, .connected, .reconfiguring, .reconfigured].contains(fs) {
                     i.attach()
                     emit(.notice(domid, "taken over: \(i.exported.count) function(s), frontend \(fs), backend \(state) (no state change)"))
-                    if let port = i.port, let sh = i.shared, sh.flags & XenPCI.frontendActive != 0 { i.evthandler(port) }
+                    if let port = i.port, let sh = i.shared, sh.flags & XenPCI.frontendActive != 0 {
+                        _ = i.evthandler(port) // a port just bound is not masked: nothing to hold
+                    }
                 }
             default:
                 backendChanged(domid) // Initialising, InitWait, Closing, Closed: the usual path

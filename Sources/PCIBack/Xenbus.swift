@@ -10,6 +10,12 @@ import CXenPCISoftc
 extension GuestConnection {
     static let maxDevices: UInt64 = 256 // 32 slots x 8 functions
 
+    /// `<path>/num_devs` as a count of at most `maxDevices`; nil when it is
+    /// missing or not such a count.
+    static func numDevs(_ xs: XenStore, _ path: String) -> Int? {
+        ((try? xs.readIfPresent(path + "/num_devs")) ?? nil).flatMap { XenstoreValue.decimal($0, max: maxDevices) }.map(Int.init)
+    }
+
     /// A guest's devices, found through its device list as
     /// pciback_xenbus_evthandler finds them (the registry maps an entry's
     /// address to the Swift object that serves it).
@@ -106,8 +112,7 @@ extension GuestConnection {
         let fresh = computeRoots()
         let p = backendPath
         // Where each exported device stands now in the (possibly compacted) dev-N list.
-        let num = ((try? xs.readIfPresent(p + "/num_devs")) ?? nil).flatMap { XenstoreValue.decimal($0, max: Self.maxDevices) } ?? 0
-        let slots = (0..<Int(num)).compactMap { n in hostAddress(n).flatMap { h in exported(host: h).map { (n, $0) } } }
+        let slots = (0..<(Self.numDevs(xs, p) ?? 0)).compactMap { n in hostAddress(n).flatMap { h in exported(host: h).map { (n, $0) } } }
         do {
             try xs.transaction { t in
                 for (n, d) in slots {
@@ -172,6 +177,7 @@ extension GuestConnection {
         if let p = port {
             ctx.ports[p] = nil
             ctx.deferredUnmask.removeAll { $0.port == p }
+            ctx.held.forget(p)
             do { try evtchn.unbind(p) } catch { emit(.error(domid, "unbind port \(p): \(error)")) }
             port = nil
         }
@@ -216,8 +222,7 @@ extension GuestConnection {
     /// Linux's pciback puts a function back in its pool only after the reset.
     func waitsForReset() -> Bool {
         let p = backendPath
-        let num = ((try? xs.readIfPresent(p + "/num_devs")) ?? nil).flatMap { XenstoreValue.decimal($0, max: Self.maxDevices) } ?? 0
-        waitingForReset = (0..<Int(num)).contains { n in
+        waitingForReset = (0..<(Self.numDevs(xs, p) ?? 0)).contains { n in
             guard let h = hostAddress(n), let d = registry[h] else { return false }
             return d.resetting && !d.releasing && d.guest == nil
         }

@@ -80,14 +80,16 @@ public final class XenEventChannels: EventChannels, @unchecked Sendable {
     public func pendingBatch(max: Int) throws -> [EvtchnPort] {
         guard max > 0 else { return [] }
         _ = try h("xenevtchn_pending", "")
-        var buf = [UInt32](repeating: 0, count: max)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fileDescriptor, $0.baseAddress, $0.count) }
-            if n >= 0 { return buf.prefix(n / MemoryLayout<UInt32>.size).map { EvtchnPort($0) } }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { return [] }
-            throw XenError(e, "xenevtchn_pending", "read of \(max) ports")
+        // On the stack for the service loop's batches: no buffer per call.
+        return try withUnsafeTemporaryAllocation(of: UInt32.self, capacity: max) { buf in
+            while true {
+                let n = read(fileDescriptor, buf.baseAddress, buf.count * MemoryLayout<UInt32>.size)
+                if n >= 0 { return buf.prefix(n / MemoryLayout<UInt32>.size).map { EvtchnPort($0) } }
+                let e = errno
+                if e == EINTR { continue }
+                if e == EAGAIN || e == EWOULDBLOCK { return [] }
+                throw XenError(e, "xenevtchn_pending", "read of \(max) ports")
+            }
         }
     }
 
