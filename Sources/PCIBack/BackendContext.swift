@@ -108,7 +108,7 @@ final class BackendContext {
     /// queued ones here) and what the workers handed back is installed.
     func waitForResets() {
         deviceWork.finish()
-        loop.sync { [loop] in loop.runJobs() }
+        loop.sync { [loop] in _ = loop.runJobs() }
     }
 
     /// Xen learns a function's MSI-X table only from dom0

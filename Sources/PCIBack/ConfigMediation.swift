@@ -23,6 +23,14 @@ final class ConfigMediation {
         case msixControl
         case quirk(UInt32)   // raw read/write of the mask bits
         case identity(UInt16) // a VF's vendor or device id, as the host knows it
+
+        /// The guest reads our value alone; the device's is never needed.
+        var isVirtual: Bool {
+            switch self {
+            case .bar, .interruptLine, .identity: return true
+            default: return false
+            }
+        }
     }
 
     struct Field { var offset: Int; var size: Int; var kind: Kind }
@@ -233,7 +241,10 @@ final class ConfigMediation {
 
     /// The guest's view of `size` bytes at `offset` (already validated).
     func read(_ offset: Int, _ size: Int) throws -> UInt32 {
-        let hw = try dev.readConfig(offset, size)
+        // An access made only of virtual fields is not read from the device:
+        // none of it would be used, and on Xen each read is a system call.
+        let virtualOnly = (offset..<offset + size).allSatisfy { fieldAt[$0] >= 0 && fields[Int(fieldAt[$0])].kind.isVirtual }
+        let hw = virtualOnly ? 0 : try dev.readConfig(offset, size)
         var out = hw
         var b = offset
         while b < offset + size {
@@ -241,7 +252,7 @@ final class ConfigMediation {
             guard idx >= 0 else { b += 1; continue }
             let f = fields[Int(idx)]
             let covered = f.offset >= offset && f.offset + f.size <= offset + size
-            let fieldHW = covered ? (hw >> (8 * UInt32(f.offset - offset))) & Self.ones(f.size) : try dev.readConfig(f.offset, f.size)
+            let fieldHW = f.kind.isVirtual ? 0 : covered ? (hw >> (8 * UInt32(f.offset - offset))) & Self.ones(f.size) : try dev.readConfig(f.offset, f.size)
             let v = virtualRead(f, hw: fieldHW)
             // Overlay the bytes of the field inside the access.
             let lo = max(f.offset, offset), hi = min(f.offset + f.size, offset + size)

@@ -208,9 +208,9 @@ struct Backend: ParsableCommand {
     var config: String?
     @Option(name: .long, help: ArgumentHelp("The control socket to serve (default /run/xenpci/control; 'none' for none).", valueName: "PATH"))
     var control: String = ControlServer.defaultPath
-    @Flag(help: "On Xen: time every request on the service thread (poll wake, handling, unmask and notify) and log the percentiles at stop.")
+    @Flag(help: "On Xen: time every request on the service thread (poll wake, handling, reply and notify) and log the percentiles at stop.")
     var profile = false
-    @Option(name: .long, help: ArgumentHelp("On Xen, experimental (issue 16): after serving a request, watch the connected guests' request flags this many microseconds before blocking, with no system call, so a guest's next request is taken without a wake-up. Costs dom0 CPU; 0 (the default) blocks at once.", valueName: "US"))
+    @Option(name: .long, help: ArgumentHelp("On Xen, experimental (issue 16): after serving a request, watch the request flags of the guests just served this many microseconds before unmasking their ports and blocking, with no system call, so a guest's next request is taken without a wake-up. Costs dom0 CPU; 0 (the default) unmasks and blocks at once.", valueName: "US"))
     var spinUs: Int = 0
 
     func run() throws {

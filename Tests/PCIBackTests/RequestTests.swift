@@ -38,6 +38,25 @@ struct RequestTests {
         h.expectClean()
     }
 
+    @Test("a read made only of virtual registers (BARs, ROM, interrupt line) never reaches the device; one that spans a device byte does")
+    func virtualReadsStayOffTheDevice() throws {
+        let (h, f) = try connected([Fixture.e1000])
+        let dev = try h.device(Fixture.e1000)
+        let n = dev.accessCount
+        let bar0 = try f.read(v00, 0x10, 4)
+        let (lo, hi) = (try f.read(v00, 0x10, 2), try f.read(v00, 0x12, 2))
+        #expect(bar0.0 == .success && bar0.1 == lo.1 | hi.1 << 16)
+        #expect(try f.read(v00, 0x30, 4).0 == .success)
+        let line = try f.read(v00, 0x3C, 1)
+        #expect(dev.accessCount == n, "BAR, ROM and interrupt-line reads reached the device")
+        let dword = try f.read(v00, 0x3C, 4) // interrupt pin, min_gnt, max_lat are the device's
+        let pin = try dev.readConfig(0x3D, 1)
+        #expect(dword.0 == .success && dword.1 & 0xFF == line.1 && dword.1 >> 8 & 0xFF == pin)
+        #expect(dev.accessCount > n)
+        f.close()
+        h.expectClean()
+    }
+
     @Test("a device not exported to this guest: dev_not_found, for every command")
     func unknownDevice() throws {
         let (h, f) = try connected([Fixture.e1000])
