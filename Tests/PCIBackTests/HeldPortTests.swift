@@ -40,6 +40,48 @@ struct HeldPortTests {
         h.expectClean()
     }
 
+    @Test("deterministic: a guest that posts its next request from inside our notify is served without events, all in one drain(); the owed event is excused; the port is unmasked after")
+    func heldInOneDrain() throws {
+        var o = PCIBack.Options()
+        o.serviceThread = false
+        let h = try Harness(options: o)
+        try h.claim(Fixture.e1000)
+        try h.create(1, Fixture.e1000)
+        h.back.drain()
+        let f = try RawFrontend(h)
+        try f.connect()
+        h.back.drain()
+        #expect(h.read(h.be(1) + "/state") == XenState.connected.xenstoreValue)
+        // As pcifront does, but at once: each reply read, the next request
+        // posted and notified before our notify has returned.
+        var replies: [UInt32] = []
+        let page = f.page, ev = f.ev, port = f.port!
+        try h.hv.domain(1).deliverInPlace(port: port) { _ in
+            guard page.flags & XenPCI.frontendActive == 0 else { return }
+            replies.append(page.readReply().value)
+            guard replies.count < 10 else { return }
+            page.postRequest(xen_pci_op(command: .confRead, address: v00, offset: Int32(replies.count % 2 * 2), size: 2))
+            try? ev.notify(port)
+        }
+        page.postRequest(xen_pci_op(command: .confRead, address: v00, offset: 0, size: 2))
+        try ev.notify(port)
+        h.back.drain()
+        #expect(replies == [0x8086, 0x100e, 0x8086, 0x100e, 0x8086, 0x100e, 0x8086, 0x100e, 0x8086, 0x100e])
+        var s = try #require(h.back.guestStatistics().first)
+        #expect(s.requests == 10 && s.withoutEvent == 9 && s.spurious == 0)
+        // Unmasked: a request by event is served as usual.
+        page.postRequest(xen_pci_op(command: .confRead, address: v00, offset: 2, size: 2))
+        try ev.notify(port)
+        h.back.drain()
+        s = try #require(h.back.guestStatistics().first)
+        #expect(replies.count == 11 && replies.last == 0x100e)
+        #expect(s.requests == 11 && s.withoutEvent == 9 && s.spurious == 0)
+        f.close()
+        h.back.drain()
+        h.shutdown()
+        #expect(h.hv.leaks().isEmpty, "leaks: \(h.hv.leaks())")
+    }
+
     @Test("a guest that posts again at once after every reply, notifying only when not served within 5 ms, is served while held and does not stop another guest")
     func busyGuestCannotStopAnother() throws {
         let h = try Harness(options: Self.holding(.milliseconds(2)), guests: [1, 2])
