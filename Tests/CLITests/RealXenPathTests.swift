@@ -52,6 +52,25 @@ struct RealXenPathTests {
         #expect(bytes[4] & 0x04 == 0)
     }
 
+    @Test("config accesses of a live function go through /proc/bus/pci's file as Linux names it; a tree other than /sys uses its own config file")
+    func configFile() throws {
+        #expect(SysfsPCIDevice.procConfigPath(try PCIAddress(parsing: "0000:00:03.0")) == "/proc/bus/pci/00/03.0")
+        #expect(SysfsPCIDevice.procConfigPath(try PCIAddress(parsing: "0001:3a:1f.7")) == "/proc/bus/pci/0001:3a/1f.7")
+        let (root, config) = try treeWithoutReset()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let dev = try SysfsPCIDevice(root: root, address: try PCIAddress(parsing: "0000:00:06.0"), inMemory: false)
+        #expect(dev.configFile == config)
+        #expect(try dev.readConfig(0, 4) == 0x100e_8086)
+        // This machine's own functions, where it has any: both files give the same bytes.
+        let live = (try? listSysfsDevices(root: "/sys")) ?? []
+        for a in live.prefix(4) where FileManager.default.fileExists(atPath: SysfsPCIDevice.procConfigPath(a)) {
+            let d = try SysfsPCIDevice(root: "/sys", address: a, inMemory: false)
+            #expect(d.configFile == SysfsPCIDevice.procConfigPath(a))
+            let sysfs = try #require(FileManager.default.contents(atPath: "/sys/bus/pci/devices/\(a)/config"))
+            #expect(try d.readConfig(0, 4) == sysfs.prefix(4).enumerated().reduce(0) { $0 | UInt32($1.1) << (8 * UInt32($1.0)) })
+        }
+    }
+
     @Test("xen backend: a function no driver holds is enabled in dom0 while claimed (INTx routed to its GSI), disabled at stop")
     func enabledWhileClaimed() throws {
         let (root, _) = try treeWithoutReset()

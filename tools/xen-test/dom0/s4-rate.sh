@@ -34,6 +34,7 @@ T_END=$(( $(date +%s) + ${XT_BUDGET:-1200} ))
 
 [ -e /sys/bus/pci/devices/$DEV ] || fail "device $DEV missing in dom0"
 note "$DEV $(sys_id $DEV), driver $(drv_of $DEV); $PAIRS pairs, $RATE s of config reads per run"
+ev "dom0 PCI config access: $(dmesg | grep -iE 'PCI: Using configuration type|MMCONFIG|MCFG' | head -3 | sed 's/^\[[^]]*\] //' | tr '\n' ';')"
 ev "dom0 clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null); $(dmesg | grep -m1 -i 'vclock' || echo 'no VCLOCK message')"
 
 # syscalls WHEN: what one system call costs in dom0 (xt-syscost, built from
@@ -42,13 +43,16 @@ ev "dom0 clocksource $(cat /sys/devices/system/clocksource/clocksource0/current_
 # read. Each the median of 5 rounds of 0.4 s; no guest running.
 us() { awk -v n="$1" 'BEGIN { if (n == "") print "?"; else printf "%.1f", n / 1000 }'; }
 syscalls() {
-    local g r c
+    local g r c p
     command -v xt-syscost > /dev/null || { ev "dom0 syscall cost: not measured (no xt-syscost in the image)"; return 0; }
     g=$(xt-syscost getppid 2>&1) || { ev "dom0 syscall cost: xt-syscost failed: $g"; return 0; }
     r=$(xt-syscost read /dev/zero 2>&1)
     c=$(xt-syscost pread /sys/bus/pci/devices/$DEV/config 0 4 2>&1)
+    # The same config read through procfs (/proc/bus/pci/BB/DD.F, what lspci
+    # falls back to): the same kernel accessor without kernfs around it.
+    p=$(xt-syscost pread "/proc/bus/pci/${DEV:5:2}/${DEV:8}" 0 4 2>&1)
     ev "dom0 syscall cost: $(us "$(field ns_per_call_median "$g")") us (getppid, $1; min of 5 rounds $(us "$(field ns_per_call_min "$g")") us, $(field calls "$g") calls)"
-    ev "dom0 read(2) of 1 byte of /dev/zero: $(us "$(field ns_per_call_median "$r")") us; pread(2) of 4 bytes of $DEV's sysfs config: $(us "$(field ns_per_call_median "$c")") us ($1)"
+    ev "dom0 read(2) of 1 byte of /dev/zero: $(us "$(field ns_per_call_median "$r")") us; pread(2) of 4 bytes of $DEV's sysfs config: $(us "$(field ns_per_call_median "$c")") us, of its /proc/bus/pci file: $(us "$(field ns_per_call_median "$p")") us ($1)"
 }
 
 # pciback_off: Linux's xen-pciback gone; a guest's backend directory can
