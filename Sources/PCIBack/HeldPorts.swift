@@ -49,13 +49,13 @@ final class HeldPorts {
         let served = held
         held = []
         let pages = served.map { connection($0)?.shared }
-        var waiting = pages.map { $0.map { $0.flags & XenPCI.frontendActive != 0 } ?? false }
+        var waiting = pages.map(Self.requestPosted)
         if spin > .zero && !waiting.contains(true) {
             let end = ContinuousClock.now + spin
             var n = 0
             spinning: while ContinuousClock.now < end {
                 for _ in 0..<256 {
-                    for (i, p) in pages.enumerated() where p.map({ $0.flags & XenPCI.frontendActive != 0 }) ?? false {
+                    for (i, p) in pages.enumerated() where Self.requestPosted(p) {
                         waiting[i] = true
                         break spinning
                     }
@@ -68,4 +68,7 @@ final class HeldPorts {
             if w { ready.append(p) } else if connection(p) != nil { try? evtchn.unmask(p) }
         }
     }
+
+    /// Bit 0 of a mapped page: the guest's next request is there.
+    private static func requestPosted(_ page: SharedPage?) -> Bool { page.map { $0.flags & XenPCI.frontendActive != 0 } ?? false }
 }
