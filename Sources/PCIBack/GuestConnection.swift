@@ -32,8 +32,8 @@ final class GuestConnection {
     var withoutEvent = 0
     var spurious = 0
     var throttled = 0
-    /// A request was served while the port was held: its notify, still
-    /// pending behind the mask, is not a spurious event.
+    /// A request was served since the last event found none: its notify,
+    /// possibly still pending behind the mask, is not a spurious event.
     var owedEvent = false
     /// A function to export is still being reset after its previous guest:
     /// the connect or reconfigure waits for it (see `waitsForReset`).

@@ -22,8 +22,8 @@ extension GuestConnection {
             if sh.flags & XenPCI.frontendActive == 0 { try? evtchn.unmask(port); return false } // the AER answer
         }
         guard sh.flags & XenPCI.frontendActive != 0 else {
-            // The notify of a request served while held arrives once the
-            // port is unmasked: owed, not a flood (one per served request).
+            // The notify of a request already served arrives once the port
+            // is unmasked: owed, not a flood (one per served request).
             if !fromEvent || owedEvent {
                 if fromEvent { owedEvent = false }
                 try? evtchn.unmask(port)
@@ -33,7 +33,9 @@ extension GuestConnection {
             throttle(port)
             return false
         }
-        owedEvent = !fromEvent
+        // Its notify may still be behind the mask (served while held, or
+        // taken by the event owed to the request before): one excused event.
+        owedEvent = true
         requests += 1
         if !fromEvent { withoutEvent += 1 }
         ctx.profile.begin()
