@@ -125,8 +125,8 @@ public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
         } else {
             // On the live system, procfs's file for the function: the same
             // kernel accessor and checks as sysfs `config` without kernfs
-            // around it, a 4-byte read in 104 µs against 173 µs in a PV dom0
-            // under TCG (issue 16, docs/PERFORMANCE.md). Else sysfs's.
+            // around it; a 4-byte read was 11-55 % cheaper in 7 of 8 timings
+            // in a PV dom0 under TCG (issue 16, docs/PERFORMANCE.md). Else sysfs's.
             let proc = Self.procConfigPath(address)
             let file = root == "/sys" && fm.fileExists(atPath: proc) ? proc : path + "/config"
             fd = open(file, O_RDWR | O_CLOEXEC)
