@@ -42,9 +42,7 @@ struct HeldPortTests {
 
     @Test("deterministic: a guest that posts its next request from inside our notify is served without events, all in one drain(); the owed event is excused; the port is unmasked after")
     func heldInOneDrain() throws {
-        var o = PCIBack.Options()
-        o.serviceThread = false
-        let h = try Harness(options: o)
+        let h = try Harness(options: DeterministicTests.manual())
         try h.claim(Fixture.e1000)
         try h.create(1, Fixture.e1000)
         h.back.drain()
