@@ -97,7 +97,7 @@ struct QuirkCommand: ParsableCommand {
 
     func run() throws {
         guard action == "add" || action == "remove" else { throw CLIError.usage("quirk: '\(action)' is not add or remove") }
-        let q = try PCIQuirk(parsing: quirk)
+        let q = action == "add" ? try parseQuirk(quirk) : try PCIQuirk(parsing: quirk)
         try control.send("quirk \(action) \(q)")
     }
 }
@@ -114,5 +114,47 @@ struct StatusCommand: ParsableCommand {
         let f = try control.send("status", print: false).functions ?? []
         if json { Console.standard.out(jsonLine(f)); return }
         Console.standard.out(f.isEmpty ? "no function is assignable" : f.map(\.text).joined(separator: "\n"))
+    }
+}
+
+struct ReloadCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reload",
+        abstract: "Have the running backend re-read its configuration file and apply the difference.",
+        discussion: "Prints what changed. A file with errors changes nothing: every error is printed as FILE:LINE: message and the exit status is 78. The systemd unit's ExecReload runs this; SIGHUP does the same with the result in the log only.")
+    @OptionGroup var control: ControlOptions
+    func run() throws { try control.send("reload") }
+}
+
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Check a configuration file as the backend would at start, without claiming or touching a function.",
+        discussion: "Every error is printed as FILE:LINE: message on standard error: the syntax, and each section's function (it exists; on Xen no host driver holds it and it has a reset method unless no-strict-reset is on; its quirks fit its registers). Exit status 0 when the file is good, 78 when it is not.")
+    @Argument(help: ArgumentHelp("The file to check (default /etc/xenpci.conf).", valueName: "FILE"))
+    var file: String = DaemonConfig.defaultPath
+    @Option(help: "Whose rules: auto (default: xen on a Xen domain, else mock), mock or xen.")
+    var hypervisor: HypervisorKind = .auto
+    @Option(name: .long, help: ArgumentHelp("Check against this sysfs-shaped fixture tree (the mock's rules).", valueName: "DIR"))
+    var fixtures: String?
+    @Option(name: .long, help: ArgumentHelp("This machine's sysfs root (default /sys).", valueName: "ROOT"))
+    var sysfs: String?
+
+    func run() throws {
+        let console = Console.standard
+        let target: ConfigTarget
+        if fixtures == nil, try resolveHypervisor(hypervisor, console: console) == .xen {
+            target = try ConfigTarget.xen(sysfsRoot: sysfs ?? "/sys")
+        } else {
+            target = .mock(try DeviceSource.choose(fixtures: fixtures, sysfs: sysfs, console: console))
+        }
+        let (c, problems) = try DaemonConfig.check(file, against: target)
+        for p in problems { console.err("\(file):\(p.line): \(p.message)") }
+        guard problems.isEmpty else {
+            throw CLIError(message: "\(file): \(problems.count) error\(problems.count == 1 ? "" : "s"); a backend would start with none of its functions",
+                           status: DaemonConfig.errorStatus)
+        }
+        let names = c.entries.map(\.address.description).joined(separator: " ")
+        console.out("\(file): no errors; \(c.entries.count) function\(c.entries.count == 1 ? "" : "s")\(names.isEmpty ? "" : ": " + names) (checked against \(target.root))")
     }
 }

@@ -16,7 +16,8 @@ struct XenPCICommand: ParsableCommand {
         abstract: "Xen PCI pass-through: pciback(4) and xpci(4) in Swift",
         discussion: "See xenpci(8), xenpci-pciback(4) and xenpci-xpci(4).",
         subcommands: [Demo.self, List.self, Frontend.self, Backend.self, Attach.self, Detach.self,
-                      AssignableAdd.self, AssignableRemove.self, AssignableList.self, SetCommand.self, QuirkCommand.self, StatusCommand.self])
+                      AssignableAdd.self, AssignableRemove.self, AssignableList.self, SetCommand.self, QuirkCommand.self, StatusCommand.self,
+                      ReloadCommand.self, CheckConfig.self])
 }
 
 enum HypervisorKind: String, ExpressibleByArgument, CaseIterable { case auto, mock, xen }
@@ -210,20 +211,44 @@ struct Backend: ParsableCommand {
     var control: String = ControlServer.defaultPath
     @Flag(help: "On Xen: time every request on the service thread (poll wake, handling, reply and notify) and log the percentiles at stop.")
     var profile = false
-    @Option(name: .long, help: ArgumentHelp("On Xen, experimental (issue 16): after serving a request, watch the request flags of the guests just served this many microseconds before unmasking their ports and blocking, with no system call, so a guest's next request is taken without a wake-up. Costs dom0 CPU; 0 (the default) unmasks and blocks at once.", valueName: "US"))
+    @Option(name: .long, help: ArgumentHelp("On Xen, experimental: after serving a request, watch the request flags of the guests just served this many microseconds before unmasking their ports and blocking, with no system call, so a guest's next request is taken without a wake-up. Costs dom0 CPU; 0 (the default) unmasks and blocks at once.", valueName: "US"))
     var spinUs: Int = 0
 
     func run() throws {
+        let started = StartGate()
+        do { try runBackend(started) } catch where !started.ready && !(error is ExitCode) {
+            // systemd restarts on 1 (Restart=on-failure): a start that cannot
+            // succeed would loop. Never 1 before READY=1: 69 unless the error
+            // has a status of its own (64, 77, 78).
+            let e = CLIError.from(error)
+            throw e.status == CLIError.failed ? CLIError(message: e.message, status: CLIError.unavailable) : e
+        }
+    }
+
+    /// A --hide that names nothing claimable is bad usage, not a failure.
+    private func hideError(_ error: Error) -> Error {
+        let e = CLIError.from(error)
+        return e.status == CLIError.failed ? CLIError.usage("--hide: \(e.message)") : e
+    }
+
+    private func runBackend(_ started: StartGate) throws {
         let topology = try devices.validated()
         let console = Console.standard
         let kind = try resolveHypervisor(hypervisor, console: console)
-        // Read whole before anything is claimed: a bad line claims nothing.
         let configPath = config ?? (kind == .xen ? DaemonConfig.defaultPath : nil)
-        let configFile = try configPath.flatMap { p in
-            config == nil && !FileManager.default.fileExists(atPath: p) ? nil : try DaemonConfig.load(p)
+        // The default file is optional; one named with --config is not.
+        let readConfig = configPath.map { config != nil || FileManager.default.fileExists(atPath: $0) } ?? false
+        if kind == .xen {
+            guard devices.fixtures == nil else { throw CLIError.usage("--fixtures: on Xen the backend serves this machine's devices (use --sysfs ROOT)") }
+            let target = try ConfigTarget.xen(sysfsRoot: devices.sysfs ?? "/sys")
+            // Checked whole (syntax and functions) before anything is claimed:
+            // every problem is reported and nothing is claimed.
+            let configFile = readConfig ? try DaemonConfig.loadChecked(configPath!, against: target) : nil
+            return try runXen(topology: topology, console: console, configPath: configPath, config: configFile, target: target, started: started)
         }
-        if kind == .xen { return try runXen(topology: topology, console: console, configPath: configPath, config: configFile) }
         let source = try DeviceSource.choose(fixtures: devices.fixtures, sysfs: devices.sysfs, console: console)
+        let target = ConfigTarget.mock(source)
+        let configFile = readConfig ? try DaemonConfig.loadChecked(configPath!, against: target) : nil
         let term = TerminationSignal(reload: true) // before any thread starts: no signal is lost
         let host = try MockHost(source: source, topology: topology, console: console)
         let box = DaemonBox()
@@ -236,10 +261,10 @@ struct Backend: ParsableCommand {
             _ = host.shutdown()
             throw error
         }
-        let daemon = AdminDaemon(host: host, configPath: configPath, config: configFile)
+        let daemon = AdminDaemon(host: host, configPath: configPath, config: configFile, target: target)
         box.daemon = daemon
         do {
-            try host.claim(hide: devices.hide, defaultSelection: configFile == nil)
+            do { try host.claim(hide: devices.hide, defaultSelection: configFile == nil) } catch { throw hideError(error) }
             try daemon.applyConfigAtStart()
             try host.serve(frontend: false)
         } catch {
@@ -248,12 +273,12 @@ struct Backend: ParsableCommand {
             throw error
         }
         server?.start()
+        started.ready = true
         sdNotify("READY=1")
         console.err("[dom0 pciback] running\(server.map { " (control socket \($0.path))" } ?? ""); SIGINT or SIGTERM stops it, SIGHUP re-reads the config file")
         while term.wait() == SIGHUP {
             sdNotify("RELOADING=1")
-            daemon.reload()
-            sdNotify("READY=1")
+            sdNotify("READY=1\nSTATUS=\(daemon.reload().lines.last ?? "")")
         }
         sdNotify("STOPPING=1")
         server?.stop()
@@ -266,8 +291,7 @@ struct Backend: ParsableCommand {
 
     /// On the real Xen: the host's own devices (sysfs, no snapshot), served
     /// to whichever guests the toolstack gives them until SIGINT or SIGTERM.
-    func runXen(topology: PCIBack.Topology, console: Console, configPath: String?, config: DaemonConfig?) throws {
-        guard devices.fixtures == nil else { throw CLIError.usage("--fixtures: on Xen the backend serves this machine's devices (use --sysfs ROOT)") }
+    func runXen(topology: PCIBack.Topology, console: Console, configPath: String?, config: DaemonConfig?, target: ConfigTarget, started: StartGate) throws {
         let hv = try openXenHypervisor()
         // Signals are taken before anything is claimed, so a SIGTERM during
         // start-up still releases everything.
@@ -285,10 +309,10 @@ struct Backend: ParsableCommand {
         } catch { server?.stop(); throw error }
         let log = host.log
         if profile { host.back.profile.enable() }
-        let daemon = AdminDaemon(host: host, configPath: configPath, config: config)
+        let daemon = AdminDaemon(host: host, configPath: configPath, config: config, target: target)
         box.daemon = daemon
         do {
-            if let hide = devices.hide { try host.claim(hide: hide) }
+            if let hide = devices.hide { do { try host.claim(hide: hide) } catch { throw hideError(error) } }
             try daemon.applyConfigAtStart()
             try host.start()
         } catch {
@@ -299,13 +323,14 @@ struct Backend: ParsableCommand {
         let n = host.back.listing().count
         if n == 0 { log.info("no function is assignable yet: name them in \(configPath ?? DaemonConfig.defaultPath) or add them with xenpci assignable-add") }
         server?.start()
+        started.ready = true
         sdNotify("READY=1\nSTATUS=\(n) function(s) assignable")
         log.info("running on Xen as dom\((try? hv.domid()).map(String.init) ?? "?")\(server.map { ", control socket \($0.path)" } ?? ""); SIGINT or SIGTERM stops it, SIGUSR1 stops it leaving guests connected, SIGHUP re-reads the config file")
         var sig = term.wait()
         while sig == SIGHUP {
             sdNotify("RELOADING=1")
             let summary = daemon.reload()
-            sdNotify("READY=1\nSTATUS=\(summary)")
+            sdNotify("READY=1\nSTATUS=\(summary.lines.last ?? "")")
             sig = term.wait()
         }
         sdNotify("STOPPING=1")
@@ -322,6 +347,10 @@ struct Backend: ParsableCommand {
         log.info("stopped; guests closed, grants unmapped, ports unbound, devices reset and released")
     }
 }
+
+/// Whether the backend has started (READY=1): failures before it have
+/// their own exit statuses.
+final class StartGate { var ready = false }
 
 /// The daemon the control socket serves, set once it exists: the socket is
 /// bound first (a second backend must stop before it claims anything) and

@@ -18,7 +18,7 @@ protocol DaemonHost: AnyObject {
     func logError(_ s: String)
 }
 
-/// The running backend's administration (issue 14): run-time claims and
+/// The running backend's administration: run-time claims and
 /// releases, permissive and quirks, status, the config file and its reload.
 /// One administrator's command at a time (`lock`, held across a command's
 /// claims and resets, never taken by the backend's service thread). Backend
@@ -43,10 +43,15 @@ final class AdminDaemon {
     private let pendingLock = NSLock()
     private var enforcePending = false
 
-    init(host: DaemonHost, configPath: String?, config: DaemonConfig?) {
+    /// The functions a reloaded file is checked against before anything
+    /// changes (nil: its syntax only).
+    let configTarget: ConfigTarget?
+
+    init(host: DaemonHost, configPath: String?, config: DaemonConfig?, target: ConfigTarget? = nil) {
         self.host = host
         self.configPath = configPath
         self.config = config
+        self.configTarget = target
         let back = host.back
         let previous = back.onEvent
         back.onEvent = { [weak self] e in
@@ -132,7 +137,7 @@ final class AdminDaemon {
         do { access = try host.openFunction(a) } catch { throw located(e, error) }
         do {
             if !o.noStrictReset && !host.hasResetMethod(access) {
-                throw CLIError.failure("\(a): has no reset method (strict reset); set no-strict-reset = yes in its section, or use 'assignable-add --no-strict-reset', to claim it with only its saved state restored")
+                throw CLIError.failure("\(a): has no reset method (strict reset); set no-strict-reset = on in its section, or use 'assignable-add --no-strict-reset', to claim it with only its saved state restored")
             }
             try back.claim(access)
         } catch {
@@ -163,7 +168,8 @@ final class AdminDaemon {
         guard let e, let path = config?.path ?? configPath else { return error }
         let c = CLIError.from(error)
         if c.message.hasPrefix(path + ":") { return c } // located already
-        return CLIError(message: "\(path):\(line ?? e.line): [\(e.address)]: \(c.message)", status: c.status)
+        // The file named something the function refuses: a configuration error.
+        return CLIError(message: "\(path):\(line ?? e.line): [\(e.address)]: \(c.message)", status: DaemonConfig.errorStatus)
     }
 
     /// `assignable-add`: every function claimed, or none.
@@ -247,24 +253,40 @@ final class AdminDaemon {
         }
     }
 
-    // MARK: reload (SIGHUP)
+    // MARK: reload (`xenpci reload`, SIGHUP)
+
+    /// What a reload did: the difference it applied, or why nothing changed.
+    struct ReloadResult {
+        var ok: Bool
+        /// One summary line when `ok`; else every error (FILE:LINE: ...) and
+        /// a last line saying nothing changed.
+        var lines: [String]
+        var text: String { lines.joined(separator: "\n") }
+    }
 
     /// Re-reads the config file and applies only the difference: functions
     /// new in it claimed, functions gone from it released unless a guest
     /// holds them, changed options applied; unchanged entries are not
-    /// touched. A bad file or a claim or option that fails changes nothing.
-    /// Returns the summary line it logged.
+    /// touched. The file is checked whole first (syntax and functions, as at
+    /// start); a bad file, or a claim or option that fails, changes nothing.
+    /// The result is logged too.
     @discardableResult
-    func reload() -> String {
+    func reload() -> ReloadResult {
         guard let path = configPath else {
-            host.logInfo("[dom0 pciback] reload: no config file (start with --config FILE or create \(DaemonConfig.defaultPath))")
-            return "no config file"
+            let line = "reload: no config file (start the backend with --config FILE, or create \(DaemonConfig.defaultPath) before it starts)"
+            host.logError("[dom0 pciback] \(line)")
+            return ReloadResult(ok: false, lines: [line])
+        }
+        func refused(_ error: Error) -> ReloadResult {
+            let lines = userMessage(error).split(separator: "\n").map(String.init) + ["reload \(path): nothing changed"]
+            for l in lines { host.logError("[dom0 pciback] \(l)") }
+            return ReloadResult(ok: false, lines: lines)
         }
         let new: DaemonConfig
-        do { new = try DaemonConfig.load(path) } catch {
-            let line = "reload \(path): \(CLIError.from(error).message); nothing changed"
-            host.logError("[dom0 pciback] \(line)")
-            return line
+        do {
+            new = try configTarget.map { try DaemonConfig.loadChecked(path, against: $0) } ?? DaemonConfig.load(path)
+        } catch {
+            return refused(error)
         }
         return command {
             let old = config ?? DaemonConfig(path: path)
@@ -303,9 +325,7 @@ final class AdminDaemon {
             } catch {
                 for u in undo.reversed() { u() }
                 config = saved
-                let line = "reload \(path): \(CLIError.from(error).message); nothing changed"
-                host.logError("[dom0 pciback] \(line)")
-                return line
+                return refused(error)
             }
             for e in old.entries where new.entry(e.address) == nil && back.isClaimed(e.address) {
                 if let h = back.guestHolding(e.address) {
@@ -328,7 +348,7 @@ final class AdminDaemon {
             var line = "reloaded \(path): claimed \(list(claimed)); released \(list(released)); options changed \(list(changed)); \(unchanged) unchanged"
             if !held.isEmpty { line += "; still held, left claimed: \(held.joined(separator: " "))" }
             host.logInfo("[dom0 pciback] \(line)")
-            return line
+            return ReloadResult(ok: true, lines: [line])
         }
     }
 
@@ -394,6 +414,10 @@ final class AdminDaemon {
             if verb == "status" { return ControlReply(functions: f) }
             return ControlReply(message: f.map { s in s.address + (s.guest.map { " dom\($0) as \(s.guestAddress ?? "?")" } ?? "") }.joined(separator: "\n"),
                                 functions: f)
+        case "reload":
+            guard args.isEmpty else { throw CLIError.usage("reload takes no arguments") }
+            let r = reload()
+            return r.ok ? ControlReply(message: r.text) : ControlReply(ok: false, error: r.text, status: DaemonConfig.errorStatus)
         case "list":
             guard args.isEmpty else { throw CLIError.usage("list takes no arguments") }
             let l = back.listing()
@@ -409,11 +433,12 @@ final class AdminDaemon {
             return ControlReply(message: "\(a): permissive \(on ? "on" : "off")")
         case "quirk":
             guard args.count == 2, ["add", "remove"].contains(args[args.startIndex]) else { throw CLIError.usage("quirk: expected add|remove BDF-REG:SIZE:MASK") }
-            let q = try PCIQuirk(parsing: args[args.startIndex + 1])
+            let text = args[args.startIndex + 1]
+            let q = args[args.startIndex] == "add" ? try parseQuirk(text) : try PCIQuirk(parsing: text)
             if args[args.startIndex] == "add" { try addQuirk(q) } else { try removeQuirk(q) }
             return ControlReply(message: "\(q.address): quirk \(q) \(args[args.startIndex] == "add" ? "added" : "removed")")
         default:
-            throw CLIError.usage("unknown request '\(verb)' (assignable-add, assignable-remove, assignable-list, set, quirk, status, list)")
+            throw CLIError.usage("unknown request '\(verb)' (assignable-add, assignable-remove, assignable-list, set, quirk, status, list, reload)")
         }
     }
 }

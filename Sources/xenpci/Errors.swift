@@ -28,6 +28,7 @@ struct CLIError: Error, CustomStringConvertible {
     static func from(_ error: Error) -> CLIError {
         switch error {
         case let e as CLIError: return e
+        case let e as ConfigErrors: return CLIError(message: e.description, status: DaemonConfig.errorStatus)
         case let e as PCIAddressError: return .usage(e.description)
         case let e as HideListError: return .usage(e.description)
         case PCIBackError.badQuirk(let m): return .usage("quirk: \(m)")
@@ -42,6 +43,9 @@ struct CLIError: Error, CustomStringConvertible {
         }
     }
 }
+
+/// An error as the one line (or, for a config file, lines) a user reads.
+func userMessage(_ error: Error) -> String { CLIError.from(error).message }
 
 /// Writes lines from several threads without interleaving them.
 final class Console: @unchecked Sendable {

@@ -104,7 +104,7 @@ final class Shell {
         case "stats": try stats(args)
         case "quirk":
             guard args.count == 1 else { throw CLIError.usage("usage: quirk [DDDD:]BB:SS.F-REG:SIZE:MASK") }
-            try needHost("quirk").addQuirk(try PCIQuirk(parsing: args[0]))
+            try needHost("quirk").addQuirk(try parseQuirk(args[0]))
         case "permissive":
             guard args.count == 2, args[1] == "on" || args[1] == "off" else { throw CLIError.usage("usage: permissive HOSTBDF on|off") }
             try needHost("permissive").setPermissive(try Self.address(args[0]), args[1] == "on")

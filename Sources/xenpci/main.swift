@@ -20,6 +20,8 @@ do {
     XenPCICommand.exit(withError: error)
 } catch {
     let e = CLIError.from(error)
-    FileHandle.standardError.write(Data("xenpci: \(e.message)\n".utf8))
+    // A config file's errors are one line each, every one prefixed.
+    let lines = e.message.split(separator: "\n").map { "xenpci: \($0)\n" }.joined()
+    FileHandle.standardError.write(Data(lines.utf8))
     exit(e.status)
 }

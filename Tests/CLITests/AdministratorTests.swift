@@ -1,0 +1,188 @@
+import Foundation
+import Testing
+@testable import xenpci
+import PCIBack
+import PCIModel
+
+/// A config file in a scratch directory; removed by the caller.
+func writeConfig(_ text: String, _ tag: String = "conf") throws -> (dir: String, path: String) {
+    let dir = try scratchDirectory(tag)
+    try text.write(toFile: dir + "/xenpci.conf", atomically: true, encoding: .utf8)
+    return (dir, dir + "/xenpci.conf")
+}
+
+/// Six mistakes an administrator makes, one a line: a key outside any
+/// section, a bad on/off value, a quirk over an emulated register, a quirk
+/// allowing nothing, a function that does not exist, an unknown key.
+let sixErrors = """
+    permissive = on
+    [00:03.0]
+    permissive = maybe
+    quirk = 0x04:2:0xffff
+    quirk = 0xf0:4:0
+    [00:1e.0]
+    [00:04.0]
+    colour = red
+    """
+
+@Suite("check-config: every error of a file, without touching a function", .serialized, .enabled(if: xenpciBinary != nil, noXenpciBinary))
+struct CheckConfigTests {
+    @Test("a file with six errors reports six, each FILE:LINE: message, exit 78")
+    func sixErrorsReported() throws {
+        let (dir, path) = try writeConfig(sixErrors)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = try run(xenpciBinary!, ["check-config", path, "--fixtures", q35])
+        #expect(r.status == 78, "\(r.stderr)")
+        let lines = r.stderrLines.filter { $0.hasPrefix(path + ":") }
+        #expect(lines == [
+            "\(path):1: 'permissive' before any [DDDD:BB:SS.F] section",
+            "\(path):3: permissive 'maybe': expected on or off",
+            "\(path):4: [0000:00:03.0]: quirk: 0000:00:03.0-0x004:2:0xffff: overlaps the emulated command register at 0x004",
+            "\(path):5: quirk '0000:00:03.0-0xf0:4:0': mask 0 allows no bit; give the bits a guest may write",
+            "\(path):6: [0000:00:1e.0]: no such function in \(q35)/bus/pci/devices",
+            "\(path):8: unknown key 'colour' (expected permissive, quirk or no-strict-reset)",
+        ], "\(r.stderr)")
+        #expect(r.stderrLines.last == "xenpci: \(path): 6 errors; a backend would start with none of its functions")
+        #expect(r.stdout.isEmpty)
+    }
+
+    @Test("a CRLF file names the \\r once, with how many lines end in it; invisible characters are named with their column")
+    func invisibleCharactersNamed() throws {
+        let (dir, path) = try writeConfig("[00:03.0]\r\npermissive = on\r\n[00:04.0]\r\n")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = try run(xenpciBinary!, ["check-config", path, "--fixtures", q35])
+        #expect(r.status == 78)
+        #expect(r.stderrLines.first == "\(path):1: line ends in \\r (carriage return): Windows line endings, as 2 more lines do; convert the file with dos2unix or sed -i 's/\\r$//'", "\(r.stderr)")
+        #expect(r.stderrLines.filter { $0.hasPrefix(path + ":") }.count == 1)
+        for (text, named) in [("permissive =\u{A0}on", "U+00A0 (no-break space) at column 13"), ("\u{FEFF}permissive = on", "U+FEFF (byte order mark) at column 1"),
+                              ("permissive = o\u{200B}n", "U+200B (zero-width space) at column 15"), ("permissive = on\u{1B}", "\\e (escape) at column 16")] {
+            let (_, problems) = DaemonConfig.parseCollecting(Data("[00:03.0]\n\(text)\n".utf8), path: "f")
+            #expect(problems == [ConfigProblem(line: 2, message: "\(named): only printable ASCII is allowed")], "\(problems)")
+        }
+        let (_, bad) = DaemonConfig.parseCollecting(Data([0x5B, 0xFF, 0x5D]), path: "f")
+        #expect(bad.map(\.message) == ["a byte that is not UTF-8 at column 2: only printable ASCII is allowed"])
+    }
+
+    @Test("a good file exits 0 and names its functions; a missing file is 78")
+    func goodFile() throws {
+        let (dir, path) = try writeConfig("[00:03.0]\npermissive = on\nquirk = 0xf0:4:0xff\n[00:04.0]\nno-strict-reset = on\n")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = try run(xenpciBinary!, ["check-config", path, "--fixtures", q35])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == "\(path): no errors; 2 functions: 0000:00:03.0 0000:00:04.0 (checked against \(q35))\n")
+        expectOneErrorLine(try run(xenpciBinary!, ["check-config", dir + "/none.conf", "--fixtures", q35]), 78, "\(dir)/none.conf: no such file")
+    }
+
+    @Test("the check only reads: no function is reset or written, and the Xen rules (host driver, strict reset) are applied")
+    func onlyReads() throws {
+        let (root, _) = try RealXenPathTests().treeWithoutReset()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let (dir, path) = try writeConfig("[00:06.0]\nquirk = 0xf0:4:0xff\n[00:07.0]\n")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let xen = try ConfigTarget.xen(sysfsRoot: root)
+        var opened: [SysfsPCIDevice] = []
+        let target = ConfigTarget(root: xen.root, available: xen.available, snapshots: false) { a in
+            let d = try xen.open(a) as! SysfsPCIDevice
+            opened.append(d)
+            return d
+        }
+        let before = try FileManager.default.contentsOfDirectory(atPath: root + "/bus/pci/devices/0000:00:06.0").sorted()
+            .map { try? Data(contentsOf: URL(fileURLWithPath: root + "/bus/pci/devices/0000:00:06.0/" + $0)) }
+        let (_, problems) = try DaemonConfig.check(path, against: target)
+        #expect(problems.map(\.line) == [1, 3], "\(problems)")
+        #expect(problems.first?.message == "[0000:00:06.0]: has no reset method (strict reset); set no-strict-reset = on to claim it with only its saved state restored")
+        #expect(!opened.isEmpty && opened.allSatisfy { $0.resetCount == 0 })
+        let after = try FileManager.default.contentsOfDirectory(atPath: root + "/bus/pci/devices/0000:00:06.0").sorted()
+            .map { try? Data(contentsOf: URL(fileURLWithPath: root + "/bus/pci/devices/0000:00:06.0/" + $0)) }
+        #expect(before == after, "the function's sysfs files are as they were")
+    }
+
+    @Test("`xenpci backend` runs the same check first: all six errors, exit 78, nothing claimed")
+    func backendRunsTheCheck() throws {
+        let (dir, path) = try writeConfig(sixErrors)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = try run(xenpciBinary!, ["backend", "--fixtures", q35, "--config", path, "--control", dir + "/control"])
+        #expect(r.status == 78)
+        #expect(r.errorLines.filter { $0.hasPrefix("xenpci: \(path):") }.count == 6, "\(r.stderr)")
+        #expect(!r.stderr.contains("[dom0 pciback]"), "nothing claimed or started")
+    }
+}
+
+@Suite("reload over the control socket: the applied difference or every error", .serialized, .enabled(if: xenpciBinary != nil, noXenpciBinary))
+struct ReloadTests {
+    @Test("reload of a bad file exits 78 with every error and changes nothing; a good one prints the difference")
+    func reloadTellsTheTruth() throws {
+        let rig = try AdminRig(config: "[00:04.0]\npermissive = on\n")
+        defer { rig.finish() }
+        let before = (rig.back.listing().map(\.address), rig.back.permissive(of: address("00:04.0")), rig.back.quirks(of: address("00:04.0")))
+        try "[00:04.0]\npermissive = off\n[00:06.0]\nquirk = 0x04:2:0xff\n[00:1e.0]\n".write(toFile: rig.configPath, atomically: true, encoding: .utf8)
+        let bad = try rig.xenpci(["reload"])
+        #expect(bad.status == 78, "\(bad.stderr)")
+        #expect(bad.errorLines == [
+            "xenpci: \(rig.configPath):4: [0000:00:06.0]: quirk: 0000:00:06.0-0x004:2:0x00ff: overlaps the emulated command register at 0x004",
+            "xenpci: \(rig.configPath):5: [0000:00:1e.0]: no such function in \(q35)/bus/pci/devices",
+            "xenpci: reload \(rig.configPath): nothing changed",
+        ], "\(bad.stderr)")
+        #expect(bad.stdout.isEmpty)
+        let after = (rig.back.listing().map(\.address), rig.back.permissive(of: address("00:04.0")), rig.back.quirks(of: address("00:04.0")))
+        #expect(before.0 == after.0 && before.1 == after.1 && before.2 == after.2, "nothing changed")
+        try "[00:04.0]\n[00:06.0]\n".write(toFile: rig.configPath, atomically: true, encoding: .utf8)
+        let good = try rig.xenpci(["reload"])
+        #expect(good.status == 0, "\(good.stderr)")
+        #expect(good.stdout == "reloaded \(rig.configPath): claimed 0000:00:06.0; released none; options changed 0000:00:04.0; 0 unchanged\n")
+        #expect(rig.back.isClaimed(address("00:06.0")) && rig.back.permissive(of: address("00:04.0")) == false)
+    }
+
+    @Test("reload without a config file says so, exit 78")
+    func reloadWithoutFile() throws {
+        let rig = try AdminRig()
+        defer { rig.finish() }
+        expectOneErrorLine(try rig.xenpci(["reload"]), 78, "reload: no config file")
+    }
+}
+
+/// The unit's RestartPreventExitStatus, and the statuses xenpci(8) documents.
+func unitValue(_ key: String) throws -> String {
+    let unit = try String(contentsOfFile: repoRoot + "/tools/xenpci-backend.service", encoding: .utf8)
+    return try #require(unit.split(separator: "\n").first { $0.hasPrefix(key + "=") }).dropFirst(key.count + 1).description
+}
+
+@Suite("exit statuses: sysexits(3), the same in the command, xenpci(8) and the unit", .serialized, .enabled(if: xenpciBinary != nil, noXenpciBinary))
+struct ExitStatusTests {
+    @Test("a backend that cannot start exits with a status the unit does not restart on")
+    func startFailuresDoNotLoop() throws {
+        let prevent = Set(try unitValue("RestartPreventExitStatus").split(separator: " ").compactMap { Int32($0) })
+        #expect(prevent == [64, 69, 77, 78])
+        let dir = try scratchDirectory("exit")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try "[00:1e.0]\n".write(toFile: dir + "/missing.conf", atomically: true, encoding: .utf8)
+        try "[00:06.0]\nquirk = 0x04:2:0xffff\n".write(toFile: dir + "/quirk.conf", atomically: true, encoding: .utf8)
+        let exe = xenpciBinary!
+        let cases: [([String], Int32, String)] = [
+            (["--config", dir + "/missing.conf"], 78, "\(dir)/missing.conf:1: [0000:00:1e.0]: no such function"),
+            (["--config", dir + "/quirk.conf"], 78, "\(dir)/quirk.conf:2: [0000:00:06.0]: quirk:"),
+            (["--hide", "(00:1e.0)"], 64, "--hide: hide list entry (0000:00:1e.0) matches no device"),
+            (["--hide", "(00:zz.0)"], 64, "00:zz.0"),
+            (["--topology", "ring"], 64, "--topology 'ring'"),
+        ]
+        for (args, status, what) in cases {
+            let r = try run(exe, ["backend", "--fixtures", q35, "--control", dir + "/control"] + args)
+            expectOneErrorLine(r, status, what)
+            #expect(prevent.contains(r.status), "\(args): \(r.status) would be restarted in a loop")
+        }
+        // A second backend on the same socket: unavailable, not restarted.
+        let s = try ControlServer(path: dir + "/control", handler: { _ in ControlReply() })
+        s.start()
+        defer { s.stop() }
+        expectOneErrorLine(try run(exe, ["backend", "--fixtures", q35, "--control", dir + "/control"]), 69, "another xenpci backend serves")
+    }
+
+    @Test("xenpci(8) documents every status the unit names, and the unit reloads through `xenpci reload`")
+    func documented() throws {
+        let page = try String(contentsOfFile: repoRoot + "/man/xenpci.8", encoding: .utf8)
+        let section = try #require(page.components(separatedBy: ".Sh EXIT STATUS").last?.components(separatedBy: ".Sh ").first)
+        for s in ["0", "1", "64", "66", "69", "70", "75", "77", "78"] { #expect(section.contains(".It \(s)\n"), "EXIT STATUS lacks \(s)") }
+        #expect(try unitValue("ExecReload").hasSuffix("/bin/xenpci reload"))
+        #expect(try unitValue("RestartForceExitStatus") == "75")
+    }
+}
