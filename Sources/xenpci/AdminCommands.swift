@@ -105,15 +105,69 @@ struct QuirkCommand: ParsableCommand {
 struct StatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "status",
-        abstract: "Every function the running backend holds: guest, guest address, interrupts, requests, errors, denied writes with the quirk that would allow each.")
+        abstract: "The functions the running backend holds, one a line in aligned columns (as xl pci-list): name, guest, guest address, xenbus state, interrupts, reset method, denied writes.",
+        discussion: "DOMAIN (a domain id or name) or BDF shows only that guest's functions, or that function. Below the table, a line for each write the backend did not let through, with the quirk that would allow it.")
     @OptionGroup var control: ControlOptions
-    @Flag(help: "One line of JSON: an array, one object per function.")
+    @Flag(help: "One line of JSON: an array, one object per function (xenpci(8), JSON OUTPUT).")
     var json = false
+    @Argument(help: ArgumentHelp("Only this guest's functions (domain id or name), or only this function.", valueName: "DOMAIN|BDF"))
+    var filter: String?
 
     func run() throws {
-        let f = try control.send("status", print: false).functions ?? []
+        var f = try control.send("status", print: false).functions ?? []
+        if let filter { f = try Self.select(f, filter) }
         if json { Console.standard.out(jsonLine(f)); return }
-        Console.standard.out(f.isEmpty ? "no function is assignable" : f.map(\.text).joined(separator: "\n"))
+        guard !f.isEmpty else {
+            Console.standard.out(filter.map { f in "no function is assigned to " + (f.utf8.allSatisfy { (48...57).contains($0) } ? "domain \(f)" : f) }
+                                 ?? "no function is assignable")
+            return
+        }
+        Console.standard.out(Self.table(f))
+    }
+
+    /// A function by address (refused when the backend does not hold it), or
+    /// a guest by domain id or name.
+    static func select(_ f: [FunctionRecord], _ filter: String) throws -> [FunctionRecord] {
+        if let a = try? PCIAddress(parsing: filter) {
+            let hit = f.filter { $0.function == a.description }
+            guard !hit.isEmpty else { throw CLIError.failure("\(a): not assignable (the backend does not hold it)") }
+            return hit
+        }
+        if filter.utf8.allSatisfy({ (48...57).contains($0) }) {
+            let d = try parseDomainID(filter)
+            return f.filter { $0.guest == Int(d) }
+        }
+        guard filter.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { throw CLIError.usage("status: '\(filter)' is not a domain id, a domain name or a PCI function") }
+        return f.filter { $0.guestName == filter }
+    }
+
+    static func table(_ f: [FunctionRecord]) -> String {
+        func name(_ r: FunctionRecord) -> String {
+            guard let n = r.name else { return "\(r.vendor ?? "?"):\(r.device ?? "?")" }
+            return n.count > 40 ? String(n.prefix(39)) + "~" : n
+        }
+        let rows = f.map { r -> [String] in
+            let guest = r.guest.map { d in r.guestName.map { "\($0) (\(d))" } ?? "dom\(d)" } ?? "-"
+            let irq = r.interruptMode == "intx" ? "intx (irq \(r.irq ?? 0))" : r.interruptMode == "none" ? "none" : "\(r.interruptMode ?? "?") \(r.interruptCount ?? 0)"
+            let denied = (r.deniedWrites ?? []).reduce(0) { $0 + $1.count }
+            return [r.function ?? "?", name(r), guest, r.guestAddress ?? "-", r.guest == nil ? "-" : r.xenbusState ?? "unknown", irq,
+                    r.resetMethod ?? "-", String(denied), r.secondsSinceLastRequest.map { humanDuration(seconds: $0) + " ago" } ?? "-"]
+        }
+        var out = alignedColumns(["FUNCTION", "NAME", "GUEST", "GUEST ADDRESS", "XENBUS", "INTERRUPTS", "RESET", "DENIED", "LAST REQUEST"], rows)
+        var notes: [String] = []
+        for r in f {
+            let a = r.function ?? "?"
+            if r.readOnly == true { notes.append("\(a): read-only: a host driver owns it") }
+            if r.permissive == true || !(r.quirks ?? []).isEmpty {
+                notes.append("\(a): permissive \(r.permissive == true ? "on" : "off")" + ((r.quirks ?? []).isEmpty ? "" : "; quirks " + r.quirks!.joined(separator: " ")))
+            }
+            for w in r.deniedWrites ?? [] {
+                notes.append("\(a): \(w.count) write\(w.count == 1 ? "" : "s") of \(w.size) byte\(w.size == 1 ? "" : "s") at \(w.offset) \(w.action); "
+                             + (w.quirk.map { "quirk \($0) would allow \(w.count == 1 ? "it" : "them")" } ?? "an emulated register: no quirk can allow it"))
+            }
+        }
+        if !notes.isEmpty { out += "\n\n" + notes.joined(separator: "\n") }
+        return out
     }
 }
 

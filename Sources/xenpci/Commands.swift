@@ -151,7 +151,7 @@ struct List: ParsableCommand {
         defer { _ = host.shutdown() }
         try host.claim(hide: devices.hide)
         let l = host.listing()
-        console.out(json ? jsonLine(l.map(ClaimedJSON.init)) : l.map(\.text).joined())
+        console.out(json ? jsonLine(l.map(FunctionRecord.listing)) : l.map(\.text).joined())
     }
 }
 

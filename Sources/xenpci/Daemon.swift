@@ -2,6 +2,7 @@ import Foundation
 import PCIBack
 import XenHypervisor
 import PCIModel
+import XenPCIABI
 
 /// What the administrator's daemon needs of the host the backend runs on:
 /// the mock (`MockHost`) or Xen (`XenBackendHost`).
@@ -16,6 +17,10 @@ protocol DaemonHost: AnyObject {
     func released(_ addresses: [PCIAddress])
     func logInfo(_ s: String)
     func logError(_ s: String)
+    /// A xenstore value dom0 may read (a guest's name, a backend's state); nil when absent.
+    func xenstoreRead(_ path: String) -> String?
+    /// How a claimed function is reset: Linux's reset_method, or "none".
+    func resetMethod(_ a: PCIAddress) -> String
 }
 
 /// The running backend's administration: run-time claims and
@@ -374,13 +379,35 @@ final class AdminDaemon {
         }
     }
 
-    func status() -> [FunctionStatusJSON] {
+    func status() -> [FunctionRecord] {
         command {
             sampleLocked()
             let now = ContinuousClock.now
             return back.adminStatus().map { s in
-                let since = activity[s.info.address]?.at.map { Int((now - $0).components.seconds) }
-                return FunctionStatusJSON(s, configured: config?.entry(s.info.address) != nil, secondsSinceLastRequest: since)
+                let i = s.info
+                var r = FunctionRecord(keys: FunctionRecord.statusKeys)
+                r.function = i.address.description
+                r.name = FunctionRecord.name(i.vendorID, i.deviceID)
+                r.vendor = hex(i.vendorID, 4)
+                r.device = hex(i.deviceID, 4)
+                r.readOnly = i.readOnly
+                r.guest = i.guest.map(Int.init)
+                r.guestName = i.guest.flatMap { host.xenstoreRead("/local/domain/\($0)/name") }
+                r.guestAddress = i.guestAddress?.description
+                r.xenbusState = i.guest.flatMap { host.xenstoreRead("\(back.backendRoot)/\($0)/0/state") }
+                    .flatMap { XenState(xenstore: $0) }.map { $0.description.lowercased() }
+                // INTx only when the function has a line at all (irq 0: none).
+                let mode = s.interruptMode == "intx" && i.irq == 0 ? "none" : s.interruptMode
+                r.interruptMode = mode
+                r.interruptCount = mode == "msix" ? s.msixPirqs.count : mode == "msi" ? s.msiPirqs.count : mode == "intx" ? 1 : 0
+                r.irq = i.irq == 0 ? nil : i.irq
+                r.msiPirqs = s.msiPirqs
+                r.msixPirqs = s.msixPirqs
+                r.resetMethod = host.resetMethod(i.address)
+                r.setCounters(s.statistics)
+                r.configured = config?.entry(i.address) != nil
+                r.secondsSinceLastRequest = activity[i.address]?.at.map { Int((now - $0).components.seconds) }
+                return r
             }
         }
     }
@@ -412,7 +439,7 @@ final class AdminDaemon {
             guard args.isEmpty else { throw CLIError.usage("\(verb) takes no arguments") }
             let f = status()
             if verb == "status" { return ControlReply(functions: f) }
-            return ControlReply(message: f.map { s in s.address + (s.guest.map { " dom\($0) as \(s.guestAddress ?? "?")" } ?? "") }.joined(separator: "\n"),
+            return ControlReply(message: f.map { s in (s.function ?? "?") + (s.guest.map { " dom\($0) as \(s.guestAddress ?? "?")" } ?? "") }.joined(separator: "\n"),
                                 functions: f)
         case "reload":
             guard args.isEmpty else { throw CLIError.usage("reload takes no arguments") }
@@ -421,7 +448,7 @@ final class AdminDaemon {
         case "list":
             guard args.isEmpty else { throw CLIError.usage("list takes no arguments") }
             let l = back.listing()
-            return ControlReply(message: l.map(\.text).joined(), listing: l.map(ClaimedJSON.init))
+            return ControlReply(message: l.map(\.text).joined(), listing: l.map(FunctionRecord.listing))
         case "set":
             guard args.count == 3 else { throw CLIError.usage("set: expected BDF permissive on|off") }
             let a = try PCIAddress(parsing: args[args.startIndex])
@@ -450,103 +477,8 @@ struct ControlReply: Codable {
     var status: Int32?
     /// What the client prints (text mode).
     var message: String?
-    var functions: [FunctionStatusJSON]?
-    var listing: [ClaimedJSON]?
-}
-
-/// One claimed function in `xenpci status --json`.
-struct FunctionStatusJSON: Codable, Equatable {
-    struct Write: Codable, Equatable { var offset: String; var size: Int; var count: Int; var action: String; var quirk: String? }
-    var address: String
-    var vendor: String
-    var device: String
-    var guest: Int?
-    var guestAddress: String?
-    var readOnly: Bool
-    var irq: Int
-    var interruptMode: String
-    var msiPirqs: [UInt32]
-    var msixPirqs: [UInt32]
-    var requests: Int
-    var ops: [String: Int]
-    var errors: [String: Int]
-    var deniedWrites: [Write]
-    var permissive: Bool
-    var quirks: [String]
-    /// Listed in the config file (else: the hide list or assignable-add).
-    var configured: Bool
-    /// Seconds since its request count last moved, to the second; nil when
-    /// no request was seen since the daemon started.
-    var secondsSinceLastRequest: Int?
-
-    init(_ s: AdminFunctionStatus, configured: Bool, secondsSinceLastRequest: Int?) {
-        let st = s.statistics
-        address = s.info.address.description
-        vendor = hex(s.info.vendorID, 4)
-        device = hex(s.info.deviceID, 4)
-        guest = s.info.guest.map(Int.init)
-        guestAddress = s.info.guestAddress?.description
-        readOnly = s.info.readOnly
-        irq = s.info.irq
-        interruptMode = s.interruptMode
-        msiPirqs = s.msiPirqs
-        msixPirqs = s.msixPirqs
-        requests = st.ops.values.reduce(0, +)
-        ops = Dictionary(st.ops.map { ("\($0.key)", $0.value) }, uniquingKeysWith: +)
-        errors = Dictionary(st.errors.map { ("\($0.key)", $0.value) }, uniquingKeysWith: +)
-        deniedWrites = st.refusedWrites.map {
-            Write(offset: "0x" + hex($0.offset, 3), size: $0.size, count: $0.count, action: $0.denied ? "denied" : "dropped", quirk: $0.quirk)
-        }
-        permissive = st.permissive
-        quirks = st.quirks.map(\.description)
-        self.configured = configured
-        self.secondsSinceLastRequest = secondsSinceLastRequest
-    }
-
-    private enum CodingKeys: String, CodingKey {
-        case address, vendor, device, guest, guestAddress, readOnly, irq, interruptMode, msiPirqs, msixPirqs
-        case requests, ops, errors, deniedWrites, permissive, quirks, configured, secondsSinceLastRequest
-    }
-
-    /// Every key always present (null for none), so scripts can rely on the shape.
-    func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(address, forKey: .address)
-        try c.encode(vendor, forKey: .vendor)
-        try c.encode(device, forKey: .device)
-        try c.encode(guest, forKey: .guest)
-        try c.encode(guestAddress, forKey: .guestAddress)
-        try c.encode(readOnly, forKey: .readOnly)
-        try c.encode(irq, forKey: .irq)
-        try c.encode(interruptMode, forKey: .interruptMode)
-        try c.encode(msiPirqs, forKey: .msiPirqs)
-        try c.encode(msixPirqs, forKey: .msixPirqs)
-        try c.encode(requests, forKey: .requests)
-        try c.encode(ops, forKey: .ops)
-        try c.encode(errors, forKey: .errors)
-        try c.encode(deniedWrites, forKey: .deniedWrites)
-        try c.encode(permissive, forKey: .permissive)
-        try c.encode(quirks, forKey: .quirks)
-        try c.encode(configured, forKey: .configured)
-        try c.encode(secondsSinceLastRequest, forKey: .secondsSinceLastRequest)
-    }
-
-    /// The text form of `xenpci status`.
-    var text: String {
-        var s = address + " \(vendor):\(device)"
-        s += guest.map { " dom\($0) as \(guestAddress ?? "?")" } ?? " (not assigned)"
-        s += "\n\tinterrupts: \(interruptMode)" + (interruptMode == "intx" ? " irq \(irq)" : " pirqs \((interruptMode == "msi" ? msiPirqs : msixPirqs).map(String.init).joined(separator: " "))")
-        s += "\n\trequests: \(requests)" + (secondsSinceLastRequest.map { ", last \($0) s ago" } ?? "")
-        if !ops.isEmpty { s += " (" + ops.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") + ")" }
-        if !errors.isEmpty { s += "\n\terrors: " + errors.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ") }
-        for w in deniedWrites {
-            s += "\n\t\(w.action) write \(w.offset).\(w.size) x\(w.count)" + (w.quirk.map { ": allowed by quirk \($0)" } ?? "")
-        }
-        s += "\n\tpermissive \(permissive ? "on" : "off")" + (quirks.isEmpty ? "" : "; quirks " + quirks.joined(separator: " "))
-        if readOnly { s += "\n\tread-only (a host driver owns it)" }
-        if configured { s += "\n\tfrom the config file" }
-        return s
-    }
+    var functions: [FunctionRecord]?
+    var listing: [FunctionRecord]?
 }
 
 extension Array {

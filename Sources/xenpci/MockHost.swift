@@ -52,7 +52,7 @@ final class MockHost: HostControls {
             lastFront = fe
         case .deviceAdded(let f): console.err("\(tag) found \(f.address.shortDescription) \(hex(f.vendorID, 4)):\(hex(f.deviceID, 4)) class \(hex(f.classCode >> 8, 4))")
         case .deviceRemoved(let a): console.err("\(tag) removed \(a.shortDescription)")
-        case .aer(let r, let res): console.err("\(tag) AER \(r.command) on \(r.address.shortDescription) (channel \(r.channelState)): answered \(res)")
+        case .aer(let r, let res): console.err("\(tag) AER \(r.command) on \(r.address.shortDescription) (channel \(["", "normal", "frozen", "failure"][safe: Int(r.channelState)] ?? String(r.channelState))): answered \(aerWords(res))")
         case .aerRateLimited: console.err("\(tag) \(e)")
         case .error(let err): console.err("\(tag) \(err)")
         }
@@ -201,4 +201,7 @@ extension MockHost: DaemonHost {
     func released(_ addresses: [PCIAddress]) {}
     func logInfo(_ s: String) { console.err(s) }
     func logError(_ s: String) { console.err(s) }
+    func xenstoreRead(_ path: String) -> String? { try? toolstackXS.read(path) }
+    /// A snapshot is reset by restoring it.
+    func resetMethod(_ a: PCIAddress) -> String { "snapshot" }
 }

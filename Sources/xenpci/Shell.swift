@@ -171,8 +171,8 @@ final class Shell {
         guard let s = size else { throw CLIError.usage("no size: give SIZE (1, 2 or 4) or REG.b/.w/.l") }
         // The backend would answer these with XEN_PCI_ERR_invalid_offset: the
         // message names the error as the protocol does.
-        guard offset < 0x1000 else { throw CLIError.usage("invalid_offset: offset 0x\(hex(offset, 1)) is outside the 4096-byte config space") }
-        guard offset % s == 0 else { throw CLIError.usage("invalid_offset: offset 0x\(hex(offset, 2)) is not aligned to its size \(s)") }
+        guard offset < 0x1000 else { throw CLIError.usage("offset 0x\(hex(offset, 1)) is outside the 4096-byte config space") }
+        guard offset % s == 0 else { throw CLIError.usage("offset 0x\(hex(offset, 2)) is not aligned to its size \(s)") }
         offset += 0
         return (offset, s)
     }
@@ -312,7 +312,7 @@ final class Shell {
         let ch = args.count > 2 ? chans[args[2]] : .frozen
         guard let ch else { throw CLIError.usage("aer: channel '\(args[2])' is not normal, frozen or failure") }
         let r = try h.raiseAER(a, cmd, channel: ch)
-        let result = AERResult(rawValue: r).map { "\($0)" } ?? "\(r)"
+        let result = AERResult(rawValue: r).map(aerWords) ?? "\(r)"
         console.out(json ? jsonLine(["host": a.description, "request": cmd.description, "result": result]) : "\(a): \(cmd) answered \(result)")
     }
 
@@ -320,7 +320,7 @@ final class Shell {
         let h = try needHost("list")
         let j = try Self.jsonFlag(args, "list") || json
         let l = h.listing()
-        console.out(j ? jsonLine(l.map(ClaimedJSON.init)) : l.map(\.text).joined())
+        console.out(j ? jsonLine(l.map(FunctionRecord.listing)) : l.map(\.text).joined())
     }
 
     func xenstore(_ args: [String]) throws {
@@ -341,40 +341,42 @@ final class Shell {
         let j = try Self.jsonFlag(args, "stats") || json
         let fs = front.statistics
         let listing = host?.listing() ?? []
-        var rows: [StatsJSON] = []
+        var rows: [FunctionRecord] = []
+        func frontend(_ r: inout FunctionRecord, _ fe: XPCIDeviceStatistics) {
+            r.frontendRequests = fe.ops; r.frontendErrors = fe.errors; r.frontendTimeouts = fe.timeouts
+        }
         if let h = host {
             for s in h.backendStatistics() {
+                var r = FunctionRecord(keys: FunctionRecord.statsKeys)
                 let g = listing.first { $0.address == s.address }?.guestAddress
-                let fe = g.map { fs[$0] } ?? XPCIDeviceStatistics()
-                rows.append(StatsJSON(host: s.address.description, guest: g?.description,
-                                      ops: Dictionary(s.ops.map { ("\($0.key)", $0.value) }, uniquingKeysWith: +),
-                                      errors: Dictionary(s.errors.map { ("\($0.key)", $0.value) }, uniquingKeysWith: +),
-                                      refusedWrites: s.refusedWrites.map {
-                                          StatsJSON.Refused(offset: "0x" + hex($0.offset, 3), size: $0.size, count: $0.count,
-                                                            action: $0.denied ? "denied" : "dropped", quirk: $0.quirk)
-                                      },
-                                      permissive: s.permissive, quirks: s.quirks.map(\.description),
-                                      frontendOps: fe.ops, frontendErrors: fe.errors, timeouts: fe.timeouts))
+                r.function = s.address.description
+                r.guestAddress = g?.description
+                r.setCounters(s)
+                frontend(&r, g.map { fs[$0] } ?? XPCIDeviceStatistics())
+                rows.append(r)
             }
         } else {
+            // In a guest: only the frontend's side is known.
             for (a, fe) in fs.devices.sorted(by: { $0.key < $1.key }) {
-                rows.append(StatsJSON(host: nil, guest: a.description, ops: [:], errors: [:], refusedWrites: [], permissive: nil, quirks: [],
-                                      frontendOps: fe.ops, frontendErrors: fe.errors, timeouts: fe.timeouts))
+                var r = FunctionRecord(keys: FunctionRecord.statsKeys)
+                r.guestAddress = a.description
+                frontend(&r, fe)
+                rows.append(r)
             }
         }
         if j { console.out(jsonLine(rows)); return }
         var out: [String] = []
         for r in rows {
-            out.append("\(r.host ?? "?")" + (r.guest.map { " -> guest \($0)" } ?? " (not assigned)"))
-            if !r.ops.isEmpty { out.append("\tops: " + r.ops.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")) }
-            if !r.errors.isEmpty { out.append("\terrors: " + r.errors.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")) }
-            for w in r.refusedWrites {
+            out.append("\(r.function ?? "?")" + (r.guestAddress.map { " -> guest \($0)" } ?? " (not assigned)"))
+            if let ops = r.requestsByKind, !ops.isEmpty { out.append("\trequests: " + ops.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")) }
+            if let errs = r.errors, !errs.isEmpty { out.append("\terrors: " + errs.sorted { $0.key < $1.key }.map { "\($0.key.replacingOccurrences(of: "_", with: " ")) \($0.value)" }.joined(separator: ", ")) }
+            for w in r.deniedWrites ?? [] {
                 out.append("\t\(w.action) write at \(w.offset) size \(w.size): \(w.count) time\(w.count == 1 ? "" : "s")"
                            + (w.quirk.map { "; to allow it: quirk \($0)" } ?? "; an emulated register, no quirk can open it"))
             }
-            if r.permissive == true { out.append("\tpermissive") }
-            for q in r.quirks { out.append("\tquirk \(q)") }
-            out.append("\tfrontend: \(r.frontendOps) ops, \(r.frontendErrors) errors, \(r.timeouts) timeouts")
+            if r.permissive == true { out.append("\tpermissive on") }
+            for q in r.quirks ?? [] { out.append("\tquirk \(q)") }
+            out.append("\tfrontend: \(r.frontendRequests ?? 0) requests, \(r.frontendErrors ?? 0) errors, \(r.frontendTimeouts ?? 0) timeouts")
         }
         console.out(out.isEmpty ? "no devices" : out.joined(separator: "\n"))
     }
@@ -407,43 +409,15 @@ extension Duration {
 struct MSIJSON: Encodable { var slot: String; var kind: String; var pirqs: [UInt32] }
 struct BenchJSON: Encodable { var slot: String; var count: Int; var seconds: Double }
 
-struct StatsJSON: Encodable {
-    struct Refused: Encodable { var offset: String; var size: Int; var count: Int; var action: String; var quirk: String? }
-    var host: String?
-    var guest: String?
-    var ops: [String: Int]
-    var errors: [String: Int]
-    var refusedWrites: [Refused]
-    var permissive: Bool?
-    var quirks: [String]
-    var frontendOps: Int
-    var frontendErrors: Int
-    var timeouts: Int
-}
 
-/// `list --json`: NetBSD's /kern/xen/pci/<BDF> fields.
-struct ClaimedJSON: Codable {
-    struct BAR: Codable { var index: Int; var type: String; var start: String; var end: String; var size: UInt64 }
-    var address: String, vendor: String, product: String, subsystemVendor: String, subsystemProduct: String, `class`: String
-    var bars: [BAR]
-    var irq: Int
-    var guest: Int?
-    var guestAddress: String?
-    var readOnly: Bool
-    var driver: String?
-
-    init(_ i: ClaimedDeviceInfo) {
-        address = i.address.description
-        vendor = hex(i.vendorID, 4); product = hex(i.deviceID, 4)
-        subsystemVendor = hex(i.subsystemVendorID, 4); subsystemProduct = hex(i.subsystemID, 4)
-        `class` = hex(i.classCode, 6)
-        bars = i.bars.sorted { $0.key < $1.key }.map {
-            BAR(index: $0.key, type: $0.value.isIO ? "io" : "memory", start: "0x" + hex($0.value.start, 1), end: "0x" + hex($0.value.end, 1), size: $0.value.size)
-        }
-        irq = i.irq
-        guest = i.guest.map(Int.init)
-        guestAddress = i.guestAddress?.description
-        readOnly = i.readOnly
-        driver = i.driver
+/// Linux's pci_ers_result_t as words.
+func aerWords(_ r: AERResult) -> String {
+    switch r {
+    case .none: return "none"
+    case .canRecover: return "can recover"
+    case .needReset: return "needs a reset"
+    case .disconnect: return "disconnect"
+    case .recovered: return "recovered"
+    case .noAERDriver: return "no AER driver"
     }
 }

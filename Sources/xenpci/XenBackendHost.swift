@@ -30,6 +30,8 @@ final class XenBackendHost {
         o.spinYields = false // guests have vCPUs of their own; a yield is a system call through Xen
         o.allowHostDriverReadOnly = false // a host driver's device is refused, never shared
         back = try PCIBack(hypervisor: hypervisor, options: o, stateStore: statePath.map(FileStateStore.init(path:)))
+        // `status` reads guests' names and xenbus states; without it they show as unknown.
+        statusStore = try? hypervisor.openXenStore()
         enabledPath = statePath.map { ($0 as NSString).deletingLastPathComponent + "/enabled-in-dom0" }
         previouslyEnabled = enabledPath.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }
             .map { $0.split(separator: "\n").compactMap { try? PCIAddress(parsing: String($0)) } } ?? []
@@ -38,6 +40,8 @@ final class XenBackendHost {
             if case .error = e { self.log.error("\(line)") } else { self.log.info("\(line)") }
         }
     }
+
+    private let statusStore: XenStore?
 
     /// Functions this process enabled in dom0 (sysfs `enable`), disabled again at stop.
     private var enabled: [PCIAddress] = []
@@ -69,6 +73,7 @@ final class XenBackendHost {
     /// released; or, keeping guests, everything left for the next backend.
     func stop(keepGuests: Bool = false) {
         back.stop(keepGuests: keepGuests)
+        statusStore?.close()
         if keepGuests {
             saveEnabled()
         } else {
@@ -180,4 +185,15 @@ extension XenBackendHost: DaemonHost {
 
     func logInfo(_ s: String) { log.info("\(s)") }
     func logError(_ s: String) { log.error("\(s)") }
+    func xenstoreRead(_ path: String) -> String? { try? statusStore?.read(path) }
+
+    /// Linux 5.15+ lists the methods it tries in reset_method ("flr bus");
+    /// older kernels only have `reset` when there is one.
+    func resetMethod(_ a: PCIAddress) -> String {
+        let dir = "\(sysfsRoot)/bus/pci/devices/\(a)"
+        if let m = try? String(contentsOfFile: dir + "/reset_method", encoding: .utf8).split(separator: " ").first {
+            return m.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        return FileManager.default.fileExists(atPath: dir + "/reset") ? "kernel" : "none"
+    }
 }

@@ -143,31 +143,58 @@ struct ControlSocketTests {
         #expect(rig.back.quirks(of: a) == [] && rig.back.permissive(of: a) == false)
     }
 
-    @Test("status --json parses: guest, guest address, interrupts, counters, denied writes with their quirk, time since the last request")
+    @Test("status: aligned columns with name, guest name and domid, xenbus state, interrupts, reset, denied writes; --json has them all")
     func statusJSON() throws {
         let rig = try AdminRig(frontend: true)
         defer { rig.finish() }
+        #expect(try rig.xenpci(["assignable-add", "00:06.0"]).status == 0)
         let front = try #require(rig.host.front)
         let g = try #require(rig.back.guestHolding(address("00:03.0"))?.address)
         try front.configWrite(g, offset: 0xF0, size: 4, value: 0x1234) // no field: dropped, and counted
         let r = try rig.xenpci(["status", "--json"])
         #expect(r.status == 0, "\(r.stderr)")
         let rows = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
-        let row = try #require(rows.first { $0["address"] as? String == "0000:00:03.0" })
-        for key in ["address", "vendor", "device", "guest", "guestAddress", "readOnly", "irq", "interruptMode", "msiPirqs", "msixPirqs",
-                    "requests", "ops", "errors", "deniedWrites", "permissive", "quirks", "configured", "secondsSinceLastRequest"] {
-            #expect(row.keys.contains(key), "status --json lacks \(key)")
-        }
+        let row = try #require(rows.first { $0["function"] as? String == "0000:00:03.0" })
+        #expect(Set(row.keys) == Set(FunctionRecord.statusKeys.map(\.rawValue)), "every status key, and no other")
         #expect(row["guest"] as? Int == 1)
+        #expect(row["guestName"] as? String == "guest1")
         #expect(row["guestAddress"] as? String == g.description)
-        #expect(row["interruptMode"] as? String == "intx")
+        #expect(row["xenbusState"] as? String == "connected")
+        #expect(row["interruptMode"] as? String == "intx" && row["interruptCount"] as? Int == 1 && row["irq"] as? Int == 11)
         #expect((row["requests"] as? Int ?? 0) > 0)
+        #expect(((row["requestsByKind"] as? [String: Int])?["conf_write"] ?? 0) >= 1)
         #expect((row["secondsSinceLastRequest"] as? Int).map { $0 >= 0 && $0 < 10 } == true)
         let denied = try #require(row["deniedWrites"] as? [[String: Any]])
-        #expect(denied.contains { $0["offset"] as? String == "0x0f0" && $0["quirk"] as? String == "0000:00:03.0-0x0f0:4:0xffffffff" })
+        #expect(denied.contains { $0["offset"] as? String == "0x0f0" && $0["action"] as? String == "dropped" && $0["quirk"] as? String == "0000:00:03.0-0x0f0:4:0xffffffff" })
+        let free = try #require(rows.first { $0["function"] as? String == "0000:00:06.0" })
+        #expect(free["guest"] is NSNull && free["xenbusState"] is NSNull && free["secondsSinceLastRequest"] is NSNull)
+
         let text = try rig.xenpci(["status"])
-        #expect(text.stdout.contains("0000:00:03.0 8086:100e dom1 as \(g)"))
-        #expect(text.stdout.contains("allowed by quirk 0000:00:03.0-0x0f0:4:0xffffffff"))
+        let lines = text.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(lines.first?.hasPrefix("FUNCTION      NAME") == true, "\(text.stdout)")
+        // Aligned: every column starts where its header does.
+        let header = try #require(lines.first)
+        let starts = ["NAME", "GUEST ", "GUEST ADDRESS", "XENBUS", "INTERRUPTS", "RESET", "DENIED", "LAST REQUEST"].map { header.range(of: $0)!.lowerBound.utf16Offset(in: header) }
+        let name = FunctionRecord.name(0x8086, 0x100e).map { $0.count > 40 ? String($0.prefix(39)) + "~" : $0 } ?? "8086:100e"
+        let held = try #require(lines.first { $0.hasPrefix("0000:00:03.0") })
+        let cells = starts.map { o in String(held.dropFirst(o).prefix { $0 != " " || false }) }
+        #expect(held.dropFirst(starts[0]).hasPrefix(name))
+        #expect(held.dropFirst(starts[1]).hasPrefix("guest1 (1)"))
+        #expect(cells[2] == g.description && cells[3] == "connected" && cells[5] == "snapshot" && cells[6] == "1", "\(cells)")
+        #expect(held.dropFirst(starts[4]).hasPrefix("intx (irq 11)"))
+        #expect(held.dropFirst(starts[7]).hasSuffix(" s ago"), "\(held)")
+        let idle = try #require(lines.first { $0.hasPrefix("0000:00:06.0") })
+        #expect(idle.dropFirst(starts[1]).hasPrefix("-") && idle.hasSuffix("-"))
+        #expect(text.stdout.contains("0000:00:03.0: 1 write of 4 bytes at 0x0f0 dropped; quirk 0000:00:03.0-0x0f0:4:0xffffffff would allow it"))
+
+        // Filters: a guest by id or name, a function; a function not held is an error.
+        let byDomain = try rig.xenpci(["status", "1"]).stdout
+        #expect(byDomain.contains("0000:00:03.0") && !byDomain.contains("0000:00:06.0"))
+        #expect(try rig.xenpci(["status", "guest1"]).stdout == byDomain)
+        let byFunction = try rig.xenpci(["status", "00:06.0"]).stdout
+        #expect(byFunction.contains("0000:00:06.0") && !byFunction.contains("0000:00:03.0"))
+        #expect(try rig.xenpci(["status", "7"]).stdout == "no function is assigned to domain 7\n")
+        expectOneErrorLine(try rig.xenpci(["status", "00:1e.0"]), 1, "0000:00:1e.0: not assignable (the backend does not hold it)")
     }
 
     @Test("a peer whose uid is not allowed is refused (SO_PEERCRED)")

@@ -186,3 +186,151 @@ struct ExitStatusTests {
         #expect(try unitValue("RestartForceExitStatus") == "75")
     }
 }
+
+/// A JSON value, decoded strictly: a number is never a boolean.
+indirect enum JSONValue: Decodable {
+    case null, bool(Bool), int(Int), double(Double), string(String), array([JSONValue]), object([String: JSONValue])
+    init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if c.decodeNil() { self = .null }
+        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
+        else if let i = try? c.decode(Int.self) { self = .int(i) }
+        else if let d = try? c.decode(Double.self) { self = .double(d) }
+        else if let s = try? c.decode(String.self) { self = .string(s) }
+        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
+        else { self = .object(try c.decode([String: JSONValue].self)) }
+    }
+
+    /// Whether this value is of a type as xenpci(8) writes it:
+    /// "string", "integer or null", "array of object", "object of integer or null".
+    func conforms(to type: String) -> Bool {
+        var t = Substring(type)
+        if t.hasSuffix(" or null") {
+            if case .null = self { return true }
+            t = t.dropLast(" or null".count)
+        }
+        switch (self, t) {
+        case (.string, "string"), (.int, "integer"), (.bool, "boolean"), (.object, "object"): return true
+        case (.array(let a), _) where t.hasPrefix("array of "): return a.allSatisfy { $0.conforms(to: String(t.dropFirst("array of ".count))) }
+        case (.object(let o), _) where t.hasPrefix("object of "): return o.values.allSatisfy { $0.conforms(to: String(t.dropFirst("object of ".count))) }
+        default: return false
+        }
+    }
+}
+
+/// The JSON vocabulary as xenpci(8) writes it down: key -> (type, commands).
+func manualSchema() throws -> [String: (type: String, commands: Set<String>)] {
+    let page = try String(contentsOfFile: repoRoot + "/man/xenpci.8", encoding: .utf8)
+    let section = try #require(page.components(separatedBy: ".Ss JSON output").dropFirst().first?.components(separatedBy: ".El").first)
+    var schema: [String: (String, Set<String>)] = [:]
+    for line in section.split(separator: "\n") where line.hasPrefix(".It Li ") {
+        let cols = line.dropFirst(".It Li ".count).components(separatedBy: " Ta ")
+        guard cols.count == 3 else { continue }
+        schema[cols[0]] = (cols[1], Set(cols[2].split(separator: " ").map(String.init)))
+    }
+    return schema
+}
+
+/// Every object of `json` (an array) has exactly the keys xenpci(8) gives
+/// `command`, each of its documented type.
+func expectConforms(_ json: String, _ command: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let schema = try manualSchema()
+    let keys = Set(schema.filter { $0.value.commands.contains(command) }.keys)
+    #expect(!keys.isEmpty, sourceLocation: sourceLocation)
+    guard case .array(let rows) = try JSONDecoder().decode(JSONValue.self, from: Data(json.utf8)), !rows.isEmpty else {
+        Issue.record("\(command) --json is not a non-empty array: \(json.prefix(200))", sourceLocation: sourceLocation)
+        return
+    }
+    for row in rows {
+        guard case .object(let o) = row else { Issue.record("\(command): not an object", sourceLocation: sourceLocation); continue }
+        #expect(Set(o.keys) == keys, "\(command): keys \(Set(o.keys).symmetricDifference(keys)) differ from xenpci(8)", sourceLocation: sourceLocation)
+        for (k, v) in o {
+            guard let t = schema[k]?.type else { continue }
+            #expect(v.conforms(to: t), "\(command): \(k) is not \(t): \(v)", sourceLocation: sourceLocation)
+        }
+    }
+}
+
+@Suite("one JSON vocabulary for list, status and stats, as xenpci(8) writes it", .serialized, .enabled(if: xenpciBinary != nil, noXenpciBinary))
+struct JSONVocabularyTests {
+    @Test("the schema in xenpci(8) is the one the code writes")
+    func schemaMatchesCode() throws {
+        let schema = try manualSchema()
+        #expect(Set(schema.keys) == Set(FunctionRecord.CodingKeys.allCases.map(\.rawValue)))
+        for (command, keys) in [("list", FunctionRecord.listKeys), ("status", FunctionRecord.statusKeys), ("stats", FunctionRecord.statsKeys)] {
+            #expect(Set(schema.filter { $0.value.commands.contains(command) }.keys) == Set(keys.map(\.rawValue)), "\(command)")
+        }
+    }
+
+    @Test("list --json, status --json and the demo's stats --json validate against it")
+    func validates() throws {
+        let list = try run(xenpciBinary!, ["list", "--fixtures", q35, "--json"])
+        #expect(list.status == 0, "\(list.stderr)")
+        try expectConforms(list.stdout, "list")
+        let demo = try run(xenpciBinary!, ["demo", "--fixtures", q35, "--hide", "(00:03.0)(00:04.0)", "--json", "--script", "-"],
+                           input: "write 00:00.0 0x40 4 0x12345678\nstats --json\n")
+        #expect(demo.status == 0, "\(demo.stderr)")
+        try expectConforms(String(demo.stdout.split(separator: "\n").last ?? ""), "stats")
+        let rig = try AdminRig(frontend: true)
+        defer { rig.finish() }
+        #expect(try rig.xenpci(["assignable-add", "00:06.0"]).status == 0)
+        try expectConforms(try rig.xenpci(["status", "--json"]).stdout, "status")
+    }
+}
+
+@Suite("no internal names in what a user sees", .serialized, .enabled(if: xenpciBinary != nil, noXenpciBinary))
+struct UserWordsTests {
+    /// The camelCase case names of the enums of our sources (CodingKeys are
+    /// the documented JSON keys, and so are any names xenpci(8) lists there).
+    static func enumCaseNames() throws -> Set<String> {
+        var names: Set<String> = []
+        let fm = FileManager.default
+        for module in ["XenPCIABI", "XenHypervisor", "PCIBack", "XPCI", "XenToolstack", "XenReal", "xenpci"] {
+            let dir = repoRoot + "/Sources/" + module
+            for f in try fm.contentsOfDirectory(atPath: dir) where f.hasSuffix(".swift") {
+                var inCodingKeys = false
+                for line in try String(contentsOfFile: dir + "/" + f, encoding: .utf8).split(separator: "\n") {
+                    let t = line.trimmingCharacters(in: .whitespaces)
+                    if t.contains("enum ") { inCodingKeys = t.contains("CodingKey") }
+                    guard !inCodingKeys, t.hasPrefix("case "), let first = t.dropFirst(5).first, first.isLowercase,
+                          !t.hasPrefix("case let "), !t.hasPrefix("case var ") else { continue }
+                    for piece in t.dropFirst(5).split(separator: ",") {
+                        let id = piece.trimmingCharacters(in: .whitespaces).prefix { $0.isLetter || $0.isNumber }
+                        if id.first?.isLowercase == true, id.contains(where: \.isUppercase) { names.insert(String(id)) }
+                    }
+                }
+            }
+        }
+        return names.subtracting(try manualSchema().keys)
+    }
+
+    @Test("no output of the CLI tests contains a Swift enum case name or a Swift duration")
+    func noSwiftNames() throws {
+        let exe = xenpciBinary!
+        // What an administrator runs, whatever else ran before in this process.
+        try run(exe, ["demo", "--fixtures", q35, "--tour"])
+        try run(exe, ["demo", "--fixtures", q35, "--hide", "(00:03.0)(00:04.0)", "--script", "-"],
+                input: "aer 0000:00:04.0 detected frozen\nread 00:00.0 0x41 4\nwrite 00:00.0 0x40 4 1\nstats\n")
+        let (dir, path) = try writeConfig(sixErrors)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try run(exe, ["check-config", path, "--fixtures", q35])
+        try run(exe, ["backend", "--fixtures", q35, "--config", path])
+        let rig = try AdminRig(frontend: true)
+        defer { rig.finish() }
+        _ = try rig.xenpci(["status"])
+        _ = try rig.xenpci(["status", "--json"])
+        _ = try rig.xenpci(["assignable-list"])
+        let names = try Self.enumCaseNames()
+        #expect(names.contains("canRecover") && names.contains("invalidOffset"), "the scan finds the enums: \(names.sorted().prefix(20))")
+        let words = try NSRegularExpression(pattern: "[A-Za-z0-9_]+")
+        let seconds = try NSRegularExpression(pattern: "[0-9]+\\.[0-9]+ seconds")
+        for text in capturedOutput.all + [rig.transcript.stdout, rig.transcript.stderr] {
+            let ns = text as NSString
+            for m in words.matches(in: text, range: NSRange(location: 0, length: ns.length)) where names.contains(ns.substring(with: m.range)) {
+                let at = m.range.location
+                Issue.record("'\(ns.substring(with: m.range))' in: \(ns.substring(with: NSRange(location: max(0, at - 60), length: min(120, ns.length - max(0, at - 60)))))")
+            }
+            #expect(seconds.firstMatch(in: text, range: NSRange(location: 0, length: ns.length)) == nil, "a Swift Duration in: \(text.prefix(300))")
+        }
+    }
+}

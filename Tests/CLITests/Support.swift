@@ -70,8 +70,20 @@ func run(_ exe: String, _ args: [String], input: String = "", prefix: [String] =
     g.enter(); DispatchQueue.global().async { e = err.fileHandleForReading.readDataToEndOfFile(); g.leave() }
     p.waitUntilExit()
     g.wait()
-    return RunResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    let r = RunResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    capturedOutput.add(r.stdout + r.stderr)
+    return r
 }
+
+/// Everything the commands these tests ran printed, for checks over all of
+/// it (no internal names in what a user sees).
+final class CapturedOutput: @unchecked Sendable {
+    private let lock = NSLock()
+    private var texts: [String] = []
+    func add(_ s: String) { lock.lock(); texts.append(s); lock.unlock() }
+    var all: [String] { lock.lock(); defer { lock.unlock() }; return texts }
+}
+let capturedOutput = CapturedOutput()
 
 /// A function as lspci sees it from its config bytes alone.
 func function(root: String, _ a: PCIAddress) throws -> PCIFunction {
