@@ -112,13 +112,13 @@ struct Demo: ParsableCommand {
                 _ = shell.run(source: "tour", interactive: false, echo: !json, stopOnError: false) { lines.popFirst() }
             }
         } catch {
-            console.err("xenpci: \(CLIError.from(error).message)")
+            console.err("xenpci: \(CLIError.from(error).message)", priority: .error)
             status = CLIError.from(error).status
         }
         let leaks = host.shutdown()
         for l in leaks { console.err("[mock] leak: \(l)") }
         guard leaks.isEmpty else {
-            console.err("xenpci: \(leaks.count) hypervisor resource(s) leaked")
+            console.err("xenpci: \(leaks.count) hypervisor resource(s) leaked", priority: .error)
             return CLIError.software
         }
         console.err("[mock] frontend detached, backend stopped, devices released; leaks: none")
@@ -255,7 +255,7 @@ struct Backend: ParsableCommand {
         let server: ControlServer?
         do { server = try box.server(control) } catch where control == ControlServer.defaultPath {
             // The mock's default socket is a convenience; --control makes it required.
-            console.err("[dom0 pciback] no control socket: \(CLIError.from(error).message)")
+            console.err("[dom0 pciback] no control socket: \(CLIError.from(error).message)", priority: .warning)
             server = nil
         } catch {
             _ = host.shutdown()
@@ -284,7 +284,7 @@ struct Backend: ParsableCommand {
         server?.stop()
         console.err("[dom0 pciback] stopping")
         let leaks = host.shutdown()
-        for l in leaks { console.err("[mock] leak: \(l)") }
+        for l in leaks { console.err("[mock] leak: \(l)", priority: .error) }
         if !leaks.isEmpty { throw ExitCode(CLIError.software) }
         console.err("[dom0 pciback] stopped; devices released; leaks: none")
     }
@@ -296,7 +296,9 @@ struct Backend: ParsableCommand {
         // Signals are taken before anything is claimed, so a SIGTERM during
         // start-up still releases everything.
         let term = TerminationSignal(plannedRestart: true, reload: true)
-        LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
+        LoggingSystem.bootstrap { label in
+            Console.standard.journal ? JournalLogHandler() : StreamLogHandler.standardError(label: label) as LogHandler
+        }
         // Bound before anything is claimed: a second backend stops here.
         let box = DaemonBox()
         let server = try box.server(control)

@@ -52,18 +52,26 @@ final class Console: @unchecked Sendable {
     private let lock = NSLock()
     private let outSink: (String) -> Void
     private let errSink: (String) -> Void
+    /// Lines to standard error carry their syslog priority (the journal).
+    let journal: Bool
 
-    init(out: @escaping (String) -> Void, err: @escaping (String) -> Void) {
+    init(out: @escaping (String) -> Void, err: @escaping (String) -> Void, journal: Bool = false) {
         outSink = out
         errSink = err
+        self.journal = journal
     }
 
     /// Standard output and standard error of the process.
     static let standard = Console(out: { s in FileHandle.standardOutput.write(Data(s.utf8)) },
-                                  err: { s in FileHandle.standardError.write(Data(s.utf8)) })
+                                  err: { s in FileHandle.standardError.write(Data(s.utf8)) },
+                                  journal: Journal.isStandardError)
 
     func out(_ s: String) { lock.lock(); outSink(s.hasSuffix("\n") || s.isEmpty ? s : s + "\n"); lock.unlock() }
-    func err(_ s: String) { lock.lock(); errSink(s.hasSuffix("\n") ? s : s + "\n"); lock.unlock() }
+    /// A line (or lines) for standard error: events are info, errors error.
+    func err(_ s: String, priority: Priority = .info) {
+        let text = journal ? Journal.prefixed(s, priority) : s.hasSuffix("\n") ? s : s + "\n"
+        lock.lock(); errSink(text); lock.unlock()
+    }
     /// Raw text to stderr (progress lines rewritten with \r).
     func errRaw(_ s: String) { lock.lock(); errSink(s); lock.unlock() }
 }

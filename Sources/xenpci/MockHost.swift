@@ -41,7 +41,7 @@ final class MockHost: HostControls {
 
     func show(_ e: PCIBack.Event) {
         if case .frontendState = e { return } // the frontend reports its own
-        console.err(describe(e, listing: back.listing()))
+        if case .error = e { console.err(describe(e, listing: back.listing()), priority: .error) } else { console.err(describe(e, listing: back.listing())) }
     }
 
     func show(_ e: XPCIEvent) {
@@ -54,7 +54,7 @@ final class MockHost: HostControls {
         case .deviceRemoved(let a): console.err("\(tag) removed \(a.shortDescription)")
         case .aer(let r, let res): console.err("\(tag) AER \(r.command) on \(r.address.shortDescription) (channel \(["", "normal", "frozen", "failure"][safe: Int(r.channelState)] ?? String(r.channelState))): answered \(aerWords(res))")
         case .aerRateLimited: console.err("\(tag) \(e)")
-        case .error(let err): console.err("\(tag) \(err)")
+        case .error(let err): console.err("\(tag) \(err)", priority: .error)
         }
     }
     private var lastFront: XenState?
@@ -200,7 +200,7 @@ extension MockHost: DaemonHost {
     func hasResetMethod(_ access: PCIDeviceAccess) -> Bool { true }
     func released(_ addresses: [PCIAddress]) {}
     func logInfo(_ s: String) { console.err(s) }
-    func logError(_ s: String) { console.err(s) }
+    func logError(_ s: String) { console.err(s, priority: .error) }
     func xenstoreRead(_ path: String) -> String? { try? toolstackXS.read(path) }
     /// A snapshot is reset by restoring it.
     func resetMethod(_ a: PCIAddress) -> String { "snapshot" }

@@ -77,7 +77,7 @@ final class Shell {
                 try execute(words)
             } catch {
                 let e = CLIError.from(error)
-                console.err(interactive ? "xenpci: \(e.message)" : "xenpci: \(name):\(n): \(e.message)")
+                console.err(interactive ? "xenpci: \(e.message)" : "xenpci: \(name):\(n): \(e.message)", priority: .error)
                 if !interactive && stopOnError { return e.status }
                 status = e.status
             }

@@ -22,6 +22,6 @@ do {
     let e = CLIError.from(error)
     // A config file's errors are one line each, every one prefixed.
     let lines = e.message.split(separator: "\n").map { "xenpci: \($0)\n" }.joined()
-    FileHandle.standardError.write(Data(lines.utf8))
+    Console.standard.err(lines, priority: .error)
     exit(e.status)
 }

@@ -334,3 +334,27 @@ struct UserWordsTests {
         }
     }
 }
+
+@Suite("logs carry syslog priorities on the journal, plain text elsewhere", .serialized, .enabled(if: xenpciBinary != nil, noXenpciBinary))
+struct JournalTests {
+    @Test("with JOURNAL_STREAM naming its stderr every line starts <N>: errors <3>, events <6>; a stale JOURNAL_STREAM is ignored")
+    func priorities() throws {
+        let (dir, path) = try writeConfig(sixErrors)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let bad = try run(xenpciBinary!, ["backend", "--fixtures", q35, "--config", path, "--control", dir + "/control"], journal: true)
+        #expect(bad.status == 78)
+        #expect(bad.stderrLines.filter { $0.hasPrefix("<3>xenpci: \(path):") }.count == 6, "\(bad.stderr)")
+        let tour = try run(xenpciBinary!, ["demo", "--fixtures", q35, "--hide", "(00:03.0)", "--script", "-"],
+                           input: "read 00:00.0 0x41 4\n", journal: true)
+        #expect(tour.status == 64)
+        #expect(!tour.stderrLines.isEmpty && tour.stderrLines.allSatisfy { $0.range(of: "^<[0-7]>", options: .regularExpression) != nil }, "\(tour.stderr)")
+        #expect(tour.stderrLines.contains { $0.hasPrefix("<6>[dom0 pciback] backend/pci/1/0 state Connected") })
+        #expect(tour.stderrLines.contains { $0.hasPrefix("<3>xenpci: stdin:1: offset 0x41 is not aligned") }, "\(tour.stderr)")
+        #expect(!tour.stdout.contains("<"), "standard output is never prefixed")
+        // Inherited by a process whose stderr is elsewhere: plain.
+        let plain = try run(xenpciBinary!, ["backend", "--fixtures", q35, "--config", path, "--control", dir + "/control"],
+                            environment: ["JOURNAL_STREAM": "8:12345"])
+        #expect(plain.errorLines.count == 6 && !plain.stderr.contains("<3>"), "\(plain.stderr)")
+        #expect(!Journal.matches("1:2", fd: STDERR_FILENO) && !Journal.matches("garbage", fd: STDERR_FILENO))
+    }
+}

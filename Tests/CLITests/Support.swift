@@ -51,12 +51,23 @@ struct RunResult {
 
 /// Runs a program with `input` on its standard input.
 @discardableResult
-func run(_ exe: String, _ args: [String], input: String = "", prefix: [String] = []) throws -> RunResult {
+/// `journal`: JOURNAL_STREAM names its standard error, as systemd does for a
+/// service whose output goes to the journal.
+func run(_ exe: String, _ args: [String], input: String = "", prefix: [String] = [], journal: Bool = false,
+         environment: [String: String] = [:]) throws -> RunResult {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: prefix.first ?? exe)
     p.arguments = prefix.isEmpty ? args : Array(prefix.dropFirst()) + [exe] + args
     p.currentDirectoryURL = URL(fileURLWithPath: repoRoot)
     let out = Pipe(), err = Pipe(), inp = Pipe()
+    var env = ProcessInfo.processInfo.environment
+    env["JOURNAL_STREAM"] = nil
+    if journal {
+        var st = stat()
+        fstat(err.fileHandleForWriting.fileDescriptor, &st)
+        env["JOURNAL_STREAM"] = "\(st.st_dev):\(st.st_ino)"
+    }
+    p.environment = env.merging(environment) { $1 }
     p.standardOutput = out
     p.standardError = err
     p.standardInput = inp
