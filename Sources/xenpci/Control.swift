@@ -50,14 +50,17 @@ private func encodeReply(_ r: ControlReply) -> [UInt8] {
 
 /// The daemon's control socket (xenpci(8), CONTROL SOCKET): a UNIX stream
 /// socket, one request line in, one JSON line out, then the connection
-/// closes. One thread serves the clients one at a time; each has
-/// `clientTimeout` to send its line and take its reply and `maxRequest`
-/// bytes for it, so a slow or hostile client delays the next by at most
-/// that and never reaches the backend's service thread.
+/// closes. Each client is read and answered on a thread of its own, so a
+/// silent or slow one delays no other; it has `clientTimeout` to send its
+/// line and take its reply and `maxRequest` bytes for it, and at most
+/// `maxClients` are served at once (the rest are told the daemon is busy).
+/// The commands themselves still run one at a time (the daemon's lock), and
+/// none of this reaches the backend's service thread.
 final class ControlServer: @unchecked Sendable {
     static let defaultPath = "/run/xenpci/control"
     static let maxRequest = 4096
     static let clientTimeout: Duration = .seconds(2)
+    static let maxClients = 32
 
     let path: String
     /// Peers allowed in (SO_PEERCRED): root, and the daemon's own user
@@ -67,6 +70,10 @@ final class ControlServer: @unchecked Sendable {
     private var wake: [Int32] = [-1, -1]
     private var thread: Thread?
     private let finished = DispatchSemaphore(value: 0)
+    /// Client threads still running; `stop` waits for them.
+    private let clients = DispatchGroup()
+    private let countLock = NSLock()
+    private var active = 0
     private let handler: (String) -> ControlReply
     private let tick: () -> Void
 
@@ -141,9 +148,28 @@ final class ControlServer: @unchecked Sendable {
             let c = accept(fd, nil, nil) // accept4 is not in Glibc's Swift module
             guard c >= 0 else { continue }
             _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-            serve(c)
-            close(c)
+            countLock.lock()
+            let admitted = active < Self.maxClients
+            if admitted { active += 1 }
+            countLock.unlock()
+            guard admitted else {
+                setTimeout(c, SO_SNDTIMEO, .milliseconds(100))
+                _ = sendAll(c, encodeReply(ControlReply(ok: false, error: "the backend is busy: \(Self.maxClients) clients are connected; try again", status: CLIError.unavailable)))
+                close(c)
+                continue
+            }
+            clients.enter()
+            let t = Thread { [self] in
+                serve(c)
+                close(c)
+                countLock.lock(); active -= 1; countLock.unlock()
+                clients.leave()
+            }
+            t.name = "xenpci-client"
+            t.start()
         }
+        // A command in progress finishes (and answers) before the daemon goes.
+        clients.wait()
         finished.signal()
     }
 
@@ -206,10 +232,19 @@ enum ControlClient {
         return s
     }
 
+    /// How long a client waits for the reply to `line`: commands that claim
+    /// or release reset hardware, which can take seconds each; the rest
+    /// answer at once unless the daemon is stopped or stuck.
+    static func timeout(for line: String) -> Duration {
+        let verb = line.split(separator: " ").first.map(String.init) ?? ""
+        return ["assignable-add", "assignable-remove", "reload"].contains(verb) ? .seconds(120) : .seconds(10)
+    }
+
     /// Sends one request, returns the reply; a refusal is thrown as the
-    /// daemon worded it, with its exit status. `timeout`: a release resets
-    /// hardware, which can take seconds.
-    static func request(_ path: String, _ line: String, timeout: Duration = .seconds(60)) throws -> ControlReply {
+    /// daemon worded it, with its exit status.
+    static func request(_ path: String, _ line: String, timeout: Duration? = nil) throws -> ControlReply {
+        let timeout = timeout ?? Self.timeout(for: line)
+        let verb = line.split(separator: " ").first.map(String.init) ?? line
         let s = try connect(path)
         defer { close(s) }
         setTimeout(s, SO_RCVTIMEO, timeout)
@@ -222,7 +257,10 @@ enum ControlClient {
         while !buf.contains(0x0A) {
             let n = read(s, &chunk, chunk.count)
             if n < 0 && errno == EINTR { continue }
-            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { throw CLIError.failure("\(path): no reply within \(timeout)") }
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                throw CLIError(message: "\(path): the xenpci backend did not answer '\(verb)' within \(humanDuration(timeout)) (stopped, or stuck in a command; see its log)",
+                               status: CLIError.unavailable)
+            }
             guard n > 0 else { break }
             buf += chunk[..<n]
         }

@@ -358,3 +358,43 @@ struct JournalTests {
         #expect(!Journal.matches("1:2", fd: STDERR_FILENO) && !Journal.matches("garbage", fd: STDERR_FILENO))
     }
 }
+
+@Suite("the control socket serves clients concurrently; clients say what they waited for", .serialized)
+struct ConcurrentControlTests {
+    @Test("five clients that connect and say nothing delay a command by less than 100 ms")
+    func silentClients() throws {
+        let rig = try AdminRig()
+        defer { rig.finish() }
+        #expect(try ControlClient.request(rig.socket, "assignable-list").ok)
+        let silent = try (0..<5).map { _ in try ControlClient.connect(rig.socket) }
+        defer { silent.forEach { close($0) } }
+        usleep(50_000) // all five accepted and waiting for their line
+        let t0 = ContinuousClock.now
+        let r = try ControlClient.request(rig.socket, "assignable-list")
+        let took = ContinuousClock.now - t0
+        #expect(r.ok && r.message?.hasPrefix("0000:00:03.0") == true)
+        #expect(took < .milliseconds(100), "took \(took) behind five silent clients")
+    }
+
+    @Test("a daemon that accepts and never answers: the client gives up naming the request and the wait, exit 69")
+    func stoppedDaemon() throws {
+        let dir = try scratchDirectory("stopped")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/control"
+        // What a SIGSTOPped backend looks like: the kernel queues the connection, nobody reads it.
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
+        #expect(withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } } == 0)
+        #expect(listen(fd, 4) == 0)
+        let t0 = ContinuousClock.now
+        #expect { try ControlClient.request(path, "status", timeout: .milliseconds(300)) } throws: { e in
+            let c = CLIError.from(e)
+            return c.status == 69 && c.message == "\(path): the xenpci backend did not answer 'status' within 300 ms (stopped, or stuck in a command; see its log)"
+        }
+        #expect(ContinuousClock.now - t0 < .seconds(2))
+        #expect(ControlClient.timeout(for: "status") == .seconds(10) && ControlClient.timeout(for: "assignable-remove 00:03.0") == .seconds(120))
+    }
+}
