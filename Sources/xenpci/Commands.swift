@@ -15,6 +15,7 @@ struct XenPCICommand: ParsableCommand {
         commandName: "xenpci",
         abstract: "Xen PCI pass-through: pciback(4) and xpci(4) in Swift",
         discussion: "See xenpci(8), xenpci-pciback(4) and xenpci-xpci(4).",
+        version: xenpciVersion,
         subcommands: [Demo.self, List.self, Frontend.self, Backend.self, Attach.self, Detach.self,
                       AssignableAdd.self, AssignableRemove.self, AssignableList.self, SetCommand.self, QuirkCommand.self, StatusCommand.self,
                       ReloadCommand.self, CheckConfig.self])
@@ -146,6 +147,17 @@ struct List: ParsableCommand {
             console.out(json ? jsonLine(r.listing ?? []) : r.message ?? "")
             return
         }
+        // A running backend's functions are what an administrator means,
+        // unless the devices were named.
+        if devices.fixtures == nil && devices.sysfs == nil && devices.hide == nil {
+            do {
+                let r = try ControlClient.request(control.control, "list")
+                console.out(json ? jsonLine(r.listing ?? []) : r.message ?? "")
+                return
+            } catch let e as CLIError where e.status == CLIError.unavailable && e.message.contains("is not running") {
+                // None runs: the functions are claimed here, as the backend would.
+            }
+        }
         let source = try DeviceSource.choose(fixtures: devices.fixtures, sysfs: devices.sysfs, console: console)
         let host = try MockHost(source: source, topology: topology, console: Console(out: { _ in }, err: { _ in }))
         defer { _ = host.shutdown() }
@@ -249,7 +261,9 @@ struct Backend: ParsableCommand {
         let source = try DeviceSource.choose(fixtures: devices.fixtures, sysfs: devices.sysfs, console: console)
         let target = ConfigTarget.mock(source)
         let configFile = readConfig ? try DaemonConfig.loadChecked(configPath!, against: target) : nil
-        let term = TerminationSignal(reload: true) // before any thread starts: no signal is lost
+        // SIGUSR1 is caught too, to refuse it: left to its default it would
+        // kill the process and leave the control socket behind.
+        let term = TerminationSignal(plannedRestart: true, reload: true) // before any thread starts: no signal is lost
         let host = try MockHost(source: source, topology: topology, console: console)
         let box = DaemonBox()
         let server: ControlServer?
@@ -276,7 +290,13 @@ struct Backend: ParsableCommand {
         started.ready = true
         sdNotify("READY=1")
         console.err("[dom0 pciback] running\(server.map { " (control socket \($0.path))" } ?? ""); SIGINT or SIGTERM stops it, SIGHUP re-reads the config file")
-        while term.wait() == SIGHUP {
+        while true {
+            let sig = term.wait()
+            if sig == SIGUSR1 {
+                console.err("[dom0 pciback] SIGUSR1 ignored: a stop that keeps guests connected needs Xen; on the mock the guests live in this process (SIGTERM stops it)", priority: .warning)
+                continue
+            }
+            guard sig == SIGHUP else { break }
             sdNotify("RELOADING=1")
             sdNotify("READY=1\nSTATUS=\(daemon.reload().lines.last ?? "")")
         }

@@ -398,3 +398,52 @@ struct ConcurrentControlTests {
         #expect(ControlClient.timeout(for: "status") == .seconds(10) && ControlClient.timeout(for: "assignable-remove 00:03.0") == .seconds(120))
     }
 }
+
+@Suite("small things an administrator meets", .serialized, .enabled(if: xenpciBinary != nil, noXenpciBinary))
+struct AdministratorDetailsTests {
+    @Test("--version prints the release")
+    func version() throws {
+        let r = try run(xenpciBinary!, ["--version"])
+        #expect(r.status == 0 && r.stdout == xenpciVersion + "\n")
+    }
+
+    @Test("list asks the running backend when one answers; with devices named, or none running, it claims them itself")
+    func listAsksTheDaemon() throws {
+        let rig = try AdminRig()
+        defer { rig.finish() }
+        #expect(try rig.xenpci(["assignable-add", "00:06.0"]).status == 0)
+        let r = try run(xenpciBinary!, ["list", "--hypervisor", "mock", "--json", "--control", rig.socket])
+        #expect(r.status == 0, "\(r.stderr)")
+        let functions = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]]).map { $0["function"] as? String }
+        #expect(functions == ["0000:00:03.0", "0000:00:06.0"], "the daemon's, not a fresh claim")
+        let named = try run(xenpciBinary!, ["list", "--hypervisor", "mock", "--fixtures", q35, "--hide", "(00:04.0)", "--control", rig.socket])
+        #expect(named.stdout.hasPrefix("0000:00:04.0:"), "\(named.stdout)")
+        let none = try run(xenpciBinary!, ["list", "--hypervisor", "mock", "--json", "--control", rig.dir + "/nothing"])
+        #expect(none.status == 0 && none.stdout.hasPrefix("[{"), "\(none.stderr)")
+    }
+
+    @Test("the mock backend refuses SIGUSR1 in one line and keeps running; SIGTERM then removes its socket")
+    func mockSIGUSR1() throws {
+        let dir = try scratchDirectory("usr1")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: xenpciBinary!)
+        p.arguments = ["backend", "--fixtures", q35, "--hide", "(00:03.0)", "--control", dir + "/control"]
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        let end = ContinuousClock.now + .seconds(20)
+        while (try? ControlClient.request(dir + "/control", "assignable-list")) == nil && ContinuousClock.now < end { usleep(20_000) }
+        kill(p.processIdentifier, SIGUSR1)
+        usleep(200_000)
+        #expect(p.isRunning)
+        #expect(try ControlClient.request(dir + "/control", "assignable-list").message?.hasPrefix("0000:00:03.0") == true)
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 0, "\(text)")
+        #expect(text.contains("[dom0 pciback] SIGUSR1 ignored: a stop that keeps guests connected needs Xen"), "\(text)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/control"))
+    }
+}
