@@ -109,8 +109,8 @@ struct Demo: ParsableCommand {
                 status = shell.run(source: input.name, interactive: input.interactive, echo: !input.interactive && !json, next: input.next)
             } else {
                 var lines = Tour.lines(front: front, host: host)[...]
-                // The tour shows refusals too (read-only devices): they do not fail it.
-                _ = shell.run(source: "tour", interactive: false, echo: !json, stopOnError: false) { lines.popFirst() }
+                // The tour shows refusals too (read-only devices), announced: they do not fail it.
+                _ = shell.run(source: "tour", interactive: false, echo: !json, stopOnError: false, narrate: true) { lines.popFirst() }
             }
         } catch {
             console.err("xenpci: \(CLIError.from(error).message)", priority: .error)

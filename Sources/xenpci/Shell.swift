@@ -62,7 +62,8 @@ final class Shell {
     /// Runs lines from `next` until EOF or `quit`. A script (not
     /// interactive) stops at the first failing command: its error is
     /// printed as `xenpci: NAME:LINE: message` and its status returned.
-    func run(source name: String, interactive: Bool, echo: Bool, stopOnError: Bool = true, next: () -> String?) -> Int32 {
+    /// `narrate`: comment lines are printed too (the tour's explanations).
+    func run(source name: String, interactive: Bool, echo: Bool, stopOnError: Bool = true, narrate: Bool = false, next: () -> String?) -> Int32 {
         var n = 0
         var status = CLIError.ok
         while true {
@@ -70,6 +71,7 @@ final class Shell {
             guard let line = next() else { if interactive { console.errRaw("\n") }; return interactive ? CLIError.ok : status }
             n += 1
             let words = Self.words(line)
+            if narrate && echo, line.hasPrefix("# ") { console.err(line) }
             guard let cmd = words.first else { continue }
             if cmd == "quit" || cmd == "exit" { return interactive ? CLIError.ok : status }
             if echo { console.err("xenpci> " + line.trimmingCharacters(in: .whitespaces)) } // as sh -x: stdout stays the output

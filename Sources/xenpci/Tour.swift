@@ -2,7 +2,10 @@ import PCIBack
 import PCIModel
 import XPCI
 
-/// `xenpci demo --tour`: a short script made for the devices at hand.
+/// `xenpci demo --tour`: a short script made for the devices at hand. Its
+/// comments are printed as it runs; a step that the backend refuses on this
+/// machine (a function a host driver owns is exported read-only) is
+/// announced as such, with why, before the refusal is printed.
 enum Tour {
     static func lines(front: XPCIFrontend, host: MockHost) -> [String] {
         let devs = front.devices
@@ -10,6 +13,10 @@ enum Tour {
         let listing = host.listing()
         let writable = devs.first { d in !(listing.first { $0.guestAddress == d.address }?.readOnly ?? true) } ?? first
         let s = { (f: PCIFunction) in f.address.shortDescription }
+        /// The host driver that makes `f` read-only, if one does.
+        let owner = { (f: PCIFunction) -> String? in
+            listing.first { $0.guestAddress == f.address && $0.readOnly }.map { "\($0.driver ?? "a host driver") owns \($0.address)" }
+        }
         // A dword past every capability (lists of at most 0x18 bytes each): no field covers it.
         let end = writable.capabilities.map { $0.offset + 0x18 }.max() ?? 0x40
         let spare = "0x" + hex((end + 3) & ~3, 3)
@@ -21,8 +28,11 @@ enum Tour {
             "lspci -x -s \(s(first))",
             "# setpci-style access: the command register, then a write the backend drops",
             "read \(s(writable)) COMMAND",
-            "write \(s(writable)) \(spare) 4 12345678",
         ]
+        if let o = owner(writable) {
+            out.append("# refused on purpose (access denied): \(o), so the backend exports it read-only and never writes it")
+        }
+        out.append("write \(s(writable)) \(spare) 4 12345678")
         if let h = listing.first(where: { $0.guestAddress == writable.address }), !h.readOnly {
             out += ["# the quirk line 'stats' suggests lets exactly that register through",
                     "stats",
@@ -30,10 +40,15 @@ enum Tour {
                     "write \(s(writable)) \(spare) 4 12345678",
                     "read \(s(writable)) \(spare) 4"]
         }
-        if let m = devs.first(where: { $0.msix != nil }) {
-            out += ["msix enable \(s(m)) 2", "msix disable \(s(m))"]
-        } else if let m = devs.first(where: { $0.msi != nil }) {
-            out += ["msi enable \(s(m))", "msi disable \(s(m))"]
+        let msi = devs.first(where: { $0.msix != nil }).map { ($0, "msix", " 2") } ?? devs.first(where: { $0.msi != nil }).map { ($0, "msi", "") }
+        if let (m, kind, n) = msi {
+            out.append("# interrupts: the guest enables \(kind == "msix" ? "MSI-X" : "MSI") through the backend, which maps pirqs for it")
+            if let o = owner(m) {
+                out.append("# refused on purpose (operation failed): \(o), and enabling \(kind == "msix" ? "MSI-X" : "MSI") writes the device")
+                out.append("\(kind) enable \(s(m))\(n)")
+            } else {
+                out += ["\(kind) enable \(s(m))\(n)", "\(kind) disable \(s(m))"]
+            }
         }
         if let last = listing.last(where: { $0.guest != nil }) {
             out += ["# dom0 takes a device back and gives it again (xl pci-detach / pci-attach)",

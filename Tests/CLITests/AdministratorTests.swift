@@ -447,3 +447,28 @@ struct AdministratorDetailsTests {
         #expect(!FileManager.default.fileExists(atPath: dir + "/control"))
     }
 }
+
+@Suite("the demo tour says which steps show a refusal, and why", .serialized, .enabled(if: xenpciBinary != nil, noXenpciBinary))
+struct TourNarrationTests {
+    @Test("on a function a host driver owns, each refusal is announced before it; the tour still ends clean")
+    func refusalsAnnounced() throws {
+        // The root port is bound to pcieport in the fixtures: exported read-only.
+        let r = try run(xenpciBinary!, ["demo", "--fixtures", q35, "--topology", "passthrough", "--hide", "(00:05.0)", "--tour"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let lines = r.stderrLines
+        let refusals = lines.indices.filter { lines[$0].hasPrefix("xenpci: tour:") }
+        #expect(refusals.count == 2, "the write and the MSI-X enable: \(r.stderr)")
+        for i in refusals {
+            // Before the refused command's echo, the announcement naming the owner and the answer to expect.
+            let announced = try #require(lines[..<i].last { $0.hasPrefix("# ") })
+            #expect(announced.hasPrefix("# refused on purpose (") && announced.contains("pcieport owns 0000:00:05.0"), "\(announced)")
+            let answer = announced.dropFirst("# refused on purpose (".count).prefix { $0 != ")" }
+            #expect(lines[i].contains("backend answered \(answer)"), "\(lines[i]) is not the announced \(answer)")
+        }
+        #expect(r.stderr.contains("leaks: none"))
+        // Where every function is writable nothing is refused, and nothing announced as such.
+        let clean = try run(xenpciBinary!, ["demo", "--fixtures", q35, "--tour"])
+        #expect(clean.status == 0 && clean.errorLines.isEmpty && !clean.stderr.contains("refused on purpose"))
+        #expect(clean.stderr.contains("# numbers only, as pciutils prints them"), "the tour's comments are printed")
+    }
+}
