@@ -3,9 +3,25 @@ SWIFT ?= swift
 CC ?= cc
 BUILD := build
 ABI_DIR := tools/abi-check
-TEST_DEPS := libxen-dev pciutils mandoc
+TEST_DEPS := libxen-dev pciutils mandoc lintian dpkg-dev
 
-.PHONY: help deps build test abi-check xenlib-check demo man bench fuzz fuzz-replay load sanitize xen-test clean
+# make install: PREFIX and DESTDIR as usual; systemd also reads units from
+# /usr/local/lib/systemd/system (systemd.unit(5)), Debian's own from /lib.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+UNITDIR ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/vendor-completions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+# The release, from the one place the command takes it from.
+VERSION := $(shell sed -n 's/^let xenpciVersion = "\(.*\)"/\1/p' Sources/xenpci/Version.swift)
+DEB_ARCH = $(shell dpkg --print-architecture)
+DEB_MAINTAINER ?= $(shell git log -1 --format='%an <%ae>' 2>/dev/null)
+DEB := $(BUILD)/xenpci_$(VERSION)_$(DEB_ARCH).deb
+
+.PHONY: help deps build test abi-check xenlib-check demo man bench fuzz fuzz-replay load sanitize xen-test clean release install deb deb-lint
 
 help:
 	@echo "make demo       run the backend and frontend on the mock hypervisor, then a tour of the shell"
@@ -17,6 +33,8 @@ help:
 	@echo "make build      build everything"
 	@echo "make bench      request-path benchmarks vs the C reference (docs/PERFORMANCE.md); BENCH_ARGS=--quick"
 	@echo "make xen-test   boot Xen 4.17 + Linux dom0 under QEMU and run the integration scenarios"
+	@echo "make install    the command, its three manual pages, the systemd unit, bash/zsh/fish completions (PREFIX=/usr/local, DESTDIR=)"
+	@echo "make deb        a Debian package of the same files ($(DEB)), checked by lintian"
 
 deps:
 	@tools/deps.sh $(TEST_DEPS)
@@ -48,6 +66,40 @@ test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 	@$(MAKE) --no-print-directory fuzz-replay
+	@$(MAKE) --no-print-directory deb-lint
+
+# The installed command runs without a Swift toolchain: its runtime is linked
+# in; relocations are resolved at start and then read-only (full RELRO).
+release:
+	$(SWIFT) build -c release --static-swift-stdlib -Xlinker -z -Xlinker now -Xlinker -z -Xlinker relro --product xenpci
+
+install: release
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man4 $(DESTDIR)$(UNITDIR) \
+	    $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	install -m 755 .build/release/xenpci $(DESTDIR)$(BINDIR)/xenpci
+	install -m 644 man/xenpci.8 $(DESTDIR)$(MANDIR)/man8/xenpci.8
+	install -m 644 man/xenpci-pciback.4 man/xenpci-xpci.4 $(DESTDIR)$(MANDIR)/man4/
+	@# The unit names the binary where this install puts it.
+	sed 's|/usr/local/bin/xenpci|$(BINDIR)/xenpci|g' tools/xenpci-backend.service > $(DESTDIR)$(UNITDIR)/xenpci-backend.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/xenpci-backend.service
+	@# bash-completion sources the file: no #! line.
+	.build/release/xenpci --generate-completion-script bash | sed '1{/^#!/d}' > $(DESTDIR)$(BASHCOMPDIR)/xenpci
+	.build/release/xenpci --generate-completion-script zsh > $(DESTDIR)$(ZSHCOMPDIR)/_xenpci
+	.build/release/xenpci --generate-completion-script fish > $(DESTDIR)$(FISHCOMPDIR)/xenpci.fish
+	@echo "install: $(DESTDIR)$(BINDIR)/xenpci, 3 manual pages, $(DESTDIR)$(UNITDIR)/xenpci-backend.service, bash/zsh/fish completions"
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+deb: release
+	@command -v dpkg-shlibdeps >/dev/null || { echo "deb: dpkg-shlibdeps missing: run 'tools/deps.sh dpkg-dev'" >&2; exit 1; }
+	rm -rf $(BUILD)/deb && mkdir -p $(BUILD)/deb
+	@$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BUILD)/deb/root PREFIX=/usr >/dev/null
+	tools/debian/mkdeb.sh $(BUILD)/deb/root $(VERSION) $(DEB_ARCH) "$(DEB_MAINTAINER)" $(DEB)
+
+# lintian must find no error in the package (warnings are shown).
+deb-lint: deb
+	@if command -v lintian >/dev/null; then \
+	    lintian --fail-on error --no-tag-display-limit $(DEB) && echo "deb-lint: lintian found no error in $(DEB)"; \
+	else echo "deb-lint: skipped: lintian is not installed (tools/deps.sh lintian installs it)"; fi
 
 DEMO_ARGS ?= --tour
 xen-test:
