@@ -10,8 +10,23 @@ struct ControlOptions: ParsableArguments {
     var control: String = ControlServer.defaultPath
 
     /// Sends one request and prints the reply's message (when there is one).
+    /// A request that resets functions says so on stderr when it takes
+    /// more than a second, and how long it took.
     @discardableResult
     func send(_ line: String, print: Bool = true) throws -> ControlReply {
+        let waits = ["assignable-add": "claim and reset", "assignable-remove": "reset and release", "reload": "apply the configuration file"]
+        let verb = line.split(separator: " ").first.map(String.init) ?? ""
+        let t0 = ContinuousClock.now
+        let note = waits[verb].map { what in
+            DispatchWorkItem { Console.standard.err("xenpci: waiting for the backend to \(what) ...") }
+        }
+        if let note { DispatchQueue.global().asyncAfter(deadline: .now() + 1, execute: note) }
+        defer {
+            if let note {
+                note.cancel()
+                if ContinuousClock.now - t0 >= .seconds(1) { Console.standard.err("xenpci: ... done in \(humanDuration(ContinuousClock.now - t0))") }
+            }
+        }
         let r = try ControlClient.request(control, line)
         if print, let m = r.message, !m.isEmpty { Console.standard.out(m) }
         return r

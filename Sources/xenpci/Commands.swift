@@ -199,7 +199,7 @@ struct Frontend: ParsableCommand {
         try front.attach()
         defer { try? front.detach() }
         try front.waitConnected()
-        Console.standard.err("[xpci] \(front.frontendPath) connected to \(front.backendPath) in \(ContinuousClock.now - t0): \(front.devices.count) function(s)")
+        Console.standard.err("[xpci] \(front.frontendPath) connected to \(front.backendPath) in \(humanDuration(ContinuousClock.now - t0)): \(front.devices.count) function(s)")
         let shell = Shell(frontend: front, host: nil, console: .standard, json: json)
         let status = shell.run(source: input.name, interactive: input.interactive, echo: false, next: input.next)
         if status != 0 { throw ExitCode(status) }

@@ -44,6 +44,8 @@ final class AdminDaemon {
     /// since a function's last request without touching the request path.
     private var activity: [PCIAddress: (ops: Int, at: ContinuousClock.Instant?)] = [:]
     private var reportedEnforceErrors: Set<String> = []
+    /// How long each function's last claim took (its reset), for the reply.
+    private var claimTimes: [PCIAddress: Duration] = [:]
     private let lock = NSLock()
     private let pendingLock = NSLock()
     private var enforcePending = false
@@ -144,7 +146,10 @@ final class AdminDaemon {
             if !o.noStrictReset && !host.hasResetMethod(access) {
                 throw CLIError.failure("\(a): has no reset method (strict reset); set no-strict-reset = on in its section, or use 'assignable-add --no-strict-reset', to claim it with only its saved state restored")
             }
+            let t0 = ContinuousClock.now
             try back.claim(access)
+            claimTimes[a] = ContinuousClock.now - t0
+            host.logInfo("[dom0 pciback] \(a): claimed: reset (\(host.resetMethod(a))) and golden state saved in \(humanDuration(claimTimes[a]!))")
         } catch {
             host.released([a])
             throw located(e, error)
@@ -201,15 +206,19 @@ final class AdminDaemon {
 
     /// `assignable-remove`: every function released (reset, golden state),
     /// or none: refused, naming the guest, while a guest holds one.
-    func removeAssignable(_ addresses: [PCIAddress]) throws {
+    @discardableResult
+    func removeAssignable(_ addresses: [PCIAddress]) throws -> Duration {
         try command {
+            let t0 = ContinuousClock.now
             try back.releaseAll(addresses)
+            let took = ContinuousClock.now - t0
             host.released(addresses)
             for a in addresses {
                 options[a] = nil
                 activity[a] = nil
-                host.logInfo("[dom0 pciback] \(a): released at run time: reset, golden state restored")
+                host.logInfo("[dom0 pciback] \(a): released at run time: reset, golden state restored (\(humanDuration(took)) for \(addresses.count == 1 ? "it" : "all \(addresses.count)"))")
             }
+            return took
         }
     }
 
@@ -430,11 +439,14 @@ final class AdminDaemon {
             let strict = args.first != "--no-strict-reset"
             let l = try parseFunctions(Array(strict ? args : args.dropFirst()), verb)
             try addAssignable(l, noStrictReset: !strict)
-            return ControlReply(message: l.map { "\($0): assignable" }.joined(separator: "\n"))
+            return ControlReply(message: l.map { a in
+                "\(a): assignable (reset by \(host.resetMethod(a))\(claimTimes[a].map { " in " + humanDuration($0) } ?? ""))"
+            }.joined(separator: "\n"))
         case "assignable-remove":
             let l = try parseFunctions(Array(args), verb)
-            try removeAssignable(l)
-            return ControlReply(message: l.map { "\($0): released (reset, golden state restored)" }.joined(separator: "\n"))
+            let took = try removeAssignable(l)
+            return ControlReply(message: l.map { "\($0): released (reset, golden state restored)" }.joined(separator: "\n")
+                                + (l.count > 1 ? "\n" : " ") + "in \(humanDuration(took))")
         case "assignable-list", "status":
             guard args.isEmpty else { throw CLIError.usage("\(verb) takes no arguments") }
             let f = status()

@@ -175,7 +175,7 @@ final class MockHost: HostControls {
             usleep(2000)
         }
         if let v = cond() { return v }
-        throw CLIError.failure("\(what): the guest did not finish within \(timeout) (frontend \(front?.state.description ?? "gone"))")
+        throw CLIError.failure("\(what): the guest did not finish within \(humanDuration(timeout)) (frontend \(front?.state.description ?? "gone"))")
     }
 
     func raiseAER(_ host: PCIAddress, _ cmd: PCIOpCommand, channel: PCIBack.ChannelState) throws -> Int32 {

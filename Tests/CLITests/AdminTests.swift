@@ -80,13 +80,17 @@ struct ControlSocketTests {
         defer { rig.finish() }
         let r = try rig.xenpci(["assignable-add", "00:04.0", "0000:00:06.0"])
         #expect(r.status == 0, "\(r.stderr)")
-        #expect(r.stdout == "0000:00:04.0: assignable\n0000:00:06.0: assignable\n")
+        // Each with how it was reset and how long that took.
+        #expect(r.stdout.range(of: #"^0000:00:04.0: assignable \(reset by snapshot in \d+ ms\)\n0000:00:06.0: assignable \(reset by snapshot in \d+ ms\)\n$"#,
+                               options: .regularExpression) != nil, "\(r.stdout)")
+        #expect(rig.transcript.stderr.contains("[dom0 pciback] 0000:00:04.0: claimed: reset (snapshot) and golden state saved in "))
         #expect(rig.back.isClaimed(address("00:04.0")) && rig.back.isClaimed(address("00:06.0")))
         let l = try rig.xenpci(["assignable-list"])
         #expect(l.stdout == "0000:00:03.0 dom1 as 0000:00:00.0\n0000:00:04.0\n0000:00:06.0\n")
         let resets = try rig.device("00:06.0").resetCount
         let rm = try rig.xenpci(["assignable-remove", "00:06.0"])
         #expect(rm.status == 0, "\(rm.stderr)")
+        #expect(rm.stdout.range(of: #"^0000:00:06.0: released \(reset, golden state restored\) in \d+ ms\n$"#, options: .regularExpression) != nil, "\(rm.stdout)")
         #expect(!rig.back.isClaimed(address("00:06.0")))
         #expect(try rig.device("00:06.0").resetCount == resets + 1, "released: reset")
         expectOneErrorLine(try rig.xenpci(["assignable-add", "00:04.0"]), 1, "0000:00:04.0: already assignable")
