@@ -78,6 +78,11 @@ struct CheckConfigTests {
         let (root, _) = try RealXenPathTests().treeWithoutReset()
         defer { try? FileManager.default.removeItem(atPath: root) }
         let (dir, path) = try writeConfig("[00:06.0]\nquirk = 0xf0:4:0xff\n[00:07.0]\n")
+        // A second function, bound to a host driver (a fixture tree names it in a file).
+        let owned = root + "/bus/pci/devices/0000:00:08.0"
+        try FileManager.default.copyItem(atPath: root + "/bus/pci/devices/0000:00:06.0", toPath: owned)
+        try "e1000e\n".write(toFile: owned + "/driver", atomically: true, encoding: .utf8)
+        try "reset".write(toFile: owned + "/reset", atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let xen = try ConfigTarget.xen(sysfsRoot: root)
         var opened: [SysfsPCIDevice] = []
@@ -88,8 +93,10 @@ struct CheckConfigTests {
         }
         let before = try FileManager.default.contentsOfDirectory(atPath: root + "/bus/pci/devices/0000:00:06.0").sorted()
             .map { try? Data(contentsOf: URL(fileURLWithPath: root + "/bus/pci/devices/0000:00:06.0/" + $0)) }
+        try "[00:06.0]\nquirk = 0xf0:4:0xff\n[00:07.0]\n[00:08.0]\n".write(toFile: path, atomically: true, encoding: .utf8)
         let (_, problems) = try DaemonConfig.check(path, against: target)
-        #expect(problems.map(\.line) == [1, 3], "\(problems)")
+        #expect(problems.map(\.line) == [1, 3, 4], "\(problems)")
+        #expect(problems.last?.message == "[0000:00:08.0]: in use by the host driver 'e1000e'; unbind it, or bind it to pciback, first")
         #expect(problems.first?.message == "[0000:00:06.0]: has no reset method (strict reset); set no-strict-reset = on to claim it with only its saved state restored")
         #expect(!opened.isEmpty && opened.allSatisfy { $0.resetCount == 0 })
         let after = try FileManager.default.contentsOfDirectory(atPath: root + "/bus/pci/devices/0000:00:06.0").sorted()
