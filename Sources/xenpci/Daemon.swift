@@ -44,7 +44,8 @@ final class AdminDaemon {
     /// since a function's last request without touching the request path.
     private var activity: [PCIAddress: (ops: Int, at: ContinuousClock.Instant?)] = [:]
     private var reportedEnforceErrors: Set<String> = []
-    /// How long each function's last claim took (its reset), for the reply.
+    /// How long each function's last claim took (its reset), for the reply;
+    /// touched only under the command lock (clients are served concurrently).
     private var claimTimes: [PCIAddress: Duration] = [:]
     private let lock = NSLock()
     private let pendingLock = NSLock()
@@ -183,7 +184,9 @@ final class AdminDaemon {
     }
 
     /// `assignable-add`: every function claimed, or none.
-    func addAssignable(_ addresses: [PCIAddress], noStrictReset: Bool) throws {
+    /// Returns how long each claim (its reset) took.
+    @discardableResult
+    func addAssignable(_ addresses: [PCIAddress], noStrictReset: Bool) throws -> [PCIAddress: Duration] {
         try command {
             for a in addresses where back.isClaimed(a) { throw CLIError.failure("\(a): already assignable") }
             var done: [PCIAddress] = []
@@ -201,6 +204,7 @@ final class AdminDaemon {
                 throw error
             }
             for a in done { host.logInfo("[dom0 pciback] \(a): assignable (claimed at run time)") }
+            return claimTimes.filter { done.contains($0.key) }
         }
     }
 
@@ -438,9 +442,9 @@ final class AdminDaemon {
         case "assignable-add":
             let strict = args.first != "--no-strict-reset"
             let l = try parseFunctions(Array(strict ? args : args.dropFirst()), verb)
-            try addAssignable(l, noStrictReset: !strict)
+            let took = try addAssignable(l, noStrictReset: !strict)
             return ControlReply(message: l.map { a in
-                "\(a): assignable (reset by \(host.resetMethod(a))\(claimTimes[a].map { " in " + humanDuration($0) } ?? ""))"
+                "\(a): assignable (reset by \(host.resetMethod(a))\(took[a].map { " in " + humanDuration($0) } ?? ""))"
             }.joined(separator: "\n"))
         case "assignable-remove":
             let l = try parseFunctions(Array(args), verb)
