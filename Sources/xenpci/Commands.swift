@@ -229,13 +229,16 @@ struct Backend: ParsableCommand {
     func run() throws {
         let started = StartGate()
         do { try runBackend(started) } catch where !started.ready && !(error is ExitCode) {
-            // systemd restarts on 1 (Restart=on-failure): a start that cannot
-            // succeed would loop. Never 1 before READY=1: 69 unless the error
-            // has a status of its own (64, 77, 78).
+            // systemd restarts on failure (Restart=on-failure): a start that
+            // cannot succeed would loop. Before READY=1 the status is one the
+            // unit does not restart on: 64, 77, 78 when the error says so, else 69.
             let e = CLIError.from(error)
-            throw e.status == CLIError.failed ? CLIError(message: e.message, status: CLIError.unavailable) : e
+            throw Self.startStatuses.contains(e.status) ? e : CLIError(message: e.message, status: CLIError.unavailable)
         }
     }
+
+    /// The exit statuses of a start that failed: the unit's RestartPreventExitStatus.
+    static let startStatuses: Set<Int32> = [CLIError.usageStatus, CLIError.unavailable, CLIError.noPerm, DaemonConfig.errorStatus]
 
     /// A --hide that names nothing claimable is bad usage, not a failure.
     private func hideError(_ error: Error) -> Error {

@@ -172,9 +172,9 @@ final class Shell {
         }
         guard let s = size else { throw CLIError.usage("no size: give SIZE (1, 2 or 4) or REG.b/.w/.l") }
         // The backend would answer these with XEN_PCI_ERR_invalid_offset: the
-        // message names the error as the protocol does.
-        guard offset < 0x1000 else { throw CLIError.usage("offset 0x\(hex(offset, 1)) is outside the 4096-byte config space") }
-        guard offset % s == 0 else { throw CLIError.usage("offset 0x\(hex(offset, 2)) is not aligned to its size \(s)") }
+        // message names the error in the words its answers are printed with.
+        guard offset < 0x1000 else { throw CLIError.usage("invalid offset: 0x\(hex(offset, 1)) is outside the 4096-byte config space") }
+        guard offset % s == 0 else { throw CLIError.usage("invalid offset: 0x\(hex(offset, 2)) is not aligned to its size \(s)") }
         offset += 0
         return (offset, s)
     }

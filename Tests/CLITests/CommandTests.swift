@@ -41,7 +41,7 @@ import XenPCIABI
               ("read 00:00.0 0xq 4", 64, "offset '0xq'"),
               ("read 00:00.0 0x10000 4", 64, "offset '0x10000'"),
               ("read 00:00.0 0x40 3", 64, "size '3'"),
-              ("read 00:00.0 0x41 4", 64, "offset 0x41 is not aligned"),
+              ("read 00:00.0 0x41 4", 64, "invalid offset: 0x41 is not aligned"),
               ("write 00:00.0 0x40 1 0x1ff", 64, "value 0x1ff does not fit in 1 byte"),
               ("write 00:00.0 0x40 4 zz", 64, "value 'zz'"),
               ("read 00:1e.0 0 4", 1, "00:1e.0: no such device"),
