@@ -159,7 +159,7 @@ struct StatusCommand: ParsableCommand {
     static func table(_ f: [FunctionRecord]) -> String {
         func name(_ r: FunctionRecord) -> String {
             guard let n = r.name else { return "\(r.vendor ?? "?"):\(r.device ?? "?")" }
-            return n.count > 40 ? String(n.prefix(39)) + "~" : n
+            return n.count > 40 ? String(n.prefix(37)) + "..." : n
         }
         let rows = f.map { r -> [String] in
             let guest = r.guest.map { d in r.guestName.map { "\($0) (\(d))" } ?? "dom\(d)" } ?? "-"

@@ -179,7 +179,7 @@ struct ControlSocketTests {
         // Aligned: every column starts where its header does.
         let header = try #require(lines.first)
         let starts = ["NAME", "GUEST ", "GUEST ADDRESS", "XENBUS", "INTERRUPTS", "RESET", "DENIED", "LAST REQUEST"].map { header.range(of: $0)!.lowerBound.utf16Offset(in: header) }
-        let name = FunctionRecord.name(0x8086, 0x100e).map { $0.count > 40 ? String($0.prefix(39)) + "~" : $0 } ?? "8086:100e"
+        let name = FunctionRecord.name(0x8086, 0x100e).map { $0.count > 40 ? String($0.prefix(37)) + "..." : $0 } ?? "8086:100e"
         let held = try #require(lines.first { $0.hasPrefix("0000:00:03.0") })
         let cells = starts.map { o in String(held.dropFirst(o).prefix { $0 != " " || false }) }
         #expect(held.dropFirst(starts[0]).hasPrefix(name))
