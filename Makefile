@@ -98,7 +98,7 @@ deb: release
 # lintian must find no error in the package (warnings are shown).
 deb-lint: deb
 	@if command -v lintian >/dev/null; then \
-	    lintian --fail-on error --no-tag-display-limit $(DEB) && echo "deb-lint: lintian found no error in $(DEB)"; \
+	    lintian --fail-on error --tag-display-limit 0 $(DEB) && echo "deb-lint: lintian found no error in $(DEB)"; \
 	else echo "deb-lint: skipped: lintian is not installed (tools/deps.sh lintian installs it)"; fi
 
 DEMO_ARGS ?= --tour
