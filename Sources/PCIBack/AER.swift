@@ -18,9 +18,11 @@ extension PCIBack {
         guard [.aerDetected, .aerResume, .aerMMIO, .aerSlotReset].contains(cmd) else {
             throw PCIBackError.refused("\(cmd) is not an AER request")
         }
-        // Posted and notified by the service thread, which owns the page;
-        // this thread waits for the answer.
-        let (i, sh): (GuestConnection, SharedPage) = try loop.sync { [self] () throws -> (GuestConnection, SharedPage) in
+        // Posted and notified on the loop, which owns the page; this thread
+        // waits for the outcome: the answer's event, a disconnect, or the
+        // deadline, each delivered by the loop.
+        let wait = AERWait()
+        let sh: SharedPage = try loop.submit { [self] () throws -> SharedPage in
             guard let d = registry[host] else { throw PCIBackError.badDevice("\(host): not claimed by pciback") }
             guard let g = d.guest, let i = connections[g], let v = d.guestAddress else {
                 throw PCIBackError.notConnected("\(host): not exported to any guest")
@@ -30,41 +32,40 @@ extension PCIBack {
                 try? xs.write(i.backendPath + "/aerState", "aerfail")
                 throw PCIBackError.refused("\(host): dom\(g) has no AER handler: asked the toolstack to stop it (aerState=aerfail)")
             }
-            guard !i.aerPending else { throw PCIBackError.refused("\(host): an AER request to dom\(g) is already in progress") }
+            guard i.aer == nil else { throw PCIBackError.refused("\(host): an AER request to dom\(g) is already in progress") }
             var op = xen_pcie_aer_op()
             op.cmd = cmd.rawValue
             op.err = channel.rawValue
             op.domain = UInt32(v.segment)
             op.bus = UInt32(v.bus)
             op.devfn = UInt32(v.devfn)
-            i.aerPending = true
-            i.aerDone = false
+            i.aer = wait
             sh.postAER(op)
             try? evtchn.notify(port)
-            return (i, sh)
-        }
-        defer { loop.sync { i.aerPending = false } }
-        let deadline = ContinuousClock.now + (timeout ?? options.aerTimeout)
-        // The page is read by the service thread, and only while the guest
-        // is connected: a disconnect there unmaps it.
-        func answered() -> Bool? { loop.sync { i.connected && i.shared?.pointer == sh.pointer ? sh.flags & XenPCI.backendActive == 0 : nil } }
-        // Woken by the answer's event or a disconnect, else every 50 ms; a
-        // guest that sets the bit again itself gets no busy loop.
-        while let done = answered(), !done, ContinuousClock.now < deadline {
-            ctx.aerCondition.lock()
-            if !i.aerDone { _ = ctx.aerCondition.wait(until: Date().addingTimeInterval(0.05)) }
-            i.aerDone = false
-            ctx.aerCondition.unlock()
-        }
-        return try loop.sync { () throws -> Int32 in
-            guard i.connected, i.shared?.pointer == sh.pointer else {
-                throw PCIBackError.notConnected("\(host): the frontend disconnected during the AER request")
+            loop.schedule(at: .now + (timeout ?? options.aerTimeout)) { [weak i] in
+                if let i, i.aer === wait {
+                    // A late answer must not be read as the next one.
+                    sh.clearFlags(XenPCI.backendActive)
+                    i.finishAER(.timedOut)
+                }
             }
-            if sh.flags & XenPCI.backendActive != 0 {
-                sh.clearFlags(XenPCI.backendActive) // a late answer must not be read as the next one
-                throw PCIBackError.timeout("\(host): dom\(i.domid) did not answer the \(cmd) request in time")
+            return sh
+        }
+        wait.done.wait()
+        let domid = try? loop.submit { [self] in registry[host]?.guest }
+        switch wait.outcome {
+        case .answered?:
+            // Read on the loop: the page is unmapped there, and only there.
+            return try loop.submit { [self] () throws -> Int32 in
+                guard let g = registry[host]?.guest, let i = connections[g], i.connected, i.shared?.pointer == sh.pointer else {
+                    throw PCIBackError.notConnected("\(host): the frontend disconnected during the AER request")
+                }
+                return sh.snapshotAER().err
             }
-            return sh.snapshotAER().err
+        case .timedOut?:
+            throw PCIBackError.timeout("\(host): dom\((domid ?? nil).map(String.init) ?? "?") did not answer the \(cmd) request in time")
+        case .disconnected?, nil:
+            throw PCIBackError.notConnected("\(host): the frontend disconnected during the AER request")
         }
     }
 }

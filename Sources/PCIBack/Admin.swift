@@ -22,10 +22,10 @@ public struct AdminFunctionStatus: Sendable {
 extension PCIBack {
     /// The guest holding `a`, or nil (also when `a` is not claimed).
     public func guestHolding(_ a: PCIAddress) -> (guest: DomID, address: PCIAddress?)? {
-        loop.sync { [self] in registry[a].flatMap { d in d.guest.map { ($0, d.guestAddress) } } }
+        loop.submit { [self] in registry[a].flatMap { d in d.guest.map { ($0, d.guestAddress) } } }
     }
 
-    public func isClaimed(_ a: PCIAddress) -> Bool { loop.sync { [self] in registry.isClaimed(a) } }
+    public func isClaimed(_ a: PCIAddress) -> Bool { loop.submit { [self] in registry.isClaimed(a) } }
 
     /// Claims every function or none: all are checked first (none already
     /// claimed), then claimed in order; a failure releases those claimed.
@@ -47,7 +47,7 @@ extension PCIBack {
     public func releaseAll(_ addresses: [PCIAddress]) throws {
         // A reset already running (a guest just left) finishes first.
         waitForResets()
-        let list = try loop.sync { [self] () throws -> [ClaimedDevice] in
+        let list = try loop.submit { [self] () throws -> [ClaimedDevice] in
             var list: [ClaimedDevice] = []
             for a in addresses {
                 guard let d = registry[a] else { throw PCIBackError.badDevice("\(a): not assignable (not claimed by pciback)") }
@@ -57,7 +57,7 @@ extension PCIBack {
                 guard !d.resetting, !d.releasing else { throw PCIBackError.refused("\(a): a reset is in progress; try again") }
                 if !list.contains(where: { $0 === d }) { list.append(d) }
             }
-            for d in list { d.releasing = true; d.resetting = true }
+            for d in list { d.releasing = true; d.resetting = true; d.heldByWorker = true }
             return list
         }
         var fresh: [ConfigMediation] = []
@@ -65,9 +65,9 @@ extension PCIBack {
         for d in list {
             do { fresh.append(try d.resetHardware()) } catch { failure = error; break }
         }
-        try loop.sync { [self] () throws in
+        try loop.submit { [self] () throws in
             for (d, m) in zip(list, fresh) { d.mediation = m }
-            for d in list { d.releasing = false; d.resetting = false }
+            for d in list { d.releasing = false; d.resetting = false; d.heldByWorker = false }
             if let failure { throw failure }
             for d in list {
                 ctx.releaseMSIX(d)
@@ -77,14 +77,14 @@ extension PCIBack {
         }
     }
 
-    public func permissive(of a: PCIAddress) -> Bool? { loop.sync { [self] in registry[a]?.mediation.permissive } }
-    public func quirks(of a: PCIAddress) -> [PCIQuirk]? { loop.sync { [self] in registry[a]?.mediation.quirks } }
+    public func permissive(of a: PCIAddress) -> Bool? { loop.submit { [self] in registry[a]?.mediation.permissive } }
+    public func quirks(of a: PCIAddress) -> [PCIQuirk]? { loop.submit { [self] in registry[a]?.mediation.quirks } }
 
     /// Replaces the quirks of `a` by `wanted`, keeping permissive as it is.
     /// All or nothing: when one of `wanted` cannot be added (it overlaps an
     /// emulated register), the previous quirks are put back and the error thrown.
     public func setQuirks(_ a: PCIAddress, _ wanted: [PCIQuirk]) throws {
-        try loop.sync { [self] () throws in
+        try loop.submit { [self] () throws in
             guard let d = registry[a] else { throw PCIBackError.badDevice("\(a): not claimed by pciback") }
             for q in wanted where q.address != a { throw PCIBackError.badQuirk("\(q): not a quirk of \(a)") }
             let m = d.mediation
@@ -109,7 +109,7 @@ extension PCIBack {
     /// Drops one quirk; refused, naming the quirks it has, when `q` is not one
     /// of them (same register, size and mask).
     public func removeQuirk(_ q: PCIQuirk) throws {
-        try loop.sync { [self] () throws in
+        try loop.submit { [self] () throws in
             guard let current = quirks(of: q.address) else { throw PCIBackError.badDevice("\(q.address): not claimed by pciback") }
             guard current.contains(q) else {
                 throw PCIBackError.badQuirk("\(q): \(q.address) has no such quirk (it has \(current.isEmpty ? "none" : current.map(\.description).joined(separator: ", ")))")
@@ -120,7 +120,7 @@ extension PCIBack {
 
     /// Every claimed function with its guest, interrupts and counters.
     public func adminStatus() -> [AdminFunctionStatus] {
-        loop.sync { [self] in
+        loop.submit { [self] in
             let stats = Dictionary(statistics().map { ($0.address, $0) }, uniquingKeysWith: { a, _ in a })
             return registry.sorted.map { d in
                 AdminFunctionStatus(info: d.info,

@@ -15,23 +15,24 @@ final class BackendContext {
     let routing: InterruptRouting
     let registry: DeviceRegistry
     let loop: ServiceLoop
-    /// Resets run here, off the service thread.
+    /// Device work that blocks (resets, golden restores) runs here, off
+    /// the loop; its result comes back as a posted job.
     let deviceWork: DeviceWork
+    /// The state file, written off the loop when what a restart needs changed.
+    let state: StateWriter
     let profile: RequestProfile
-    /// raiseAER's thread waits on it for the guest's answer or a disconnect.
-    let aerCondition = NSCondition()
     /// Event handler registrations: port -> the connection it was bound for
     /// (NetBSD establishes the handler with the instance as its argument).
     var ports: [EvtchnPort: GuestConnection] = [:]
     /// Ports left masked after serving (see `HeldPorts`).
     let held: HeldPorts
-    /// Ports a flooding guest has masked until the given time.
-    var deferredUnmask: [(port: EvtchnPort, at: ContinuousClock.Instant)] = []
     /// Log lines each connected guest may still cause.
     var logLimits: [DomID: GuestLogLimit] = [:]
     var onEvent: ((PCIBack.Event) -> Void)?
     /// A background reset is done (owner): whoever waited for it goes on.
     var resetDone: () -> Void = {}
+    /// Threads waiting until no function is being reset (`waitForResets`).
+    var resetWaiters: [DispatchSemaphore] = []
 
     var backendRoot: String { "/local/domain/\(me)/backend/pci" }
 
@@ -48,67 +49,107 @@ final class BackendContext {
         self.profile = profile
         held = HeldPorts(evtchn: evtchn)
         deviceWork = DeviceWork(workers: options.serviceThread)
+        state = StateWriter(store: registry.store, background: options.serviceThread)
+        state.failed = { [loop, unowned self] why in loop.post { self.emit(.error(nil, "saving state: \(why)")) } }
     }
 
     /// The connection bound to `port`, if its pbx_evtchn still names it.
     func connection(port: EvtchnPort) -> GuestConnection? { ports[port].flatMap { $0.port == port ? $0 : nil } }
 
-    /// Every event reaches `onEvent` once the job or guest event that caused
-    /// it is done (owner only). What a guest can cause is rate-limited per
-    /// connected guest (see `GuestLogLimit`).
+    /// Every event reaches `onEvent` once the step that caused it is done
+    /// (owner only). What a guest can cause is rate-limited per connected
+    /// guest (see `GuestLogLimit`), and its text escaped: it may quote what
+    /// the guest wrote.
     func emit(_ e: PCIBack.Event) {
         var events = [e]
-        if let d = e.guestCaused, logLimits[d] != nil {
-            guard let summary = logLimits[d]!.admit(now: ContinuousClock.now) else { return }
-            if summary > 0 { events.insert(.error(d, "\(summary) more message(s) about dom\(d) suppressed (rate limit)"), at: 0) }
+        if let d = e.guestCaused {
+            events = [e.escaped]
+            if logLimits[d] != nil {
+                guard let summary = logLimits[d]!.admit(now: ContinuousClock.now) else { return }
+                if summary > 0 { events.insert(.error(d, "\(summary) more message(s) about dom\(d) suppressed (rate limit)"), at: 0) }
+            }
         }
         guard let handler = onEvent else { return }
         loop.later { for ev in events { handler(ev) } }
     }
 
-    /// The registry saved for a restarted backend; a failure is reported.
-    func persist() {
-        do { try registry.save() } catch { emit(.error(nil, "saving state: \(error)")) }
-    }
+    /// Hands what a restarted backend needs to the state writer, when it
+    /// changed (owner only).
+    func persist() { state.save(registry.snapshot()) }
 
     // MARK: device work
 
     /// Resets `d` on a worker: a reset takes 100 ms and more (Linux waits up
     /// to 60 s for a device that is not ready), and every other guest and
-    /// device is served meanwhile. Requests to `d` answer dev_not_found
-    /// until it is done. The worker hands the fresh mediation back to the
-    /// service thread; a guest holding `d` by then (the same one after a
-    /// frontend close, or a new one after a hot-add) keeps its toolstack's
-    /// permissive option.
+    /// device is served meanwhile. From here until it is done nothing on
+    /// the loop touches the function's hardware; requests to it (or to its
+    /// VFs) answer dev_not_found. A power-state settle in progress ends
+    /// first. The worker hands the result back to the loop; a guest holding
+    /// `d` by then (the same one after a frontend close, or a new one after
+    /// a hot-add) keeps its toolstack's permissive option.
     func resetInBackground(_ d: ClaimedDevice) {
         guard !d.resetting else { return }
-        d.resetting = true
-        // No DMA from here on (XSA-306): bus mastering off at once, the rest later.
-        if !d.readOnly, let cmd = try? d.access.readConfig(PCIReg.command, 2), UInt16(cmd) & PCICommand.master != 0 {
+        // No DMA from here on (XSA-306): bus mastering off at once unless a
+        // settle is in progress (the worker's sequence turns it off too).
+        if !d.readOnly && !d.busy, let cmd = try? d.access.readConfig(PCIReg.command, 2), UInt16(cmd) & PCICommand.master != 0 {
             try? d.access.writeConfig(PCIReg.command, 2, cmd & ~UInt32(PCICommand.master))
         }
+        d.resetting = true
+        d.whenIdle { [self] in startReset(d) }
+    }
+
+    private func startReset(_ d: ClaimedDevice) {
+        d.heldByWorker = true
+        let job = d.resetJob()
         deviceWork.submit { [self] in
-            let result = Result { try d.resetHardware() }
+            let result = Result { try job() }
             loop.post { [self] in
+                let installed = result.flatMap { _ in Result { try ConfigMediation(device: d.access, golden: d.golden) } }
                 d.resetting = false
-                switch result {
+                d.heldByWorker = false
+                switch installed {
                 case .success(let m):
                     if d.guest != nil { m.permissive = d.mediation.permissive }
                     d.mediation = m
                 case .failure(let e):
                     emit(.error(d.guest, "\(d.address): reset: \(e)"))
                 }
+                d.becameIdle()
                 persist()
                 resetDone()
+                resetFinished()
             }
         }
     }
 
-    /// Waits until no reset is running (the deterministic mode runs the
-    /// queued ones here) and what the workers handed back is installed.
+    /// Waiters go on once no function is being reset (owner).
+    func resetFinished() {
+        guard !registry.sorted.contains(where: \.resetting) else { return }
+        for w in resetWaiters { w.signal() }
+        resetWaiters = []
+    }
+
+    /// Waits until no reset is running and what the workers handed back is
+    /// installed (the deterministic mode runs the queued ones here).
     func waitForResets() {
-        deviceWork.finish()
-        loop.sync { [loop] in _ = loop.runJobs() }
+        while true {
+            let wait: DispatchSemaphore? = loop.submit { [self] in
+                guard registry.sorted.contains(where: \.resetting) else { return nil }
+                let s = DispatchSemaphore(value: 0)
+                resetWaiters.append(s)
+                return s
+            }
+            guard let wait else { return }
+            if deviceWork.isDeterministic {
+                // Nobody else runs the queued work or the timers a settle
+                // left before a reset can start: this thread does.
+                if deviceWork.runQueued() > 0 { continue }
+                let next = loop.submit { [loop] () -> ContinuousClock.Instant? in loop.runDueTimers(); return loop.nextDeadline }
+                if let next, next > .now { Thread.sleep(forTimeInterval: Double((next - .now).components.attoseconds) / 1e18 + Double((next - .now).components.seconds)) }
+                continue
+            }
+            wait.wait()
+        }
     }
 
     /// Xen learns a function's MSI-X table only from dom0

@@ -22,8 +22,18 @@ final class ClaimedDevice {
     var msiPirqs: [UInt32] = []
     var msixPirqs: [UInt32] = []
     var msixPrepared = false      // Xen knows its MSI-X table (prepare_msix)
-    /// A reset runs on a worker: requests to it answer dev_not_found meanwhile.
+    /// A reset is asked for or running: requests to it answer dev_not_found.
     var resetting = false
+    /// A worker (or a releasing caller's thread) has the hardware: the loop
+    /// does not touch it until it is handed back.
+    var heldByWorker = false
+    /// A power-state change is settling until then: the next access waits
+    /// (the guest that made it waits for its reply; see `whenIdle`).
+    var settlingUntil: ContinuousClock.Instant?
+    /// The loop's own accesses that came while it was busy, in order.
+    private var idleJobs: [() -> Void] = []
+    /// The golden state as the state file has it, made once.
+    private(set) lazy var goldenHex = PersistedState.Device.hexString(golden)
     /// Being released to dom0 (reset on the releasing thread): not exported.
     var releasing = false
     /// Held by a running guest when a previous backend stopped: exported
@@ -123,6 +133,37 @@ final class ClaimedDevice {
 
     var isBridge: Bool { golden.isBridge }
 
+    /// A reset or a settle holds the function: the loop must not touch it.
+    var busy: Bool { heldByWorker || settlingUntil != nil }
+
+    /// Starts a settle (a power-state change the guest made): for `delay`
+    /// nothing touches the function; then `then` runs (the header a D3hot
+    /// exit lost), then `done` with its outcome (the guest's reply), then
+    /// the accesses that waited. A timer on the loop, not a sleep.
+    func settle(on loop: ServiceLoop, for delay: Duration, then: (() throws -> Void)?, done: @escaping (Error?) -> Void) {
+        let until = ContinuousClock.now + delay
+        settlingUntil = until
+        loop.schedule(at: until) { [self] in
+            settlingUntil = nil
+            var failure: Error?
+            do { try then?() } catch { failure = error }
+            done(failure)
+            becameIdle()
+        }
+    }
+
+    /// Runs `job` (loop-side device access) now, or once the function is
+    /// no longer busy, after the accesses queued before it.
+    func whenIdle(_ job: @escaping () -> Void) {
+        if busy || !idleJobs.isEmpty { idleJobs.append(job) } else { job() }
+    }
+
+    /// A reset or a settle ended: the accesses that waited run, until one
+    /// makes the function busy again.
+    func becameIdle() {
+        while !busy, !idleJobs.isEmpty { idleJobs.removeFirst()() }
+    }
+
     /// Reset, then the saved header written back: BARs, ROM, cache line,
     /// latency, interrupt line, then the command register with bus
     /// mastering off (a released device cannot DMA: XSA-306), then the
@@ -130,6 +171,15 @@ final class ClaimedDevice {
     /// in D0 (as Linux's reset path does): a function a guest left in D3hot
     /// would lose the header on its way back to D0.
     static func resetAndRestore(_ d: PCIDeviceAccess, _ g: ConfigSpace) throws {
+        // DMA and message interrupts off first: a function without a reset
+        // method keeps them across the "reset".
+        let cmd = UInt16(truncatingIfNeeded: try d.readConfig(PCIReg.command, 2))
+        if cmd & PCICommand.master != 0 { try d.writeConfig(PCIReg.command, 2, UInt32(cmd & ~PCICommand.master)) }
+        for (id, bit) in [(PCICapID.msi, PCICapReg.msiFlagsEnable), (.msix, PCICapReg.msixFlagsEnable)] {
+            guard let c = g.capability(id) else { continue }
+            let flags = UInt16(truncatingIfNeeded: try d.readConfig(c.offset + 2, 2))
+            if flags & bit != 0 { try d.writeConfig(c.offset + 2, 2, UInt32(flags & ~bit)) }
+        }
         let pm = g.capability(.pm)?.offset
         if let pm { try d.setPowerState(pm: pm, .d0) }
         try d.reset()
@@ -146,8 +196,15 @@ final class ClaimedDevice {
     /// state, and the mediation a fresh export starts from (no guest
     /// grants), which the owner of the backend's state installs.
     func resetHardware() throws -> ConfigMediation {
-        if !readOnly { try Self.resetAndRestore(access, golden) }
+        try resetJob()()
         return try ConfigMediation(device: access, golden: golden)
+    }
+
+    /// The reset and golden restore as a job for a worker: it takes only
+    /// what it needs (the device and the golden state), never the loop's.
+    func resetJob() -> @Sendable () throws -> Void {
+        let (access, golden, readOnly) = (access, golden, readOnly)
+        return { if !readOnly { try Self.resetAndRestore(access, golden) } }
     }
 
     var bars: [(index: Int, resource: PCIResource)] {

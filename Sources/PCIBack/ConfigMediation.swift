@@ -295,6 +295,15 @@ final class ConfigMediation {
 
     // MARK: writes
 
+    /// A wait the last write left the function (a power-state change),
+    /// for the request path to take (`takePendingWait`).
+    private var pendingWait: DeviceWait?
+
+    func takePendingWait() -> DeviceWait? {
+        defer { pendingWait = nil }
+        return pendingWait
+    }
+
     /// Applies a guest write; returns the protocol result.
     func write(_ offset: Int, _ size: Int, _ value: UInt32) throws -> PCIOpError {
         var denied = false
@@ -469,8 +478,17 @@ final class ConfigMediation {
                 let command = UInt16(try dev.readConfig(PCIReg.command, 2)) & ~(PCICommand.io | PCICommand.memory)
                 restore = (header, command | (enabled ? decodeBits : 0))
             }
-            try dev.writePMCSR(offset, out, old: hw)
-            if let r = restore { try dev.writeHeader(from: r.header, command: r.command) }
+            // The transition's wait is the caller's (a timer on the loop,
+            // not a sleep here); the header goes back after it.
+            try dev.writeConfig(offset, 2, UInt32(out))
+            let old = PowerState(pmcsr: hw), new = PowerState(pmcsr: out)
+            let delay = old == new ? Duration.zero : dev.transitionTime(microseconds: old.recovery(to: new))
+            let rewrite: (() throws -> Void)? = restore.map { r in { [dev] in try dev.writeHeader(from: r.header, command: r.command) } }
+            if delay > .zero {
+                pendingWait = DeviceWait(delay: delay, then: rewrite)
+            } else {
+                try rewrite?()
+            }
         }
         if (new ^ hw) & ~passed != 0 || to != asked { refuse(offset, 2, UInt32(new), denied: false) }
     }
@@ -536,4 +554,11 @@ final class ConfigMediation {
             return (r.offset, r.size, r.count, r.denied, q)
         }
     }
+}
+
+/// Time a function needs after a write before it is accessed again, and
+/// what to do then.
+struct DeviceWait {
+    var delay: Duration
+    var then: (() throws -> Void)?
 }

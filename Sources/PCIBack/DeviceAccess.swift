@@ -27,8 +27,13 @@ public protocol PCIDeviceAccess: AnyObject {
     /// a VF's own vendor and device registers read 0xFFFF.
     var identity: (vendor: UInt16, device: UInt16)? { get }
     /// Waits out a transition the function needs time for (a power-state
-    /// change): real hardware sleeps; a simulated device may count instead.
+    /// change), on a worker: real hardware sleeps; a simulated device may
+    /// count instead.
     func settle(microseconds: UInt32)
+    /// How long the loop must leave the function alone after such a
+    /// transition (it sets a timer): real hardware needs all of it; a
+    /// simulated device in virtual time counts it and answers zero.
+    func transitionTime(microseconds: UInt32) -> Duration
     /// The whole config space at once (the golden state at claim): one
     /// read where the device allows it, instead of 1024 dword reads.
     func readConfigSpace() throws -> ConfigSpace
@@ -39,6 +44,7 @@ extension PCIDeviceAccess {
     public var identity: (vendor: UInt16, device: UInt16)? { nil }
     public var isVirtualFunction: Bool { physicalFunction != nil }
     public func settle(microseconds: UInt32) { usleep(microseconds) }
+    public func transitionTime(microseconds: UInt32) -> Duration { .microseconds(microseconds) }
 
     public func readConfigSpace() throws -> ConfigSpace {
         var cs = ConfigSpace(size: configSize)

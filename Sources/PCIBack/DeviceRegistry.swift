@@ -42,6 +42,9 @@ final class DeviceRegistry {
     /// Claimed, or being claimed.
     func isClaimed(_ a: PCIAddress) -> Bool { byAddress[a] != nil || claiming.contains(a) }
 
+    /// A VF's physical function, when it is claimed here too.
+    func physicalFunction(of d: ClaimedDevice) -> ClaimedDevice? { d.access.physicalFunction.flatMap { byAddress[$0.address] } }
+
     /// Every claimed function, by address.
     var sorted: [ClaimedDevice] { byAddress.values.sorted { $0.address < $1.address } }
 
@@ -54,18 +57,16 @@ final class DeviceRegistry {
     /// What the previous backend saved about `a`, once.
     func takeSaved(_ a: PCIAddress) -> PersistedState.Device? { recovered.removeValue(forKey: a) }
 
-    /// Saves what a restarted backend needs (every change of ownership,
-    /// pirqs or grants calls this; the file is replaced atomically).
-    func save() throws {
-        guard let store else { return }
+    /// What a restarted backend needs, as the state file holds it.
+    func snapshot() -> PersistedState {
         var s = PersistedState()
         for d in sorted where !d.readOnly {
-            s.devices.append(.init(address: d.address.description, golden: PersistedState.Device.hexString(d.golden),
+            s.devices.append(.init(address: d.address.description, golden: d.goldenHex,
                                    msixPrepared: d.msixPrepared, guest: d.guest, guestAddress: d.guestAddress?.description,
                                    msiPirqs: d.msiPirqs, msixPirqs: d.msixPirqs, permissive: d.mediation.permissive,
                                    quirks: d.mediation.quirks.map(\.description)))
         }
-        try store.save(s)
+        return s
     }
 
     func statistics() -> [DeviceStatistics] {

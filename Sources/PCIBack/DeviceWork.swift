@@ -1,27 +1,29 @@
 import Foundation
+import Synchronization
 
-/// Where slow device work (resets, golden restores) runs, off the request
-/// path and off the service thread: on workers when the backend is a
-/// service, or queued until the caller runs it in the deterministic mode
-/// (`PCIBack.Options.serviceThread` false), so a test or a fuzz input
-/// decides when a reset happens and nothing runs behind its back.
-final class DeviceWork: @unchecked Sendable {
+/// Where device work that blocks (resets, golden restores) runs, off the
+/// loop: on worker threads when the backend serves, or queued until the
+/// caller runs it in the deterministic mode (`PCIBack.Options.serviceThread`
+/// false), so a test or a fuzz input decides when a reset happens and
+/// nothing runs behind its back. A job hands its result back to the loop
+/// with `ServiceLoop.post`; a function has at most one job at a time
+/// (`ClaimedDevice.resetting`), so its accesses stay in order.
+final class DeviceWork: Sendable {
     private let queue: DispatchQueue?
-    private let group = DispatchGroup()
-    private let lock = NSLock()
-    private var queued: [() -> Void] = []
+    private let queued = Mutex<[@Sendable () -> Void]>([])
 
     init(workers: Bool) {
         queue = workers ? DispatchQueue(label: "pciback.device-work", attributes: .concurrent) : nil
     }
 
-    func submit(_ job: @escaping () -> Void) {
+    var isDeterministic: Bool { queue == nil }
+
+    func submit(_ job: @escaping @Sendable () -> Void) {
         guard let queue else {
-            lock.lock(); queued.append(job); lock.unlock()
+            queued.withLock { $0.append(job) }
             return
         }
-        group.enter()
-        queue.async { [group] in job(); group.leave() }
+        queue.async(execute: job)
     }
 
     /// Deterministic mode: runs what is queued, in order, on this thread,
@@ -29,18 +31,10 @@ final class DeviceWork: @unchecked Sendable {
     @discardableResult
     func runQueued() -> Int {
         var n = 0
-        while true {
-            lock.lock()
-            let job = queued.isEmpty ? nil : queued.removeFirst()
-            lock.unlock()
-            guard let job else { return n }
+        while let job = queued.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) {
             job()
             n += 1
         }
-    }
-
-    /// Until no job is left: workers finish, or the queue runs here.
-    func finish() {
-        if queue == nil { runQueued() } else { group.wait() }
+        return n
     }
 }

@@ -13,7 +13,7 @@ extension PCIBack {
     /// is `config` and BAR sizes `barSizes`. Returns the broken invariant,
     /// or nil. The device's pirqs and state are released afterwards.
     public func fuzzRequest(config: [UInt8], barSizes: [UInt64], op opBytes: [UInt8]) -> String? {
-        loop.owned {
+        loop.submit { [self] () -> String? in
             let resources = (0..<7).map { i -> PCIResource in
                 let s = i < barSizes.count ? barSizes[i] : 0
                 return s == 0 ? PCIResource(start: 0, end: 0, flags: 0) : PCIResource(start: 0x1000_0000, end: 0x1000_0000 + s - 1, flags: 0x200)

@@ -38,9 +38,13 @@ final class GuestConnection {
     /// A function to export is still being reset after its previous guest:
     /// the connect or reconfigure waits for it (see `waitsForReset`).
     var waitingForReset = false
-    // AER handshake in progress.
-    var aerPending = false
-    var aerDone = false
+    /// An AER request posted to the guest, and who waits for its answer.
+    var aer: AERWait?
+    /// A request is waiting on its function (a settle): its reply is still
+    /// to be written, and the guest's page is not read until then.
+    var inFlight = false
+    /// Set by `dispatch` when the request's write left its function a wait.
+    var deviceWait: (ClaimedDevice, DeviceWait)?
 
     // Shorthands for what the connection works with (the context's).
     var xs: XenStore { ctx.xs }
@@ -117,6 +121,24 @@ final class GuestConnection {
         }
         pb.pointee.pb_guest_next.sle_next = nil
         pb.pointee.pbx_instance = nil
+    }
+}
+
+/// An AER request's outcome, handed from the loop to the thread waiting
+/// in `raiseAER` (the semaphore orders the write before the read).
+final class AERWait: @unchecked Sendable {
+    enum Outcome { case answered, timedOut, disconnected }
+    let done = DispatchSemaphore(value: 0)
+    private(set) var outcome: Outcome?
+    func finish(_ o: Outcome) { outcome = o; done.signal() }
+}
+
+extension GuestConnection {
+    /// The AER request in progress ends (owner).
+    func finishAER(_ o: AERWait.Outcome) {
+        guard let w = aer else { return }
+        aer = nil
+        w.finish(o)
     }
 }
 

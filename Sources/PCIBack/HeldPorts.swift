@@ -7,7 +7,7 @@ import XenPCIABI
 /// device keeps it). While a guest's next request is already waiting when
 /// its reply is out, that request is served without reading the port and
 /// without unmasking it: two of the five system calls a request costs in a
-/// PV dom0 (issue 16, docs/PERFORMANCE.md). The guest's notify for it stays
+/// PV dom0 (docs/PERFORMANCE.md). The guest's notify for it stays
 /// pending behind the mask and is delivered once the port is unmasked, so
 /// nothing is lost; `GuestConnection.owedEvent` keeps that one event from
 /// counting as a flood. Owned by the service thread.
@@ -21,6 +21,8 @@ final class HeldPorts {
     init(evtchn: EventChannels) { self.evtchn = evtchn }
 
     var hasReady: Bool { !ready.isEmpty }
+
+    func isHeld(_ port: EvtchnPort) -> Bool { held.contains(port) }
 
     /// `port` served a request and was left masked.
     func hold(_ port: EvtchnPort) { held.append(port) }
@@ -44,13 +46,17 @@ final class HeldPorts {
     /// and then with `yields`): a guest answers within tens of
     /// microseconds, a wake-up through Xen costs more. Bounded by `spin`
     /// after every served round, so a guest cannot keep us spinning.
-    func settle(_ connection: (EvtchnPort) -> GuestConnection?, spin: Duration, yields: Bool) {
+    /// `others`: the pages of the connected guests not held; the spin ends
+    /// as soon as one of them posts a request, so a guest we are not
+    /// spinning for waits for no more than the current request.
+    func settle(_ connection: (EvtchnPort) -> GuestConnection?, others: () -> [SharedPage], spin: Duration, yields: Bool) {
         guard !held.isEmpty else { return }
         let served = held
         held = []
         let pages = served.map { connection($0)?.shared }
         var waiting = pages.map(Self.requestPosted)
         if spin > .zero && !waiting.contains(true) {
+            let rest = others()
             let end = ContinuousClock.now + spin
             var n = 0
             spinning: while ContinuousClock.now < end {
@@ -59,6 +65,7 @@ final class HeldPorts {
                         waiting[i] = true
                         break spinning
                     }
+                    for p in rest where Self.requestPosted(p) { break spinning }
                 }
                 n += 1
                 if yields && n % 16 == 0 { sched_yield() } // the guest may be waiting for this CPU

@@ -72,6 +72,13 @@ public final class MemoryPCIDevice: PCIDeviceAccess, @unchecked Sendable {
         settledMicroseconds += UInt64(microseconds)
     }
 
+    public func transitionTime(microseconds: UInt32) -> Duration {
+        guard virtualTime else { return .microseconds(microseconds) }
+        lock.lock(); defer { lock.unlock() }
+        settledMicroseconds += UInt64(microseconds)
+        return .zero
+    }
+
     /// Runs as each reset begins, outside the device's lock: a benchmark or
     /// a test makes the reset slow (a real FLR takes 100 ms and more), gated
     /// or failing with it. Set before the device is claimed.

@@ -43,12 +43,12 @@ public final class PCIBack {
         /// steps the backend with `drain()`, which serves what is pending
         /// and runs the queued device work. For tests and fuzzers.
         public var serviceThread = true
-        /// The service thread's nice value (nil: inherit). Linux's pciback
-        /// serves requests in kernel work items, ahead of dom0's processes;
-        /// a busy dom0 (device models, 256 guests connecting) must not keep
-        /// a guest's request waiting past pcifront's 2 s. Refused (not
-        /// root): reported, and the thread runs at the inherited priority.
-        public var servicePriority: Int32? = -10
+        /// The service thread's nice value (nil, the default: inherit, as
+        /// Linux's pciback's work items run at normal priority). A guest
+        /// flooding requests then shares dom0's CPU with the toolstack and
+        /// xenstored instead of taking it. Refused (not root): reported,
+        /// and the thread runs at the inherited priority.
+        public var servicePriority: Int32?
         public init() {}
     }
 
@@ -63,13 +63,39 @@ public final class PCIBack {
         /// Worth a line in the log, not an error (a takeover, say).
         case notice(DomID?, String)
 
-        /// The guest behind an error or notice, which it may be causing on
-        /// purpose: such lines are rate-limited per guest.
+        /// The guest behind a line, which it may be causing on purpose
+        /// (its state changes, its connects, its errors): such lines are
+        /// rate-limited per guest. Exports are the toolstack's.
         var guestCaused: DomID? {
             switch self {
-            case .error(let d?, _), .notice(let d?, _): return d
+            case .error(let d?, _), .notice(let d?, _), .backendState(let d, _), .frontendState(let d, _),
+                 .connected(let d, _), .disconnected(let d):
+                return d
             default: return nil
             }
+        }
+
+        /// The text with what a guest may have written in it made visible:
+        /// control and non-ASCII bytes as \xNN, a backslash doubled.
+        var escaped: Event {
+            switch self {
+            case .error(let d, let s): return .error(d, Self.escape(s))
+            case .notice(let d, let s): return .notice(d, Self.escape(s))
+            default: return self
+            }
+        }
+
+        static func escape(_ s: String) -> String {
+            guard s.utf8.contains(where: { $0 < 0x20 || $0 >= 0x7F || $0 == UInt8(ascii: "\\") }) else { return s }
+            var out = ""
+            for b in s.utf8 {
+                switch b {
+                case UInt8(ascii: "\\"): out += "\\\\"
+                case 0x20..<0x7F: out.unicodeScalars.append(Unicode.Scalar(b))
+                default: out += "\\x" + String(b, radix: 16).uppercased().leftPadded(2)
+                }
+            }
+            return out
         }
     }
 
@@ -97,8 +123,8 @@ public final class PCIBack {
     /// Set from any thread, also while the service thread runs (it is
     /// handed over like any other change of the state).
     public var onEvent: ((Event) -> Void)? {
-        get { loop.sync { [ctx] in ctx.onEvent } }
-        set { loop.sync { [ctx] in ctx.onEvent = newValue } }
+        get { loop.submit { [ctx] in ctx.onEvent } }
+        set { loop.submit { [ctx] in ctx.onEvent = newValue } }
     }
 
     public var backendRoot: String { ctx.backendRoot }
@@ -138,14 +164,14 @@ public final class PCIBack {
     @discardableResult
     public func claim(_ access: PCIDeviceAccess) throws -> ClaimedDeviceInfo {
         let a = access.address
-        let plan = try loop.sync { [self] () throws -> ClaimPlan in
+        let plan = try loop.submit { [self] () throws -> ClaimPlan in
             guard !registry.isClaimed(a) else { throw PCIBackError.refused("\(a): already claimed") }
             let plan = try planClaim(access)
             registry.claiming.insert(a)
             return plan
         }
         let built = Result { try plan.build(access, allowHostDriver: options.allowHostDriverReadOnly) }
-        return try loop.sync { [self] () throws -> ClaimedDeviceInfo in
+        return try loop.submit { [self] () throws -> ClaimedDeviceInfo in
             registry.claiming.remove(a)
             let d = try built.get()
             try completeClaim(d, plan)
@@ -191,22 +217,22 @@ public final class PCIBack {
     /// Refused while a guest has it.
     public func release(_ a: PCIAddress) throws { try releaseAll([a]) }
 
-    public func listing() -> [ClaimedDeviceInfo] { loop.sync { [self] in registry.sorted.map(\.info) } }
+    public func listing() -> [ClaimedDeviceInfo] { loop.submit { [self] in registry.sorted.map(\.info) } }
 
-    public func statistics() -> [DeviceStatistics] { loop.sync { [self] in registry.statistics() } }
+    public func statistics() -> [DeviceStatistics] { loop.submit { [self] in registry.statistics() } }
 
     /// Per-guest counters: requests served, of them those served without
     /// an event (seen waiting while the port was held), spurious events,
     /// throttled pauses.
     public func guestStatistics() -> [(domid: DomID, requests: Int, withoutEvent: Int, spurious: Int, throttled: Int)] {
-        loop.sync { [self] in
+        loop.submit { [self] in
             connections.values.sorted { $0.domid < $1.domid }.map { ($0.domid, $0.requests, $0.withoutEvent, $0.spurious, $0.throttled) }
         }
     }
 
     /// Adds a quirk to a claimed device (cleared when it leaves its guest).
     public func addQuirk(_ q: PCIQuirk) throws {
-        try loop.sync { [self] () throws in
+        try loop.submit { [self] () throws in
             guard let d = registry[q.address] else { throw PCIBackError.badDevice("\(q.address): not claimed by pciback") }
             try d.mediation.addQuirk(q)
             persist()
@@ -214,7 +240,7 @@ public final class PCIBack {
     }
 
     public func setPermissive(_ a: PCIAddress, _ on: Bool) throws {
-        try loop.sync { [self] () throws in
+        try loop.submit { [self] () throws in
             guard let d = registry[a] else { throw PCIBackError.badDevice("\(a): not claimed by pciback") }
             d.mediation.permissive = on
             persist()
@@ -226,7 +252,7 @@ public final class PCIBack {
     /// Watches `backend/pci`, takes over the guests a previous backend
     /// served, and serves guests on a thread of its own.
     public func start() throws {
-        try loop.sync { [self] () throws in
+        try loop.submit { [self] () throws in
             try xs.watch(backendRoot, token: "pciback")
             do { try xs.watch("@releaseDomain", token: "release") } catch { try? xs.unwatch(backendRoot, token: "pciback"); throw error }
             if let p = registry.recoveryProblem { emit(.error(nil, "saved state unusable: \(p); functions a running guest holds are left alone")) }
@@ -258,19 +284,19 @@ public final class PCIBack {
     /// MSI-X tables prepared); only this process's grant mappings, ports and
     /// watches go. The state is saved for the next backend, which takes over.
     /// The service thread does it all (it owns the state) but takes no more
-    /// guest events; the resets it queued finish first.
+    /// guest events; the device work it started finishes first.
     public func stop(keepGuests: Bool = false) {
-        loop.sync { [self] in stopping = true }
+        loop.submit { [self] in stopping = true }
         waitForResets()
         if keepGuests {
-            loop.sync { [self] in
-                persist()
+            loop.submit { [self] in
+                ctx.state.save(registry.snapshot(), force: true)
                 for i in connections.values { i.disconnect() }
                 connections.removeAll()
                 registry.removeAll()
             }
         } else {
-            loop.sync { [self] in
+            loop.submit { [self] in
                 for i in connections.values.sorted(by: { $0.domid < $1.domid }) {
                     i.setState(.closing)
                     forget(i)
@@ -278,11 +304,12 @@ public final class PCIBack {
             }
             waitForResets()
             // Every function reset here, on this thread, then released.
-            let list = loop.sync { [self] in registry.sorted.map { d in d.resetting = true; return d } }
+            let list = loop.submit { [self] in registry.sorted.map { d in d.resetting = true; d.heldByWorker = true; return d } }
             let results = list.map { d in Result { try d.resetHardware() } }
-            loop.sync { [self] in
+            loop.submit { [self] in
                 for (d, r) in zip(list, results) {
                     d.resetting = false
+                    d.heldByWorker = false
                     if case .failure(let error) = r { emit(.error(nil, "\(d.address): reset at shutdown: \(error)")) }
                     ctx.releaseMSIX(d)
                 }
@@ -291,11 +318,12 @@ public final class PCIBack {
             }
         }
         if thread != nil {
-            loop.sync { [self] in exiting = true }
+            loop.submit { [self] in exiting = true }
             stopped.wait()
             thread = nil
         }
-        loop.sync { [self] in closeHandles(keepingInterrupts: keepGuests) }
+        loop.submit { [self] in closeHandles(keepingInterrupts: keepGuests) }
+        ctx.state.flush()
     }
 
     /// The end of `stop`: watches gone, handles closed. Keeping interrupts
@@ -309,19 +337,22 @@ public final class PCIBack {
         xs.close()
     }
 
+    /// Milliseconds until `at` for poll (rounded up), 0 when it is past.
+    private static func pollTimeout(until at: ContinuousClock.Instant) -> Int32 {
+        let left = ContinuousClock.now.duration(to: at)
+        guard left > .zero else { return 0 }
+        return Int32(clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
+    }
+
     /// The service thread's loop: jobs handed over, then requests, then
-    /// watch events, each a bounded amount per turn.
+    /// watch events, then the timers due, each a bounded amount per turn.
     private func run() {
         var fds = [pollfd(fd: loop.wake, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: xs.fileDescriptor, events: Int16(POLLIN), revents: 0),
                    pollfd(fd: evtchn.fileDescriptor, events: Int16(POLLIN), revents: 0)]
         var moreWork = false
         while !exiting {
-            var timeout: Int32 = -1
-            if let next = ctx.deferredUnmask.map(\.at).min() {
-                let left = ContinuousClock.now.duration(to: next)
-                timeout = left <= .zero ? 0 : Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
-            }
+            var timeout: Int32 = loop.nextDeadline.map(Self.pollTimeout(until:)) ?? -1
             if moreWork || ctx.held.hasReady { timeout = 0 }
             // Stopping: only jobs (the guests' handles are left unread).
             _ = poll(&fds, stopping ? 1 : 3, timeout)
@@ -329,13 +360,15 @@ public final class PCIBack {
             if fds[0].revents != 0 { xenpci_eventfd_drain(loop.wake) }
             loop.runJobs()
             if exiting { break }
+            // Device continuations (settles) run while stopping too.
+            loop.runDueTimers()
             if stopping { moreWork = false; continue }
             // Bounded work per turn, requests first, then watches: a
             // toolstack writing 2N+2 keys, or 256 guests connecting, cannot
             // keep requests waiting past pcifront's 2 s (nor the reverse).
             var requestBudget = Self.requestsPerTurn
             // Every ready port in one read, and none when poll said none:
-            // each system call of a PV dom0 goes through Xen (issue 16).
+            // each system call of a PV dom0 goes through Xen.
             var ports = fds[2].revents != 0 ? (try? evtchn.pendingBatch(max: requestBudget)) ?? [] : []
             var round = 0
             while true {
@@ -355,44 +388,49 @@ public final class PCIBack {
             var watchBudget = Self.watchEventsPerTurn
             while watchBudget > 0, let e = xs.nextWatchEvent() { loop.step { watchFired(e) }; watchBudget -= 1 }
             moreWork = watchBudget == 0 || requestBudget <= 0
-            loop.step { unmaskDue() }
+            // A turn that used its whole budget gives the CPU up before the
+            // next: dom0's toolstack and xenstored share it with us (a guest
+            // that floods gets a turn's worth, not the vCPU).
+            if moreWork { sched_yield() }
         }
     }
 
     /// The deterministic mode's step (the service thread runs the same
     /// code): runs the jobs handed over, serves every pending watch event
-    /// and channel event, then the queued device work, until nothing is
-    /// left. Returns how many things it did; a cap keeps a backend that
-    /// feeds itself from spinning forever. Each event's callbacks run as
-    /// soon as it is served.
+    /// and channel event, the timers due, then the queued device work,
+    /// until nothing is left; a timer not yet due (a power-state settle) is
+    /// waited for in real time. Returns how many things it did; a cap keeps
+    /// a backend that feeds itself from spinning forever. Each event's
+    /// callbacks run as soon as it is served. Refused while a service
+    /// thread serves: it alone owns the state then.
     @discardableResult
-    public func drain(limit: Int = 100_000) -> Int {
+    public func drain(limit: Int = 100_000) throws -> Int {
+        guard !loop.serving else {
+            throw PCIBackError.refused("drain() steps the deterministic mode; this backend's service thread is serving (stop() it first)")
+        }
         var done = 0
         while done < limit {
-            var n = loop.owned { loop.runJobs() }
-            while let e = xs.nextWatchEvent() { loop.owned { watchFired(e) }; n += 1 }
-            while let p = try? evtchn.pending() { loop.owned { serve(p) }; n += 1 }
-            for p in ctx.held.takeReady() { loop.owned { serve(p, fromEvent: false) }; n += 1 }
-            loop.owned { settleHeld(spin: .zero) }
-            loop.owned { unmaskDue() }
+            var n = loop.submit(asStep: false) { [self] () -> Int in
+                var n = loop.runJobs()
+                while let e = xs.nextWatchEvent() { loop.step { watchFired(e) }; n += 1 }
+                while let p = try? evtchn.pending() { loop.step { serve(p) }; n += 1 }
+                for p in ctx.held.takeReady() { loop.step { serve(p, fromEvent: false) }; n += 1 }
+                loop.step { settleHeld(spin: .zero) }
+                n += loop.runDueTimers()
+                return n
+            }
             n += ctx.deviceWork.runQueued()
-            if n == 0 { break }
+            if n == 0 {
+                // Only a timer left: wait for it, as the device needs.
+                guard let next = loop.submit({ [loop] in loop.nextDeadline }) else { break }
+                let left = ContinuousClock.now.duration(to: next)
+                if left > .zero { Thread.sleep(forTimeInterval: Double(left.components.seconds) + Double(left.components.attoseconds) / 1e18) }
+                continue
+            }
             done += n
         }
+        ctx.state.flush()
         return done
-    }
-
-    private func unmaskDue() {
-        // No clock read when nothing waits: with dom0's clocksource `xen`
-        // there is no vDSO, and the read is a system call per turn.
-        guard !ctx.deferredUnmask.isEmpty else { return }
-        let now = ContinuousClock.now
-        let due = ctx.deferredUnmask.filter { $0.at <= now }
-        ctx.deferredUnmask.removeAll { $0.at <= now }
-        for d in due where ctx.connection(port: d.port) != nil {
-            try? evtchn.unmask(d.port)
-            // Anything that arrived while paused is now delivered again.
-        }
     }
 
     /// A request of the guest bound to `p`: on its event, or seen waiting
@@ -402,7 +440,9 @@ public final class PCIBack {
     }
 
     private func settleHeld(spin: Duration) {
-        ctx.held.settle({ [ctx] in ctx.connection(port: $0) }, spin: spin, yields: options.spinYields)
+        ctx.held.settle({ [ctx] in ctx.connection(port: $0) }, others: { [self] in
+            connections.values.compactMap { i in i.port.flatMap { ctx.held.isHeld($0) ? nil : i.shared } }
+        }, spin: spin, yields: options.spinYields)
     }
 
     // MARK: xenbus (pciback_xenbus_create, the watch callbacks)
@@ -486,4 +526,8 @@ public final class PCIBack {
     /// Waits until no reset is running and what the workers handed back
     /// is installed.
     func waitForResets() { ctx.waitForResets() }
+}
+
+extension String {
+    fileprivate func leftPadded(_ n: Int) -> String { count >= n ? self : String(repeating: "0", count: n - count) + self }
 }

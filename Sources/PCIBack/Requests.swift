@@ -17,8 +17,11 @@ extension GuestConnection {
     /// masked, for `HeldPorts.settle` to unmask or serve again.
     func evthandler(_ port: EvtchnPort, fromEvent: Bool = true) -> Bool {
         guard let sh = shared else { return false }
-        if aerPending && sh.flags & XenPCI.backendActive == 0 {
-            ctx.aerCondition.lock(); aerDone = true; ctx.aerCondition.broadcast(); ctx.aerCondition.unlock()
+        // A request waits on its function (a settle): nothing more of this
+        // guest's is read until it is answered; the port stays masked.
+        if inFlight { return false }
+        if aer != nil && sh.flags & XenPCI.backendActive == 0 {
+            finishAER(.answered)
             if sh.flags & XenPCI.frontendActive == 0 { try? evtchn.unmask(port); return false } // the AER answer
         }
         guard sh.flags & XenPCI.frontendActive != 0 else {
@@ -42,11 +45,38 @@ extension GuestConnection {
         let op = withUnsafeMutablePointer(to: &c.pointee.op) { $0 }
         sh.snapshotRequest(into: op)
         let nvec = dispatch(op)
+        if let (d, wait) = deviceWait {
+            // The function needs time before its next access: the reply
+            // goes when it has had it; other guests are served meanwhile.
+            deviceWait = nil
+            inFlight = true
+            let page = sh.pointer
+            d.settle(on: ctx.loop, for: wait.delay, then: wait.then) { [weak self] failure in
+                self?.completeDeferred(port, page: page, nvec: nvec, failure: failure.map { "\(d.address): \($0)" })
+            }
+            return false
+        }
         ctx.profile.replied()
         sh.completeRequest(op, msixVectors: nvec)
         do { try evtchn.notify(port) } catch { emit(.error(domid, "notify port \(port): \(error)")) }
         ctx.profile.notified()
         return true
+    }
+
+    /// The reply to a request that waited on its function; dropped when the
+    /// guest disconnected meanwhile (its page is gone).
+    private func completeDeferred(_ port: EvtchnPort, page: UnsafeMutablePointer<xen_pci_sharedinfo>, nvec: Int, failure: String?) {
+        guard inFlight, self.port == port, let sh = shared, sh.pointer == page else { return }
+        inFlight = false
+        let op = withUnsafeMutablePointer(to: &c.pointee.op) { $0 }
+        if let failure {
+            emit(.error(domid, failure))
+            op.pointee.err = PCIOpError.opFailed.rawValue
+            op.pointee.value = 0
+        }
+        sh.completeRequest(op, msixVectors: nvec)
+        do { try evtchn.notify(port) } catch { emit(.error(domid, "notify port \(port): \(error)")) }
+        try? evtchn.unmask(port)
     }
 
     /// XSA-332: a guest that floods events without requests gets its port
@@ -61,7 +91,10 @@ extension GuestConnection {
         if spuriousInWindow > options.spuriousLimit {
             throttled += 1
             spuriousInWindow = 0
-            ctx.deferredUnmask.append((port, now + options.floodPause))
+            // Anything that arrives while paused is delivered at the unmask.
+            ctx.loop.schedule(at: now + options.floodPause) { [weak self] in
+                if let self, self.port == port { try? self.evtchn.unmask(port) }
+            }
         } else {
             try? evtchn.unmask(port)
         }
@@ -80,13 +113,14 @@ extension GuestConnection {
             err = .notImplemented // unknown, or AER ops (backend-to-frontend only)
         case .enableMultiMSI?:
             err = d == nil ? .devNotFound : .notImplemented // as Linux
-        case let c? where d == nil || d!.resetting:
+        case let c? where d == nil || d!.resetting || registry.physicalFunction(of: d!)?.resetting == true:
             _ = c
-            err = .devNotFound // absent, or being reset (as in Linux's pciback, it is off the guest's list meanwhile)
+            err = .devNotFound // absent, or it (or its PF) being reset: as in Linux's pciback, off the guest's list meanwhile
         case .confRead?:
             (err, value) = configRead(d!, op.pointee.offset, op.pointee.size)
         case .confWrite?:
             err = configWrite(d!, op.pointee.offset, op.pointee.size, op.pointee.value)
+            if let w = d!.mediation.takePendingWait() { deviceWait = (d!, w) }
         case .enableMSI?:
             (err, value) = enableMSI(d!)
         case .disableMSI?:

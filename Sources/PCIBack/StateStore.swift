@@ -1,5 +1,6 @@
 import Foundation
 import PCIModel
+import Synchronization
 
 /// What a restarted backend needs and xenstore cannot tell it (issue 13):
 /// per claimed function, the golden state saved at claim (the hardware now
@@ -25,7 +26,7 @@ public struct PersistedState: Codable, Equatable, Sendable {
 }
 
 /// Where the backend keeps its persisted state.
-public protocol BackendStateStore: AnyObject {
+public protocol BackendStateStore: AnyObject, Sendable {
     /// For messages: the file (or "memory").
     var location: String { get }
     /// nil when nothing was saved; throws, naming the file, when it cannot
@@ -114,6 +115,67 @@ extension PersistedState.Device {
         case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
         case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
         default: return nil
+        }
+    }
+}
+
+/// Writes the state file off the loop. The loop hands over a snapshot
+/// after each change; one equal to the last handed over is dropped (a
+/// no-op request changes nothing), and while a write runs only the newest
+/// snapshot waits, so a burst of changes costs one more write. Without a
+/// background writer (the deterministic mode) `flush` writes.
+final class StateWriter: Sendable {
+    private struct Pending {
+        var last: PersistedState?
+        var next: PersistedState?
+        var writing = false
+    }
+    private let store: BackendStateStore?
+    private let pending = Mutex(Pending())
+    private let queue: DispatchQueue?
+    /// Called on the writer's thread when a write fails.
+    nonisolated(unsafe) var failed: (@Sendable (String) -> Void)? // set once, before any save
+
+    init(store: BackendStateStore?, background: Bool) {
+        self.store = store
+        queue = store != nil && background ? DispatchQueue(label: "pciback.state") : nil
+    }
+
+    /// Hands over `s` (from the loop). `force`: written even if unchanged.
+    func save(_ s: PersistedState, force: Bool = false) {
+        guard store != nil else { return }
+        let start = pending.withLock { p -> Bool in
+            guard force || s != (p.next ?? p.last) else { return false }
+            p.next = s
+            if force { p.last = nil }
+            guard !p.writing else { return false }
+            p.writing = true
+            return true
+        }
+        if start, let queue { queue.async { self.writeAll() } } else if start { pending.withLock { $0.writing = false } }
+    }
+
+    /// Writes what waits, on this thread; with a background writer, waits
+    /// for it to finish instead.
+    func flush() {
+        guard store != nil else { return }
+        if let queue { queue.sync {}; return }
+        writeAll()
+    }
+
+    private func writeAll() {
+        while let s = pending.withLock({ p -> PersistedState? in
+            guard let s = p.next else { p.writing = false; return nil }
+            p.next = nil
+            p.writing = true
+            return s
+        }) {
+            do {
+                try store?.save(s)
+                pending.withLock { $0.last = s }
+            } catch {
+                failed?("\(error)")
+            }
         }
     }
 }

@@ -146,6 +146,11 @@ extension GuestConnection {
     /// event channel. Every value comes from the guest and is checked.
     func attach() {
         let f = frontendPath
+        // A frontend that goes through Initialised again while we are
+        // connected (the toolstack wrote Closing, the guest answered
+        // Initialised) gets a fresh connection: the old page and port go
+        // first, so nothing is mapped or bound twice.
+        if connected || mapping != nil || port != nil { disconnect() }
         func read(_ k: String) -> String? { (try? xs.readIfPresent(f + "/" + k)) ?? nil }
         guard let magic = read("magic") else { return fatal("\(f)/magic is missing") }
         guard magic == XenPCI.magic else {
@@ -176,7 +181,6 @@ extension GuestConnection {
     func disconnect() {
         if let p = port {
             ctx.ports[p] = nil
-            ctx.deferredUnmask.removeAll { $0.port == p }
             ctx.held.forget(p)
             do { try evtchn.unbind(p) } catch { emit(.error(domid, "unbind port \(p): \(error)")) }
             port = nil
@@ -186,7 +190,9 @@ extension GuestConnection {
             do { try gnttab.unmap(m) } catch { emit(.error(domid, "unmap grant \(m.ref): \(error)")) }
             emit(.disconnected(domid))
         }
-        if aerPending { ctx.aerCondition.lock(); aerDone = true; ctx.aerCondition.broadcast(); ctx.aerCondition.unlock() }
+        inFlight = false
+        deviceWait = nil
+        finishAER(.disconnected)
     }
 
     /// xen_pcibk_reconfigure: the frontend is Reconfiguring; add `state-N`=1,
@@ -255,9 +261,13 @@ extension GuestConnection {
         }
         d.msiPirqs = []
         d.msixPirqs = []
-        if !d.readOnly {
-            try? d.mediation.setEnable(.msi, false)
-            try? d.mediation.setEnable(.msix, false)
+        // A reset asked for turns them off itself; a settle in progress is
+        // waited out, never waited for here.
+        if !d.readOnly && !d.resetting {
+            d.whenIdle { [d] in
+                try? d.mediation.setEnable(.msi, false)
+                try? d.mediation.setEnable(.msix, false)
+            }
         }
     }
 
@@ -320,6 +330,10 @@ extension GuestConnection {
         let previous = frontState
         frontState = fs
         if fs != previous { emit(.frontendState(domid, fs)) }
+        // A write that changes nothing (the same state again, or a child
+        // node of the state: the watch is recursive) tears nothing down
+        // again: Closing, Closed and a vanished node act once.
+        if fs == previous && [.closing, .closed, .unknown].contains(fs) { return }
         switch fs {
         case .initialising:
             // A frontend that closed and starts again (Mini-OS, kexec).

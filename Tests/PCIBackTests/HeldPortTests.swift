@@ -45,10 +45,10 @@ struct HeldPortTests {
         let h = try Harness(options: DeterministicTests.manual())
         try h.claim(Fixture.e1000)
         try h.create(1, Fixture.e1000)
-        h.back.drain()
+        try h.back.drain()
         let f = try RawFrontend(h)
         try f.connect()
-        h.back.drain()
+        try h.back.drain()
         #expect(h.read(h.be(1) + "/state") == XenState.connected.xenstoreValue)
         // As pcifront does, but at once: each reply read, the next request
         // posted and notified before our notify has returned.
@@ -63,19 +63,19 @@ struct HeldPortTests {
         }
         page.postRequest(xen_pci_op(command: .confRead, address: v00, offset: 0, size: 2))
         try ev.notify(port)
-        h.back.drain()
+        try h.back.drain()
         #expect(replies == [0x8086, 0x100e, 0x8086, 0x100e, 0x8086, 0x100e, 0x8086, 0x100e, 0x8086, 0x100e])
         var s = try #require(h.back.guestStatistics().first)
         #expect(s.requests == 10 && s.withoutEvent == 9 && s.spurious == 0)
         // Unmasked: a request by event is served as usual.
         page.postRequest(xen_pci_op(command: .confRead, address: v00, offset: 2, size: 2))
         try ev.notify(port)
-        h.back.drain()
+        try h.back.drain()
         s = try #require(h.back.guestStatistics().first)
         #expect(replies.count == 11 && replies.last == 0x100e)
         #expect(s.requests == 11 && s.withoutEvent == 9 && s.spurious == 0)
         f.close()
-        h.back.drain()
+        try h.back.drain()
         h.shutdown()
         #expect(h.hv.leaks().isEmpty, "leaks: \(h.hv.leaks())")
     }
