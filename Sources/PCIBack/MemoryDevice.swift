@@ -42,13 +42,27 @@ public final class MemoryPCIDevice: PCIDeviceAccess, @unchecked Sendable {
         self.init(address: address, config: try d.readConfigSpace().bytes, resources: d.resources, irq: d.irq)
     }
 
+    /// How long a reset takes, holding the function as the kernel's
+    /// pci_cfg_access_lock does: config accesses meanwhile wait for it (a
+    /// real FLR takes 100 ms and more; a slow device, seconds).
+    public var resetDuration: Duration = .zero
+    /// How long a VPD read takes: after a write of the VPD address with F
+    /// clear, F reads 1 only once this has passed (the guest polls it).
+    public var vpdLatency: Duration = .zero
+    private var vpdReadyAt: ContinuousClock.Instant?
+    private lazy var vpdAddress: Int? = config.capability(.vpd).map { $0.offset + PCICapReg.vpdAddress }
+
     public func readConfig(_ offset: Int, _ size: Int) throws -> UInt32 {
         guard [1, 2, 4].contains(size), offset >= 0, offset % size == 0, offset + size <= configSize else {
             throw PCIBackError.hardware("\(address): refused config access at \(offset) size \(size)")
         }
         lock.lock(); defer { lock.unlock() }
         accessCount += 1
-        return config.read(offset, size)
+        var v = config.read(offset, size)
+        if let va = vpdAddress, offset <= va + 1, offset + size > va + 1, let ready = vpdReadyAt, ContinuousClock.now >= ready {
+            v |= UInt32(PCICapReg.vpdAddressFlag >> 8) << (8 * UInt32(va + 1 - offset)) // F: the data is there
+        }
+        return v
     }
 
     public func writeConfig(_ offset: Int, _ size: Int, _ value: UInt32) throws {
@@ -58,6 +72,10 @@ public final class MemoryPCIDevice: PCIDeviceAccess, @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         accessCount += 1
         config.write(offset, size, value)
+        if let va = vpdAddress, offset <= va, offset + size >= va + 2 {
+            config.write(va, 2, config.read(va, 2) & ~UInt32(PCICapReg.vpdAddressFlag))
+            vpdReadyAt = ContinuousClock.now + vpdLatency
+        }
     }
 
     public func readConfigSpace() throws -> ConfigSpace {
@@ -88,6 +106,8 @@ public final class MemoryPCIDevice: PCIDeviceAccess, @unchecked Sendable {
         try beforeReset?()
         lock.lock(); defer { lock.unlock() }
         resetCount += 1
+        if resetDuration > .zero { Thread.sleep(forTimeInterval: Double(resetDuration.components.seconds) + Double(resetDuration.components.attoseconds) / 1e18) }
         config = pristine
+        vpdReadyAt = nil
     }
 }

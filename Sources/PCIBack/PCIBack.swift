@@ -367,6 +367,7 @@ public final class PCIBack {
             // toolstack writing 2N+2 keys, or 256 guests connecting, cannot
             // keep requests waiting past pcifront's 2 s (nor the reverse).
             var requestBudget = Self.requestsPerTurn
+            var watchBudget = Self.watchEventsPerTurn
             // Every ready port in one read, and none when poll said none:
             // each system call of a PV dom0 goes through Xen.
             var ports = fds[2].revents != 0 ? (try? evtchn.pendingBatch(max: requestBudget)) ?? [] : []
@@ -378,6 +379,9 @@ public final class PCIBack {
                 for p in ready { loop.step { serve(p, fromEvent: false) } }
                 requestBudget -= ports.count + ready.count
                 loop.step { settleHeld(spin: options.spinBeforeBlock) }
+                // Watch events between rounds too: a toolstack's steps (a
+                // hot-plug) wait for a round of requests, not a turn of them.
+                if watchBudget > 0 { watchBudget -= serveWatches(max: min(watchBudget, 2)) }
                 guard requestBudget > 0 else { break }
                 // While the held guests are served without a system call,
                 // the others' events are read every 4th round: one guest
@@ -385,8 +389,7 @@ public final class PCIBack {
                 round += 1
                 ports = round % 4 == 0 && ctx.ports.count > 1 ? (try? evtchn.pendingBatch(max: requestBudget)) ?? [] : []
             }
-            var watchBudget = Self.watchEventsPerTurn
-            while watchBudget > 0, let e = xs.nextWatchEvent() { loop.step { watchFired(e) }; watchBudget -= 1 }
+            if watchBudget > 0 { watchBudget -= serveWatches(max: watchBudget) }
             moreWork = watchBudget == 0 || requestBudget <= 0
             // A turn that used its whole budget gives the CPU up before the
             // next: dom0's toolstack and xenstored share it with us (a guest
@@ -431,6 +434,21 @@ public final class PCIBack {
         }
         ctx.state.flush()
         return done
+    }
+
+    /// Up to `max` watch events, each a step; returns how many were taken.
+    /// A frontend's state that fired again in the same batch is read once:
+    /// a guest rewriting its state node costs a read, not one per write.
+    private func serveWatches(max: Int) -> Int {
+        var batch: [XenstoreWatchEvent] = []
+        while batch.count < max, let e = xs.nextWatchEvent() { batch.append(e) }
+        for (k, e) in batch.enumerated() {
+            // A frontend's state is read when acted on: its last event in
+            // the batch stands for the ones before.
+            if e.token.hasPrefix("front:") && batch[(k + 1)...].contains(where: { $0.token == e.token }) { continue }
+            loop.step { watchFired(e) }
+        }
+        return batch.count
     }
 
     /// A request of the guest bound to `p`: on its event, or seen waiting

@@ -19,11 +19,11 @@ final class Rig {
     let frontOptions: XPCIFrontend.Options
     private(set) var fronts: [XPCIFrontend] = []
 
-    init(backOptions: PCIBack.Options = .init(), frontOptions: XPCIFrontend.Options = .init()) throws {
+    init(backOptions: PCIBack.Options = .init(), frontOptions: XPCIFrontend.Options = .init(), stateStore: BackendStateStore? = nil) throws {
         let dom0 = hv.domain(0)
         ts = try dom0.openXenStore()
         toolstack = XenToolstack(xenstore: ts, permissions: nil)
-        back = try PCIBack(hypervisor: dom0, options: backOptions)
+        back = try PCIBack(hypervisor: dom0, options: backOptions, stateStore: stateStore)
         self.frontOptions = frontOptions
         try back.start()
     }
@@ -68,7 +68,7 @@ func fixtureRoot() -> String {
 
 /// A fixture's config space and resources, to clone under synthetic addresses.
 struct Template {
-    let config: [UInt8]
+    var config: [UInt8]
     let resources: [PCIResource]
     let irq: Int
 
