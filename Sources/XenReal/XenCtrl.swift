@@ -14,7 +14,7 @@ public final class XenCtrl: @unchecked Sendable {
     public init() throws {
         try XenLibrary.xenctrl.load()
         errno = 0
-        guard let h = xenpci_xenctrl.xc_interface_open!(nil, nil, 0) else {
+        guard let h = libxenctrl.xc_interface_open!(nil, nil, 0) else {
             throw XenError(lastErrno(), "xc_interface_open", "(/dev/xen/privcmd)")
         }
         handle = h
@@ -24,7 +24,7 @@ public final class XenCtrl: @unchecked Sendable {
 
     public func close() {
         let h: OpaquePointer? = lock.withLock { defer { handle = nil }; return handle }
-        if let h { _ = xenpci_xenctrl.xc_interface_close!(h) }
+        if let h { _ = libxenctrl.xc_interface_close!(h) }
     }
 
     private func h(_ op: String) throws -> OpaquePointer {
@@ -40,28 +40,28 @@ public final class XenCtrl: @unchecked Sendable {
     public func assignDevice(_ d: PCIAddress, to guest: DomID, relaxedRDM: Bool) throws {
         let x = try h("xc_assign_device")
         try xenCall("xc_assign_device", "\(d) to dom\(guest)") {
-            xenpci_xenctrl.xc_assign_device!(x, UInt32(guest), Self.sbdf(d), relaxedRDM ? XENPCI_DOMCTL_DEV_RDM_RELAXED : 0)
+            libxenctrl.xc_assign_device!(x, UInt32(guest), Self.sbdf(d), relaxedRDM ? XENPCI_DOMCTL_DEV_RDM_RELAXED : 0)
         }
     }
 
     public func deassignDevice(_ d: PCIAddress, from guest: DomID) throws {
         let x = try h("xc_deassign_device")
         try xenCall("xc_deassign_device", "\(d) from dom\(guest)") {
-            xenpci_xenctrl.xc_deassign_device!(x, UInt32(guest), Self.sbdf(d))
+            libxenctrl.xc_deassign_device!(x, UInt32(guest), Self.sbdf(d))
         }
     }
 
     public func iomemPermission(guest: DomID, firstFrame: UInt64, frames: UInt64, allow: Bool) throws {
         let x = try h("xc_domain_iomem_permission")
         try xenCall("xc_domain_iomem_permission", "dom\(guest) frames 0x\(String(firstFrame, radix: 16))+\(frames) \(allow ? "allow" : "deny")") {
-            xenpci_xenctrl.xc_domain_iomem_permission!(x, UInt32(guest), UInt(firstFrame), UInt(frames), allow ? 1 : 0)
+            libxenctrl.xc_domain_iomem_permission!(x, UInt32(guest), UInt(firstFrame), UInt(frames), allow ? 1 : 0)
         }
     }
 
     public func ioportPermission(guest: DomID, firstPort: UInt32, ports: UInt32, allow: Bool) throws {
         let x = try h("xc_domain_ioport_permission")
         try xenCall("xc_domain_ioport_permission", "dom\(guest) ports 0x\(String(firstPort, radix: 16))+\(ports) \(allow ? "allow" : "deny")") {
-            xenpci_xenctrl.xc_domain_ioport_permission!(x, UInt32(guest), firstPort, ports, allow ? 1 : 0)
+            libxenctrl.xc_domain_ioport_permission!(x, UInt32(guest), firstPort, ports, allow ? 1 : 0)
         }
     }
 
@@ -70,7 +70,7 @@ public final class XenCtrl: @unchecked Sendable {
         let x = try h("xc_physdev_map_pirq")
         var pirq = irq
         try xenCall("xc_physdev_map_pirq", "irq \(irq) for dom\(guest)") {
-            xenpci_xenctrl.xc_physdev_map_pirq!(x, UInt32(guest), irq, &pirq)
+            libxenctrl.xc_physdev_map_pirq!(x, UInt32(guest), irq, &pirq)
         }
         return pirq
     }
@@ -78,14 +78,14 @@ public final class XenCtrl: @unchecked Sendable {
     public func irqPermission(guest: DomID, pirq: UInt32, allow: Bool) throws {
         let x = try h("xc_domain_irq_permission")
         try xenCall("xc_domain_irq_permission", "dom\(guest) pirq \(pirq) \(allow ? "allow" : "deny")") {
-            xenpci_xenctrl.xc_domain_irq_permission!(x, UInt32(guest), pirq, allow)
+            libxenctrl.xc_domain_irq_permission!(x, UInt32(guest), pirq, allow)
         }
     }
 
     public func unmapPirq(guest: DomID, pirq: UInt32) throws {
         let x = try h("xc_physdev_unmap_pirq")
         try xenCall("xc_physdev_unmap_pirq", "dom\(guest) pirq \(pirq)") {
-            xenpci_xenctrl.xc_physdev_unmap_pirq!(x, UInt32(guest), Int32(bitPattern: pirq))
+            libxenctrl.xc_physdev_unmap_pirq!(x, UInt32(guest), Int32(bitPattern: pirq))
         }
     }
 }
@@ -100,7 +100,7 @@ final class XenPhysdev: @unchecked Sendable {
     init() throws {
         try XenLibrary.xencall.load()
         errno = 0
-        guard let h = xenpci_xencall.xencall_open!(nil, 0) else { throw XenError(lastErrno(), "xencall_open", "(/dev/xen/privcmd)") }
+        guard let h = libxencall.xencall_open!(nil, 0) else { throw XenError(lastErrno(), "xencall_open", "(/dev/xen/privcmd)") }
         handle = h
     }
 
@@ -108,21 +108,21 @@ final class XenPhysdev: @unchecked Sendable {
 
     func close() {
         let h: OpaquePointer? = lock.withLock { defer { handle = nil }; return handle }
-        if let h { _ = xenpci_xencall.xencall_close!(h) }
+        if let h { _ = libxencall.xencall_close!(h) }
     }
 
     /// Runs PHYSDEVOP `cmd` on `arg`, copied into a hypercall-safe buffer
     /// and back; the hypercall's own -errno comes back as errno.
     private func physdevOp<T>(_ cmd: Int32, _ name: String, _ what: String, _ arg: inout T) throws {
         guard let h = lock.withLock({ handle }) else { throw XenError(EBADF, name, "libxencall handle closed") }
-        guard let buf = xenpci_xencall.xencall_alloc_buffer!(h, MemoryLayout<T>.size) else {
+        guard let buf = libxencall.xencall_alloc_buffer!(h, MemoryLayout<T>.size) else {
             throw XenError(lastErrno(), name, "\(what): hypercall buffer")
         }
-        defer { xenpci_xencall.xencall_free_buffer!(h, buf) }
+        defer { libxencall.xencall_free_buffer!(h, buf) }
         let typed = buf.bindMemory(to: T.self, capacity: 1)
         typed.initialize(to: arg)
         try xenCall(name, what) {
-            xenpci_xencall.xencall2!(h, UInt32(XENPCI_HYPERVISOR_physdev_op), UInt64(cmd), UInt64(UInt(bitPattern: buf)))
+            libxencall.xencall2!(h, UInt32(XENPCI_HYPERVISOR_physdev_op), UInt64(cmd), UInt64(UInt(bitPattern: buf)))
         }
         arg = typed.pointee
     }

@@ -15,14 +15,14 @@ public final class XenEventChannels: EventChannels, @unchecked Sendable {
     public init() throws {
         try XenLibrary.evtchn.load()
         errno = 0
-        guard let h = xenpci_evtchn.xenevtchn_open!(nil, 0) else {
+        guard let h = libxenevtchn.xenevtchn_open!(nil, 0) else {
             throw XenError(lastErrno(), "xenevtchn_open", "(/dev/xen/evtchn)")
         }
-        let fd = xenpci_evtchn.xenevtchn_fd!(h)
+        let fd = libxenevtchn.xenevtchn_fd!(h)
         let flags = fd >= 0 ? fcntl(fd, F_GETFL) : -1
         if fd < 0 || flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 {
             let e = lastErrno()
-            _ = xenpci_evtchn.xenevtchn_close!(h)
+            _ = libxenevtchn.xenevtchn_close!(h)
             throw XenError(e, "xenevtchn_fd", "making the event channel device non-blocking")
         }
         handle = h
@@ -39,7 +39,7 @@ public final class XenEventChannels: EventChannels, @unchecked Sendable {
     public func allocateUnbound(remote: DomID) throws -> EvtchnPort {
         let h = try h("xenevtchn_bind_unbound_port", "for dom\(remote)")
         let p = try xenCall("xenevtchn_bind_unbound_port", "for dom\(remote)") {
-            xenpci_evtchn.xenevtchn_bind_unbound_port!(h, UInt32(remote))
+            libxenevtchn.xenevtchn_bind_unbound_port!(h, UInt32(remote))
         }
         lock.withLock { _ = bound.insert(EvtchnPort(p)) }
         return EvtchnPort(p)
@@ -49,7 +49,7 @@ public final class XenEventChannels: EventChannels, @unchecked Sendable {
         let what = "dom\(remote) port \(remotePort)"
         let h = try h("xenevtchn_bind_interdomain", what)
         let p = try xenCall("xenevtchn_bind_interdomain", what) {
-            xenpci_evtchn.xenevtchn_bind_interdomain!(h, UInt32(remote), remotePort)
+            libxenevtchn.xenevtchn_bind_interdomain!(h, UInt32(remote), remotePort)
         }
         lock.withLock { _ = bound.insert(EvtchnPort(p)) }
         return EvtchnPort(p)
@@ -57,14 +57,14 @@ public final class XenEventChannels: EventChannels, @unchecked Sendable {
 
     public func notify(_ port: EvtchnPort) throws {
         let h = try h("xenevtchn_notify", "port \(port)")
-        try xenCall("xenevtchn_notify", "port \(port)") { xenpci_evtchn.xenevtchn_notify!(h, port) }
+        try xenCall("xenevtchn_notify", "port \(port)") { libxenevtchn.xenevtchn_notify!(h, port) }
     }
 
     public func pending() throws -> EvtchnPort? {
         let h = try h("xenevtchn_pending", "")
         while true {
             errno = 0
-            let p = xenpci_evtchn.xenevtchn_pending!(h)
+            let p = libxenevtchn.xenevtchn_pending!(h)
             if p >= 0 { return EvtchnPort(p) }
             let e = lastErrno()
             if e == EINTR { continue }
@@ -95,12 +95,12 @@ public final class XenEventChannels: EventChannels, @unchecked Sendable {
 
     public func unmask(_ port: EvtchnPort) throws {
         let h = try h("xenevtchn_unmask", "port \(port)")
-        try xenCall("xenevtchn_unmask", "port \(port)") { xenpci_evtchn.xenevtchn_unmask!(h, port) }
+        try xenCall("xenevtchn_unmask", "port \(port)") { libxenevtchn.xenevtchn_unmask!(h, port) }
     }
 
     public func unbind(_ port: EvtchnPort) throws {
         let h = try h("xenevtchn_unbind", "port \(port)")
-        try xenCall("xenevtchn_unbind", "port \(port)") { xenpci_evtchn.xenevtchn_unbind!(h, port) }
+        try xenCall("xenevtchn_unbind", "port \(port)") { libxenevtchn.xenevtchn_unbind!(h, port) }
         lock.withLock { _ = bound.remove(port) }
     }
 
@@ -110,7 +110,7 @@ public final class XenEventChannels: EventChannels, @unchecked Sendable {
             return (handle, bound)
         }
         guard let h else { return }
-        for p in ports.sorted() { _ = xenpci_evtchn.xenevtchn_unbind!(h, p) }
-        _ = xenpci_evtchn.xenevtchn_close!(h)
+        for p in ports.sorted() { _ = libxenevtchn.xenevtchn_unbind!(h, p) }
+        _ = libxenevtchn.xenevtchn_close!(h)
     }
 }

@@ -15,7 +15,7 @@ public final class XenGrantTable: GrantTable, @unchecked Sendable {
     public init() throws {
         try XenLibrary.gnttab.load()
         errno = 0
-        guard let h = xenpci_gnttab.xengnttab_open!(nil, 0) else {
+        guard let h = libxengnttab.xengnttab_open!(nil, 0) else {
             throw XenError(lastErrno(), "xengnttab_open", "(/dev/xen/gntdev)")
         }
         handle = h
@@ -27,7 +27,7 @@ public final class XenGrantTable: GrantTable, @unchecked Sendable {
         let what = "dom\(domain) ref \(ref)"
         guard let h = lock.withLock({ handle }) else { throw XenError(EBADF, "xengnttab_map_grant_ref", "\(what): handle closed") }
         errno = 0
-        guard let p = xenpci_gnttab.xengnttab_map_grant_ref!(h, UInt32(domain), ref,
+        guard let p = libxengnttab.xengnttab_map_grant_ref!(h, UInt32(domain), ref,
                                                               writable ? PROT_READ | PROT_WRITE : PROT_READ) else {
             throw XenError(lastErrno(), "xengnttab_map_grant_ref", what)
         }
@@ -45,7 +45,7 @@ public final class XenGrantTable: GrantTable, @unchecked Sendable {
         guard lock.withLock({ mappings[mapping.handle] == mapping }) else {
             throw XenError(EINVAL, "xengnttab_unmap", "\(what): not mapped through this handle")
         }
-        try xenCall("xengnttab_unmap", what) { xenpci_gnttab.xengnttab_unmap!(h, mapping.address, 1) }
+        try xenCall("xengnttab_unmap", what) { libxengnttab.xengnttab_unmap!(h, mapping.address, 1) }
         lock.withLock { _ = mappings.removeValue(forKey: mapping.handle) }
     }
 
@@ -55,8 +55,8 @@ public final class XenGrantTable: GrantTable, @unchecked Sendable {
             return (handle, Array(mappings.values))
         }
         guard let h else { return }
-        for m in ms { _ = xenpci_gnttab.xengnttab_unmap!(h, m.address, 1) }
-        _ = xenpci_gnttab.xengnttab_close!(h)
+        for m in ms { _ = libxengnttab.xengnttab_unmap!(h, m.address, 1) }
+        _ = libxengnttab.xengnttab_close!(h)
     }
 }
 
@@ -70,7 +70,7 @@ public final class XenGrantSharing: GrantSharing, @unchecked Sendable {
     public init() throws {
         try XenLibrary.gnttab.load()
         errno = 0
-        guard let h = xenpci_gnttab.xengntshr_open!(nil, 0) else {
+        guard let h = libxengnttab.xengntshr_open!(nil, 0) else {
             throw XenError(lastErrno(), "xengntshr_open", "(/dev/xen/gntalloc)")
         }
         handle = h
@@ -82,7 +82,7 @@ public final class XenGrantSharing: GrantSharing, @unchecked Sendable {
         guard let h = lock.withLock({ handle }) else { throw XenError(EBADF, "xengntshr_share_pages", "dom\(domain): handle closed") }
         var ref: UInt32 = 0
         errno = 0
-        guard let p = xenpci_gnttab.xengntshr_share_pages!(h, UInt32(domain), 1, &ref, writable ? 1 : 0) else {
+        guard let p = libxengnttab.xengntshr_share_pages!(h, UInt32(domain), 1, &ref, writable ? 1 : 0) else {
             throw XenError(lastErrno(), "xengntshr_share_pages", "one page with dom\(domain)")
         }
         let g = SharedGrant(address: p, ref: ref, domain: domain)
@@ -98,7 +98,7 @@ public final class XenGrantSharing: GrantSharing, @unchecked Sendable {
         guard lock.withLock({ shared[grant.ref] == grant }) else {
             throw XenError(EINVAL, "xengntshr_unshare", "\(what): not shared through this handle")
         }
-        try xenCall("xengntshr_unshare", what) { xenpci_gnttab.xengntshr_unshare!(h, grant.address, 1) }
+        try xenCall("xengntshr_unshare", what) { libxengnttab.xengntshr_unshare!(h, grant.address, 1) }
         lock.withLock { _ = shared.removeValue(forKey: grant.ref) }
     }
 
@@ -108,7 +108,7 @@ public final class XenGrantSharing: GrantSharing, @unchecked Sendable {
             return (handle, Array(shared.values))
         }
         guard let h else { return }
-        for g in gs { _ = xenpci_gnttab.xengntshr_unshare!(h, g.address, 1) }
-        _ = xenpci_gnttab.xengntshr_close!(h)
+        for g in gs { _ = libxengnttab.xengntshr_unshare!(h, g.address, 1) }
+        _ = libxengnttab.xengntshr_close!(h)
     }
 }

@@ -60,6 +60,17 @@ public enum XenLibrary: CaseIterable, Sendable, CustomStringConvertible {
     }
 }
 
+// The libraries' function tables (xenpci_xenlibs.h): published by the C
+// loader once, complete, and never written after, so reading them from any
+// thread is safe. Each is used only after its library's `load()` succeeded
+// (every binding's init loads it first); before, this traps, as a NULL
+// function pointer did.
+var libxenstore: xenpci_xenstore_fns { xenpci_xenstore_table()!.pointee }
+var libxengnttab: xenpci_gnttab_fns { xenpci_gnttab_table()!.pointee }
+var libxenevtchn: xenpci_evtchn_fns { xenpci_evtchn_table()!.pointee }
+var libxenctrl: xenpci_xenctrl_fns { xenpci_xenctrl_table()!.pointee }
+var libxencall: xenpci_xencall_fns { xenpci_xencall_table()!.pointee }
+
 /// Why the real Xen binding cannot be used: one line for the user.
 public struct XenUnavailable: Error, CustomStringConvertible, Sendable {
     public var reason: String

@@ -19,14 +19,14 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     public init() throws {
         try XenLibrary.xenstore.load()
         errno = 0
-        guard let h = xenpci_xenstore.xs_open!(0) else {
+        guard let h = libxenstore.xs_open!(0) else {
             throw XenError(lastErrno(), "xs_open", Self.where_())
         }
         handle = h
-        fileDescriptor = xenpci_xenstore.xs_fileno!(h)
+        fileDescriptor = libxenstore.xs_fileno!(h)
         if fileDescriptor < 0 {
             let e = lastErrno()
-            xenpci_xenstore.xs_close!(h)
+            libxenstore.xs_close!(h)
             handle = nil
             throw XenError(e, "xs_fileno")
         }
@@ -62,7 +62,7 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
         let h = try h("xs_read", path)
         var len: UInt32 = 0
         errno = 0
-        guard let p = xenpci_xenstore.xs_read!(h, t.id, path, &len) else {
+        guard let p = libxenstore.xs_read!(h, t.id, path, &len) else {
             throw XenError(lastErrno(), "xs_read", path)
         }
         defer { free(p) }
@@ -73,27 +73,27 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
         let h = try h("xs_write", path)
         var bytes = Array(value.utf8)
         errno = 0
-        let ok = bytes.withUnsafeMutableBytes { xenpci_xenstore.xs_write!(h, t.id, path, $0.baseAddress, UInt32($0.count)) }
+        let ok = bytes.withUnsafeMutableBytes { libxenstore.xs_write!(h, t.id, path, $0.baseAddress, UInt32($0.count)) }
         if !ok { throw XenError(lastErrno(), "xs_write", path) }
     }
 
     public func mkdir(_ path: String, transaction t: XenstoreTransaction) throws {
         let h = try h("xs_mkdir", path)
         errno = 0
-        if !xenpci_xenstore.xs_mkdir!(h, t.id, path) { throw XenError(lastErrno(), "xs_mkdir", path) }
+        if !libxenstore.xs_mkdir!(h, t.id, path) { throw XenError(lastErrno(), "xs_mkdir", path) }
     }
 
     public func remove(_ path: String, transaction t: XenstoreTransaction) throws {
         let h = try h("xs_rm", path)
         errno = 0
-        if !xenpci_xenstore.xs_rm!(h, t.id, path) { throw XenError(lastErrno(), "xs_rm", path) }
+        if !libxenstore.xs_rm!(h, t.id, path) { throw XenError(lastErrno(), "xs_rm", path) }
     }
 
     public func directory(_ path: String, transaction t: XenstoreTransaction) throws -> [String] {
         let h = try h("xs_directory", path)
         var n: UInt32 = 0
         errno = 0
-        guard let list = xenpci_xenstore.xs_directory!(h, t.id, path, &n) else {
+        guard let list = libxenstore.xs_directory!(h, t.id, path, &n) else {
             throw XenError(lastErrno(), "xs_directory", path)
         }
         defer { free(list) }
@@ -104,7 +104,7 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
         let h = try h("xs_get_permissions", path)
         var n: UInt32 = 0
         errno = 0
-        guard let raw = xenpci_xenstore.xs_get_permissions!(h, t.id, path, &n) else {
+        guard let raw = libxenstore.xs_get_permissions!(h, t.id, path, &n) else {
             throw XenError(lastErrno(), "xs_get_permissions", path)
         }
         let perms = UnsafeMutablePointer<xenpci_xs_perm>(raw)
@@ -117,7 +117,7 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
         var raw = perms.map(Self.raw)
         errno = 0
         let ok = raw.withUnsafeMutableBufferPointer {
-            xenpci_xenstore.xs_set_permissions!(h, t.id, path, OpaquePointer($0.baseAddress), UInt32($0.count))
+            libxenstore.xs_set_permissions!(h, t.id, path, OpaquePointer($0.baseAddress), UInt32($0.count))
         }
         if !ok { throw XenError(lastErrno(), "xs_set_permissions", "\(path) \(perms.map(\.description).joined(separator: ","))") }
     }
@@ -143,7 +143,7 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     public func transactionStart() throws -> XenstoreTransaction {
         let h = try h("xs_transaction_start", "")
         errno = 0
-        let t = xenpci_xenstore.xs_transaction_start!(h)
+        let t = libxenstore.xs_transaction_start!(h)
         if t == 0 { throw XenError(lastErrno(), "xs_transaction_start") }
         return XenstoreTransaction(t)
     }
@@ -153,7 +153,7 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     public func transactionEnd(_ t: XenstoreTransaction, abort: Bool) throws {
         let h = try h("xs_transaction_end", "transaction \(t.id)")
         errno = 0
-        if !xenpci_xenstore.xs_transaction_end!(h, t.id, abort) {
+        if !libxenstore.xs_transaction_end!(h, t.id, abort) {
             throw XenError(lastErrno(), "xs_transaction_end", "transaction \(t.id)\(abort ? " (abort)" : "")")
         }
     }
@@ -162,7 +162,7 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
         let h = try h("xs_watch", path)
         lock.withLock { watches.append((path, token)) }
         errno = 0
-        if !xenpci_xenstore.xs_watch!(h, path, token) {
+        if !libxenstore.xs_watch!(h, path, token) {
             let e = lastErrno()
             lock.withLock { if let i = watches.lastIndex(where: { $0 == (path, token) }) { watches.remove(at: i) } }
             throw XenError(e, "xs_watch", "\(path) token '\(token)'")
@@ -172,7 +172,7 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     public func unwatch(_ path: String, token: String) throws {
         let h = try h("xs_unwatch", path)
         errno = 0
-        if !xenpci_xenstore.xs_unwatch!(h, path, token) {
+        if !libxenstore.xs_unwatch!(h, path, token) {
             throw XenError(lastErrno(), "xs_unwatch", "\(path) token '\(token)'")
         }
         lock.withLock { if let i = watches.lastIndex(where: { $0 == (path, token) }) { watches.remove(at: i) } }
@@ -192,7 +192,7 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     public func nextWatchEvent() -> XenstoreWatchEvent? {
         guard let h = lock.withLock({ handle }) else { return nil }
         while true {
-            guard let v = xenpci_xenstore.xs_check_watch!(h) else { return nil }
+            guard let v = libxenstore.xs_check_watch!(h) else { return nil }
             let e = XenstoreWatchEvent(path: String(cString: v[Int(XENPCI_XS_WATCH_PATH)]!),
                                        token: String(cString: v[Int(XENPCI_XS_WATCH_TOKEN)]!))
             free(v)
@@ -204,7 +204,7 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     public func domainPath(_ domid: DomID) throws -> String {
         let h = try h("xs_get_domain_path", "dom\(domid)")
         errno = 0
-        guard let p = xenpci_xenstore.xs_get_domain_path!(h, UInt32(domid)) else {
+        guard let p = libxenstore.xs_get_domain_path!(h, UInt32(domid)) else {
             throw XenError(lastErrno(), "xs_get_domain_path", "dom\(domid)")
         }
         defer { free(p) }
@@ -217,7 +217,7 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
             return (handle, watches)
         }
         guard let h else { return }
-        for w in ws { _ = xenpci_xenstore.xs_unwatch!(h, w.path, w.token) }
-        xenpci_xenstore.xs_close!(h)
+        for w in ws { _ = libxenstore.xs_unwatch!(h, w.path, w.token) }
+        libxenstore.xs_close!(h)
     }
 }
