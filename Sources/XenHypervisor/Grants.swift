@@ -25,7 +25,7 @@ public struct SharedGrant: Hashable, @unchecked Sendable {
 }
 
 /// Backend side: map pages other domains granted to us.
-public protocol GrantTable: AnyObject {
+public protocol GrantTable: AnyObject, Sendable {
     func map(domain: DomID, ref: GrantRef, writable: Bool) throws -> GrantMapping
     func unmap(_ mapping: GrantMapping) throws
     /// Unmaps everything still mapped through this handle.
@@ -33,7 +33,7 @@ public protocol GrantTable: AnyObject {
 }
 
 /// Frontend side: share zeroed pages of ours with another domain.
-public protocol GrantSharing: AnyObject {
+public protocol GrantSharing: AnyObject, Sendable {
     func share(with domain: DomID, writable: Bool) throws -> SharedGrant
     /// Ends foreign access. If the peer still maps the page, the memory lives
     /// on until it unmaps (as gntalloc defers), but the grant is gone.
