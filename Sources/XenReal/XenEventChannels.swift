@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XenHypervisor
 import XenPCIABI
 import CXenLibs
@@ -6,10 +7,12 @@ import CXenLibs
 /// Event channels through libxenevtchn (Linux: /dev/xen/evtchn). A port read
 /// from the device stays masked until `unmask`, which is the contract of
 /// `EventChannels`. The fd is made non-blocking so `pending()` never waits.
-public final class XenEventChannels: EventChannels, @unchecked Sendable {
-    private var handle: OpaquePointer?
-    private let lock = NSLock()
-    private var bound: Set<EvtchnPort> = []
+public final class XenEventChannels: EventChannels {
+    private struct State {
+        var handle: LibHandle?
+        var bound: Set<EvtchnPort> = []
+    }
+    private let state: Mutex<State>
     public let fileDescriptor: Int32
 
     public init() throws {
@@ -25,15 +28,15 @@ public final class XenEventChannels: EventChannels, @unchecked Sendable {
             _ = libxenevtchn.xenevtchn_close!(h)
             throw XenError(e, "xenevtchn_fd", "making the event channel device non-blocking")
         }
-        handle = h
+        state = Mutex(State(handle: LibHandle(h)))
         fileDescriptor = fd
     }
 
     deinit { close() }
 
     private func h(_ op: String, _ what: String) throws -> OpaquePointer {
-        guard let h = lock.withLock({ handle }) else { throw XenError(EBADF, op, "\(what): handle closed") }
-        return h
+        guard let h = state.withLock({ $0.handle }) else { throw XenError(EBADF, op, "\(what): handle closed") }
+        return h.pointer
     }
 
     public func allocateUnbound(remote: DomID) throws -> EvtchnPort {
@@ -41,7 +44,7 @@ public final class XenEventChannels: EventChannels, @unchecked Sendable {
         let p = try xenCall("xenevtchn_bind_unbound_port", "for dom\(remote)") {
             libxenevtchn.xenevtchn_bind_unbound_port!(h, UInt32(remote))
         }
-        lock.withLock { _ = bound.insert(EvtchnPort(p)) }
+        state.withLock { _ = $0.bound.insert(EvtchnPort(p)) }
         return EvtchnPort(p)
     }
 
@@ -51,7 +54,7 @@ public final class XenEventChannels: EventChannels, @unchecked Sendable {
         let p = try xenCall("xenevtchn_bind_interdomain", what) {
             libxenevtchn.xenevtchn_bind_interdomain!(h, UInt32(remote), remotePort)
         }
-        lock.withLock { _ = bound.insert(EvtchnPort(p)) }
+        state.withLock { _ = $0.bound.insert(EvtchnPort(p)) }
         return EvtchnPort(p)
     }
 
@@ -101,15 +104,15 @@ public final class XenEventChannels: EventChannels, @unchecked Sendable {
     public func unbind(_ port: EvtchnPort) throws {
         let h = try h("xenevtchn_unbind", "port \(port)")
         try xenCall("xenevtchn_unbind", "port \(port)") { libxenevtchn.xenevtchn_unbind!(h, port) }
-        lock.withLock { _ = bound.remove(port) }
+        state.withLock { _ = $0.bound.remove(port) }
     }
 
     public func close() {
-        let (h, ports): (OpaquePointer?, Set<EvtchnPort>) = lock.withLock {
-            defer { handle = nil; bound = [] }
-            return (handle, bound)
+        let (handle, ports): (LibHandle?, Set<EvtchnPort>) = state.withLock { s in
+            defer { s.handle = nil; s.bound = [] }
+            return (s.handle, s.bound)
         }
-        guard let h else { return }
+        guard let h = handle?.pointer else { return }
         for p in ports.sorted() { _ = libxenevtchn.xenevtchn_unbind!(h, p) }
         _ = libxenevtchn.xenevtchn_close!(h)
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XenHypervisor
 import XenPCIABI
 import CXenLibs
@@ -8,10 +9,12 @@ import CXenLibs
 /// Watch events arrive on libxenstore's watch pipe (`xs_fileno`) and are
 /// taken without blocking with `xs_check_watch`; events of a watch removed
 /// with `unwatch` are dropped here, as the mock does.
-public final class XenStoreConnection: XenStore, @unchecked Sendable {
-    private var handle: OpaquePointer?
-    private let lock = NSLock()
-    private var watches: [(path: String, token: String)] = []
+public final class XenStoreConnection: XenStore {
+    private struct State {
+        var handle: LibHandle?
+        var watches: [(path: String, token: String)] = []
+    }
+    private let state: Mutex<State>
     public let fileDescriptor: Int32
 
     /// Opens the default connection (libxenstore's own choice of socket or
@@ -22,14 +25,14 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
         guard let h = libxenstore.xs_open!(0) else {
             throw XenError(lastErrno(), "xs_open", Self.where_())
         }
-        handle = h
-        fileDescriptor = libxenstore.xs_fileno!(h)
-        if fileDescriptor < 0 {
+        let fd = libxenstore.xs_fileno!(h)
+        if fd < 0 {
             let e = lastErrno()
             libxenstore.xs_close!(h)
-            handle = nil
             throw XenError(e, "xs_fileno")
         }
+        fileDescriptor = fd
+        state = Mutex(State(handle: LibHandle(h)))
     }
 
     /// Opens a connection to the xenstored socket or xenbus device at `path`.
@@ -54,8 +57,8 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     deinit { close() }
 
     private func h(_ op: String, _ path: String) throws -> OpaquePointer {
-        guard let h = lock.withLock({ handle }) else { throw XenError(EBADF, op, "\(path): connection closed") }
-        return h
+        guard let h = state.withLock({ $0.handle }) else { throw XenError(EBADF, op, "\(path): connection closed") }
+        return h.pointer
     }
 
     public func read(_ path: String, transaction t: XenstoreTransaction) throws -> String {
@@ -160,11 +163,11 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
 
     public func watch(_ path: String, token: String) throws {
         let h = try h("xs_watch", path)
-        lock.withLock { watches.append((path, token)) }
+        state.withLock { $0.watches.append((path, token)) }
         errno = 0
         if !libxenstore.xs_watch!(h, path, token) {
             let e = lastErrno()
-            lock.withLock { if let i = watches.lastIndex(where: { $0 == (path, token) }) { watches.remove(at: i) } }
+            state.withLock { s in if let i = s.watches.lastIndex(where: { $0 == (path, token) }) { s.watches.remove(at: i) } }
             throw XenError(e, "xs_watch", "\(path) token '\(token)'")
         }
     }
@@ -175,14 +178,14 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
         if !libxenstore.xs_unwatch!(h, path, token) {
             throw XenError(lastErrno(), "xs_unwatch", "\(path) token '\(token)'")
         }
-        lock.withLock { if let i = watches.lastIndex(where: { $0 == (path, token) }) { watches.remove(at: i) } }
+        state.withLock { s in if let i = s.watches.lastIndex(where: { $0 == (path, token) }) { s.watches.remove(at: i) } }
     }
 
     /// Events of a watch still registered (xenstored reports the changed
     /// path, at or under the watched one, or the watched special path).
     private func registered(_ e: XenstoreWatchEvent) -> Bool {
-        lock.withLock {
-            watches.contains { w in
+        state.withLock {
+            $0.watches.contains { w in
                 w.token == e.token && (e.path == w.path || e.path.hasPrefix(w.path + "/") || w.path.hasPrefix(e.path + "/")
                                        || !w.path.hasPrefix("/"))
             }
@@ -190,7 +193,7 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     }
 
     public func nextWatchEvent() -> XenstoreWatchEvent? {
-        guard let h = lock.withLock({ handle }) else { return nil }
+        guard let h = state.withLock({ $0.handle })?.pointer else { return nil }
         while true {
             guard let v = libxenstore.xs_check_watch!(h) else { return nil }
             let e = XenstoreWatchEvent(path: String(cString: v[Int(XENPCI_XS_WATCH_PATH)]!),
@@ -212,11 +215,11 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     }
 
     public func close() {
-        let (h, ws): (OpaquePointer?, [(path: String, token: String)]) = lock.withLock {
-            defer { handle = nil; watches = [] }
-            return (handle, watches)
+        let (handle, ws): (LibHandle?, [(path: String, token: String)]) = state.withLock { s in
+            defer { s.handle = nil; s.watches = [] }
+            return (s.handle, s.watches)
         }
-        guard let h else { return }
+        guard let h = handle?.pointer else { return }
         for w in ws { _ = libxenstore.xs_unwatch!(h, w.path, w.token) }
         libxenstore.xs_close!(h)
     }
