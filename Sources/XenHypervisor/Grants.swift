@@ -4,6 +4,8 @@ public typealias GrantRef = UInt32
 public typealias GrantHandle = UInt32
 
 /// A foreign page mapped into this domain (gnttab).
+// @unchecked Sendable: only the address of the mapped page travels; the page (which another
+// domain writes) is read and written through SharedPage's atomics and one-shot copies.
 public struct GrantMapping: Hashable, @unchecked Sendable {
     public var address: UnsafeMutableRawPointer
     public var handle: GrantHandle
@@ -15,6 +17,7 @@ public struct GrantMapping: Hashable, @unchecked Sendable {
 }
 
 /// A page of this domain shared with another (gntshr / gntalloc).
+// @unchecked Sendable: as GrantMapping, only the page's address (used through SharedPage).
 public struct SharedGrant: Hashable, @unchecked Sendable {
     public var address: UnsafeMutableRawPointer
     public var ref: GrantRef

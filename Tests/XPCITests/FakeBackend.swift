@@ -8,6 +8,8 @@ import XenPCIABI
 
 /// A function the fake backend exports: config bytes plus the BAR and ROM
 /// sizes the backend emulates sizing with (docs/PROTOCOL.md §6).
+// @unchecked Sendable: a test fake; the backend's thread changes it only under its
+// FakeBackend's `lock`, and a test reads it after the request that changed it completed.
 final class FakeDevice: @unchecked Sendable {
     var config: ConfigSpace
     var barSizes: [Int: UInt64]
@@ -77,6 +79,8 @@ struct Behaviour {
 /// A scripted dom0 backend on the mock: it lays out its xenstore directory
 /// as libxl and pciback would, maps the frontend's grant, binds its event
 /// channel and answers requests from per-device config bytes on its own thread.
+// @unchecked Sendable: a test fake; what its thread and the test share is under `lock`
+// (`state` under `stateLock`), and a test sets `behaviour` before posting the request it is for.
 final class FakeBackend: @unchecked Sendable {
     let hv: MockHypervisor
     let guest: DomID
