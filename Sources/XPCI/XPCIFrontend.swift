@@ -97,10 +97,10 @@ public final class XPCIFrontend: @unchecked Sendable {
     /// New functions a scan in progress is reading (their requests are
     /// counted under their address before they reach `bus`).
     var scanning: Set<PCIAddress> = []
-    var aerHandlers: [PCIAddress: (AERRequest) -> AERResult] = [:]
+    var aerHandlers: [PCIAddress: @Sendable (AERRequest) -> AERResult] = [:]
     var stats = XPCIStatistics()
     var aerThrottle: AERThrottle
-    var eventHandler: ((XPCIEvent) -> Void)?
+    var eventHandler: (@Sendable (XPCIEvent) -> Void)?
 
     /// Serialises requests; guards `channelBroken` and the channel itself.
     let opLock = NSLock()
@@ -140,14 +140,16 @@ public final class XPCIFrontend: @unchecked Sendable {
     public var devices: [PCIFunction] { locked { bus.values.sorted { $0.address < $1.address } } }
     public func device(_ a: PCIAddress) -> PCIFunction? { locked { bus[a] } }
     public var statistics: XPCIStatistics { locked { stats } }
-    public var onEvent: ((XPCIEvent) -> Void)? {
+    /// Called on the thread that made the change, often the xenbus thread.
+    public var onEvent: (@Sendable (XPCIEvent) -> Void)? {
         get { locked { eventHandler } }
         set { locked { eventHandler = newValue } }
     }
 
     /// Registers the AER handler of one device (nil removes it). Devices
     /// without a handler answer `PCI_ERS_RESULT_NONE`, as Linux does.
-    public func setAERHandler(_ a: PCIAddress, _ h: ((AERRequest) -> AERResult)?) {
+    /// The handler runs on the xenbus thread (or in `drain()`).
+    public func setAERHandler(_ a: PCIAddress, _ h: (@Sendable (AERRequest) -> AERResult)?) {
         locked { aerHandlers[a] = h }
     }
 
