@@ -21,9 +21,10 @@ import CXenPCISoftc
 /// backend's state through a xenstore watch and serves AER requests (bit 2);
 /// with `Options.xenbusThread` false there is none and the caller runs that
 /// work with `drain()` (tests and fuzzing: no threads, no timing).
-// @unchecked Sendable: its mutable state is guarded as each property says (`stateCond` via
-// `locked`, or `opLock`); the handles, paths and the C softc attach() fills are written
-// before the xenbus thread starts and cleared by detach() after it stopped.
+// @unchecked Sendable: it owns the C softc (a raw pointer). Its state is guarded as its properties'
+// comments say (`stateCond` via `locked`; `opLock` for the channel, which connect() publishes to
+// requests under it); attach() opens the handles before the xenbus thread starts, detach() closes
+// them after it stopped.
 public final class XPCIFrontend: @unchecked Sendable {
     public struct Options: Sendable {
         /// How long a request waits for the backend (docs/PROTOCOL.md §4).
