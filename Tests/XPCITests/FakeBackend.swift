@@ -8,9 +8,7 @@ import XenPCIABI
 
 /// A function the fake backend exports: config bytes plus the BAR and ROM
 /// sizes the backend emulates sizing with (docs/PROTOCOL.md §6).
-// @unchecked Sendable: a test fake; the backend's thread changes it only under its
-// FakeBackend's `lock`, and a test reads it after the request that changed it completed.
-final class FakeDevice: @unchecked Sendable {
+final class FakeDevice {
     var config: ConfigSpace
     var barSizes: [Int: UInt64]
     var romSize: UInt32
