@@ -8,14 +8,22 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
-struct xenpci_xenstore_fns xenpci_xenstore;
-struct xenpci_gnttab_fns xenpci_gnttab;
-struct xenpci_evtchn_fns xenpci_evtchn;
-struct xenpci_xenctrl_fns xenpci_xenctrl;
-struct xenpci_xencall_fns xenpci_xencall;
+/* The tables' storage: written only by xenpci_xenlib_load, once per library,
+ * before `published` points at it. */
+static struct xenpci_xenstore_fns xenpci_xenstore;
+static struct xenpci_gnttab_fns xenpci_gnttab;
+static struct xenpci_evtchn_fns xenpci_evtchn;
+static struct xenpci_xenctrl_fns xenpci_xenctrl;
+static struct xenpci_xencall_fns xenpci_xencall;
+
+/* A library's complete table once loaded, NULL before: stored with release
+ * after the table is filled, read with acquire by the accessors, so a reader
+ * that sees the pointer sees every function in it. */
+static _Atomic(const void *) published[XENPCI_XENLIB_COUNT];
 
 /* One symbol: its name and where its address goes (as a generic pointer
  * slot; all members of the tables are function pointers). */
@@ -161,6 +169,7 @@ int xenpci_xenlib_load(enum xenpci_xenlib lib, char *err, size_t errlen)
         if (rc == 0) {
             memcpy(l->table, scratch, l->table_size);
             loaded_soname[lib] = which;
+            atomic_store_explicit(&published[lib], l->table, memory_order_release);
         }
     }
     pthread_mutex_unlock(&load_lock);
@@ -207,6 +216,17 @@ const char *const *xenpci_xenlib_sonames(enum xenpci_xenlib lib, size_t *count)
     *count = libs[lib].nsonames;
     return libs[lib].sonames;
 }
+
+static const void *table_of(enum xenpci_xenlib lib)
+{
+    return atomic_load_explicit(&published[lib], memory_order_acquire);
+}
+
+const struct xenpci_xenstore_fns *xenpci_xenstore_table(void) { return table_of(XENPCI_XENLIB_XENSTORE); }
+const struct xenpci_gnttab_fns *xenpci_gnttab_table(void) { return table_of(XENPCI_XENLIB_GNTTAB); }
+const struct xenpci_evtchn_fns *xenpci_evtchn_table(void) { return table_of(XENPCI_XENLIB_EVTCHN); }
+const struct xenpci_xenctrl_fns *xenpci_xenctrl_table(void) { return table_of(XENPCI_XENLIB_XENCTRL); }
+const struct xenpci_xencall_fns *xenpci_xencall_table(void) { return table_of(XENPCI_XENLIB_XENCALL); }
 
 /* Every table fits the scratch space load_one uses. */
 _Static_assert(sizeof(struct xenpci_xenstore_fns) <= 16 * sizeof(void *), "xenstore table too big");

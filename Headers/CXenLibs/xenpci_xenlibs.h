@@ -219,12 +219,14 @@ enum xenpci_xenlib {
     XENPCI_XENLIB_COUNT = 5
 };
 
-/* The tables, filled by a successful load; all NULL before. */
-extern struct xenpci_xenstore_fns xenpci_xenstore;
-extern struct xenpci_gnttab_fns xenpci_gnttab;
-extern struct xenpci_evtchn_fns xenpci_evtchn;
-extern struct xenpci_xenctrl_fns xenpci_xenctrl;
-extern struct xenpci_xencall_fns xenpci_xencall;
+/* The tables: NULL until the first successful load of their library, then
+ * its complete table, filled once (under the loader's lock, before being
+ * published) and never written again, so any thread may read it. */
+const struct xenpci_xenstore_fns *xenpci_xenstore_table(void);
+const struct xenpci_gnttab_fns *xenpci_gnttab_table(void);
+const struct xenpci_evtchn_fns *xenpci_evtchn_table(void);
+const struct xenpci_xenctrl_fns *xenpci_xenctrl_table(void);
+const struct xenpci_xencall_fns *xenpci_xencall_table(void);
 
 /* Loads one library (first soname of its list that dlopen()s) and looks up
  * all of its functions. Idempotent and thread-safe. Returns 0, or -1 with a

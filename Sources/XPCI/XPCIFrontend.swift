@@ -21,6 +21,10 @@ import CXenPCISoftc
 /// backend's state through a xenstore watch and serves AER requests (bit 2);
 /// with `Options.xenbusThread` false there is none and the caller runs that
 /// work with `drain()` (tests and fuzzing: no threads, no timing).
+// @unchecked Sendable: it owns the C softc (a raw pointer). Its state is guarded as its properties'
+// comments say (`stateCond` via `locked`; `opLock` for the channel, which connect() publishes to
+// requests under it); attach() opens the handles before the xenbus thread starts, detach() closes
+// them after it stopped.
 public final class XPCIFrontend: @unchecked Sendable {
     public struct Options: Sendable {
         /// How long a request waits for the backend (docs/PROTOCOL.md §4).
@@ -94,10 +98,10 @@ public final class XPCIFrontend: @unchecked Sendable {
     /// New functions a scan in progress is reading (their requests are
     /// counted under their address before they reach `bus`).
     var scanning: Set<PCIAddress> = []
-    var aerHandlers: [PCIAddress: (AERRequest) -> AERResult] = [:]
+    var aerHandlers: [PCIAddress: @Sendable (AERRequest) -> AERResult] = [:]
     var stats = XPCIStatistics()
     var aerThrottle: AERThrottle
-    var eventHandler: ((XPCIEvent) -> Void)?
+    var eventHandler: (@Sendable (XPCIEvent) -> Void)?
 
     /// Serialises requests; guards `channelBroken` and the channel itself.
     let opLock = NSLock()
@@ -137,14 +141,16 @@ public final class XPCIFrontend: @unchecked Sendable {
     public var devices: [PCIFunction] { locked { bus.values.sorted { $0.address < $1.address } } }
     public func device(_ a: PCIAddress) -> PCIFunction? { locked { bus[a] } }
     public var statistics: XPCIStatistics { locked { stats } }
-    public var onEvent: ((XPCIEvent) -> Void)? {
+    /// Called on the thread that made the change, often the xenbus thread.
+    public var onEvent: (@Sendable (XPCIEvent) -> Void)? {
         get { locked { eventHandler } }
         set { locked { eventHandler = newValue } }
     }
 
     /// Registers the AER handler of one device (nil removes it). Devices
     /// without a handler answer `PCI_ERS_RESULT_NONE`, as Linux does.
-    public func setAERHandler(_ a: PCIAddress, _ h: ((AERRequest) -> AERResult)?) {
+    /// The handler runs on the xenbus thread (or in `drain()`).
+    public func setAERHandler(_ a: PCIAddress, _ h: (@Sendable (AERRequest) -> AERResult)?) {
         locked { aerHandlers[a] = h }
     }
 

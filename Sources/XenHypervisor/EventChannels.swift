@@ -6,7 +6,7 @@ public typealias EvtchnPort = UInt32
 /// Event channels of the calling domain (xenevtchn). A delivered port stays
 /// masked until `unmask`, as the Linux evtchn device does; `fileDescriptor`
 /// is readable while ports are pending.
-public protocol EventChannels: AnyObject {
+public protocol EventChannels: AnyObject, Sendable {
     func allocateUnbound(remote: DomID) throws -> EvtchnPort
     func bindInterdomain(remote: DomID, remotePort: EvtchnPort) throws -> EvtchnPort
     func notify(_ port: EvtchnPort) throws

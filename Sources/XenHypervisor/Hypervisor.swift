@@ -2,7 +2,7 @@ import XenPCIABI
 import PCIModel
 
 /// What both drivers ask of a hypervisor: who they are, xenstore, event channels.
-public protocol XenServices: AnyObject {
+public protocol XenServices: AnyObject, Sendable {
     /// "mock" or "xen", for messages.
     var name: String { get }
     /// The calling domain's id.
@@ -36,7 +36,7 @@ public protocol Hypervisor: BackendServices, FrontendServices {}
 /// function; once the function is assigned to a guest, mapping an MSI-X
 /// vector fails (ENODATA) unless the table was registered beforehand with
 /// `prepareMSIX`, as Linux's pciback does when it takes a function.
-public protocol InterruptRouting: AnyObject {
+public protocol InterruptRouting: AnyObject, Sendable {
     /// Registers the MSI-X table of `device` with the hypervisor (at claim,
     /// while dom0 owns the function, memory decoding on).
     func prepareMSIX(device: PCIAddress) throws

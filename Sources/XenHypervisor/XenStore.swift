@@ -36,7 +36,7 @@ public struct XenstoreWatchEvent: Equatable, Sendable {
 /// A connection to xenstore. Paths are absolute; watch events are queued
 /// and signalled on `fileDescriptor` (readable while events are pending),
 /// so a driver can poll it next to its event channel, as on real Xen.
-public protocol XenStore: AnyObject {
+public protocol XenStore: AnyObject, Sendable {
     func read(_ path: String, transaction: XenstoreTransaction) throws -> String
     func write(_ path: String, _ value: String, transaction: XenstoreTransaction) throws
     func mkdir(_ path: String, transaction: XenstoreTransaction) throws

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XenHypervisor
 import XenPCIABI
 
@@ -26,7 +27,7 @@ public enum MockOperation: String, CaseIterable, Sendable {
 /// Fault injection: make the Nth call of an operation fail with a chosen
 /// errno (optionally only for one domain), and drop or delay event
 /// notifications. Counters are per operation across all domains.
-public final class FaultInjector: @unchecked Sendable {
+public final class FaultInjector: Sendable {
     struct Rule {
         var op: MockOperation
         var domain: DomID?
@@ -34,31 +35,27 @@ public final class FaultInjector: @unchecked Sendable {
         var times: Int           // failures left; Int.max = always
         var code: Int32
     }
+    struct State {
+        var rules: [Rule] = []
+        var counts = [Int](repeating: 0, count: MockOperation.allCases.count)
+        var injectedCount = 0
+        var dropNotifications = 0
+        var dropAll = false
+        var delayBy: Duration?
+    }
     // Its own lock: tests arm faults from their thread while the mock's
     // calls check them under the hypervisor lock (always taken first).
-    private let lock = NSLock()
-    private var rules: [Rule] = []
-    private var counts = [Int](repeating: 0, count: MockOperation.allCases.count)
-    private var injectedCount = 0
-    private var dropNotifications = 0
-    private var dropAll = false
-    private var delayBy: Duration?
-
-    private func locked<T>(_ body: () throws -> T) rethrows -> T {
-        lock.lock()
-        defer { lock.unlock() }
-        return try body()
-    }
+    private let state = Mutex(State())
 
     /// Faults injected so far.
-    public var injected: Int { locked { injectedCount } }
-    var delay: Duration? { locked { delayBy } }
+    public var injected: Int { state.withLock { $0.injectedCount } }
+    var delay: Duration? { state.withLock { $0.delayBy } }
 
     /// Fail the `nth` (1-based, counted from now) matching call of `op`,
     /// `times` times in a row (default once).
     public func fail(_ op: MockOperation, nth: Int = 1, errno code: Int32, domain: DomID? = nil, times: Int = 1) {
         precondition(nth >= 1)
-        locked { rules.append(Rule(op: op, domain: domain, remainingBefore: nth - 1, times: times, code: code)) }
+        state.withLock { $0.rules.append(Rule(op: op, domain: domain, remainingBefore: nth - 1, times: times, code: code)) }
     }
 
     /// Every matching call fails until `reset`.
@@ -67,30 +64,32 @@ public final class FaultInjector: @unchecked Sendable {
     }
 
     /// Drop the next `count` event notifications (notify succeeds, nothing arrives).
-    public func dropEvents(_ count: Int) { locked { dropNotifications += count } }
-    public func dropAllEvents(_ on: Bool) { locked { dropAll = on } }
+    public func dropEvents(_ count: Int) { state.withLock { $0.dropNotifications += count } }
+    public func dropAllEvents(_ on: Bool) { state.withLock { $0.dropAll = on } }
     /// Deliver every notification `by` later (nil: at once).
-    public func delayEvents(by d: Duration?) { locked { delayBy = d } }
+    public func delayEvents(by d: Duration?) { state.withLock { $0.delayBy = d } }
 
-    public func reset() { locked { rules.removeAll(); dropNotifications = 0; dropAll = false; delayBy = nil } }
+    public func reset() {
+        state.withLock { s in s.rules.removeAll(); s.dropNotifications = 0; s.dropAll = false; s.delayBy = nil }
+    }
 
-    public func count(_ op: MockOperation) -> Int { locked { counts[op.index] } }
+    public func count(_ op: MockOperation) -> Int { state.withLock { $0.counts[op.index] } }
 
     /// Called with the mock's lock held. `detail` is built only for a
     /// failure: this runs on every mock call.
     func check(_ op: MockOperation, domain: DomID, _ detail: @autoclosure () -> String) throws {
-        lock.lock()
-        defer { lock.unlock() }
-        counts[op.index] += 1
-        for i in rules.indices where rules[i].op == op && (rules[i].domain == nil || rules[i].domain == domain) {
-            if rules[i].remainingBefore > 0 { rules[i].remainingBefore -= 1; continue }
-            guard rules[i].times > 0 else { continue }
-            if rules[i].times != .max { rules[i].times -= 1 }
-            injectedCount += 1
-            let code = rules[i].code
-            rules.removeAll { $0.times == 0 }
-            let d = detail()
-            throw XenError(code, op.rawValue, d.isEmpty ? "(injected fault)" : "\(d) (injected fault)")
+        try state.withLock { (s) throws(XenError) in
+            s.counts[op.index] += 1
+            for i in s.rules.indices where s.rules[i].op == op && (s.rules[i].domain == nil || s.rules[i].domain == domain) {
+                if s.rules[i].remainingBefore > 0 { s.rules[i].remainingBefore -= 1; continue }
+                guard s.rules[i].times > 0 else { continue }
+                if s.rules[i].times != .max { s.rules[i].times -= 1 }
+                s.injectedCount += 1
+                let code = s.rules[i].code
+                s.rules.removeAll { $0.times == 0 }
+                let d = detail()
+                throw XenError(code, op.rawValue, d.isEmpty ? "(injected fault)" : "\(d) (injected fault)")
+            }
         }
     }
 
@@ -99,10 +98,10 @@ public final class FaultInjector: @unchecked Sendable {
     /// (one lock of its own for both questions: this is the request path).
     enum Delivery { case drop, now, after(Duration) }
     func delivery() -> Delivery {
-        lock.lock()
-        defer { lock.unlock() }
-        if dropAll { return .drop }
-        if dropNotifications > 0 { dropNotifications -= 1; return .drop }
-        return delayBy.map { .after($0) } ?? .now
+        state.withLock { s in
+            if s.dropAll { return .drop }
+            if s.dropNotifications > 0 { s.dropNotifications -= 1; return .drop }
+            return s.delayBy.map { .after($0) } ?? .now
+        }
     }
 }

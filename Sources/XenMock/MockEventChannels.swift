@@ -4,6 +4,7 @@ import XenPCIABI
 
 /// One domain's event channel handle. Ports are numbered per domain from 1,
 /// lowest free first, as Xen allocates them.
+// @unchecked Sendable: its state is used only under the hypervisor's lock (see MockHandle).
 final class MockEventChannels: MockHandle, EventChannels, @unchecked Sendable {
     override class var what: String { "event channel handle" }
     private var ready: [EvtchnPort] = []

@@ -4,6 +4,7 @@ import XenPCIABI
 
 /// Pages a domain shares (gntshr). Refs start at 8, as the first refs are
 /// reserved on real guests.
+// @unchecked Sendable: its state is used only under the hypervisor's lock (see MockHandle).
 final class MockGrantSharing: MockHandle, GrantSharing, @unchecked Sendable {
     override class var what: String { "grant sharing handle" }
 
@@ -50,6 +51,7 @@ final class MockGrantSharing: MockHandle, GrantSharing, @unchecked Sendable {
 }
 
 /// Foreign pages mapped by a domain (gnttab).
+// @unchecked Sendable: its state is used only under the hypervisor's lock (see MockHandle).
 final class MockGrantTable: MockHandle, GrantTable, @unchecked Sendable {
     override class var what: String { "grant table handle" }
 

@@ -8,6 +8,7 @@ import PCIModel
 /// very memory the granting domain shared; interdomain event channels; fault
 /// injection; and a leak check. One lock guards everything, which keeps the
 /// model simple and its behaviour deterministic.
+// @unchecked Sendable: every mutable property (and its handles') is used only inside `locked`.
 public final class MockHypervisor: @unchecked Sendable {
     let lock = NSLock()
     var tree = XenstoreTree()
@@ -306,7 +307,7 @@ extension XenstoreTree {
 }
 
 /// One domain's view of the mock: the `Hypervisor` a driver is given.
-public final class MockDomain: Hypervisor, @unchecked Sendable {
+public final class MockDomain: Hypervisor {
     public let hypervisor: MockHypervisor
     public let id: DomID
     public var name: String { "mock" }

@@ -28,6 +28,7 @@ public struct MockPirqVector: Equatable, Sendable, CustomStringConvertible {
 /// Follows Xen 4.17's rules: an MSI-X vector can only be mapped for a
 /// function whose table was prepared (else ENODATA), a table is prepared
 /// once (else EBUSY) and released only with no vector left (else EBUSY).
+// @unchecked Sendable: its state is used only under the hypervisor's lock (see MockHandle).
 final class MockInterruptRouting: MockHandle, InterruptRouting, @unchecked Sendable {
     override class var what: String { "interrupt routing handle" }
 

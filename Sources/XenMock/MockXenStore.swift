@@ -4,6 +4,7 @@ import XenPCIABI
 
 /// A xenstore connection of one domain. Relative paths resolve against the
 /// domain's home, `/local/domain/<id>`, as with xenstored.
+// @unchecked Sendable: its state is used only under the hypervisor's lock (see MockHandle).
 final class MockXenStore: MockHandle, XenStore, @unchecked Sendable {
     override class var what: String { "xenstore connection" }
     private var queue: [XenstoreWatchEvent] = []

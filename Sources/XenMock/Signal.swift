@@ -47,6 +47,8 @@ final class ReadySignal {
 
 /// What every handle a domain opens has: its hypervisor, a number for the
 /// leak report, its domain, and whether it was closed (as a closed fd).
+// @unchecked Sendable: `closed`, `leakLine` and each subclass's state are used only
+// under the hypervisor's lock (`hv.locked`); the rest is immutable.
 class MockHandle: @unchecked Sendable {
     unowned let hv: MockHypervisor
     let id: Int

@@ -3,6 +3,8 @@ import PCIModel
 
 /// The shared page seen through the C shim: every access to memory the other
 /// domain can write goes through an atomic or a one-shot copy.
+// @unchecked Sendable: memory another Xen domain writes, whatever Swift checks; hence the
+// atomics and one-shot copies of the C shim for every access.
 public struct SharedPage: @unchecked Sendable {
     public let pointer: UnsafeMutablePointer<xen_pci_sharedinfo>
 

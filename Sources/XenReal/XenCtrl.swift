@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XenHypervisor
 import XenToolstack
 import XenPCIABI
@@ -7,29 +8,28 @@ import CXenLibs
 
 /// A libxenctrl handle (/dev/xen/privcmd): the dom0 calls of PCI
 /// pass-through. Errors carry the call's name and its arguments.
-public final class XenCtrl: @unchecked Sendable {
-    private var handle: OpaquePointer?
-    private let lock = NSLock()
+public final class XenCtrl: Sendable {
+    private let handle: Mutex<LibHandle?>
 
     public init() throws {
         try XenLibrary.xenctrl.load()
         errno = 0
-        guard let h = xenpci_xenctrl.xc_interface_open!(nil, nil, 0) else {
+        guard let h = libxenctrl.xc_interface_open!(nil, nil, 0) else {
             throw XenError(lastErrno(), "xc_interface_open", "(/dev/xen/privcmd)")
         }
-        handle = h
+        handle = Mutex(LibHandle(h))
     }
 
     deinit { close() }
 
     public func close() {
-        let h: OpaquePointer? = lock.withLock { defer { handle = nil }; return handle }
-        if let h { _ = xenpci_xenctrl.xc_interface_close!(h) }
+        let h = handle.withLock { h in defer { h = nil }; return h }
+        if let h { _ = libxenctrl.xc_interface_close!(h.pointer) }
     }
 
     private func h(_ op: String) throws -> OpaquePointer {
-        guard let h = lock.withLock({ handle }) else { throw XenError(EBADF, op, "libxenctrl handle closed") }
-        return h
+        guard let h = handle.withLock({ $0 }) else { throw XenError(EBADF, op, "libxenctrl handle closed") }
+        return h.pointer
     }
 
     /// libxl's encoding of a machine SBDF for the assign domctls.
@@ -40,28 +40,28 @@ public final class XenCtrl: @unchecked Sendable {
     public func assignDevice(_ d: PCIAddress, to guest: DomID, relaxedRDM: Bool) throws {
         let x = try h("xc_assign_device")
         try xenCall("xc_assign_device", "\(d) to dom\(guest)") {
-            xenpci_xenctrl.xc_assign_device!(x, UInt32(guest), Self.sbdf(d), relaxedRDM ? XENPCI_DOMCTL_DEV_RDM_RELAXED : 0)
+            libxenctrl.xc_assign_device!(x, UInt32(guest), Self.sbdf(d), relaxedRDM ? XENPCI_DOMCTL_DEV_RDM_RELAXED : 0)
         }
     }
 
     public func deassignDevice(_ d: PCIAddress, from guest: DomID) throws {
         let x = try h("xc_deassign_device")
         try xenCall("xc_deassign_device", "\(d) from dom\(guest)") {
-            xenpci_xenctrl.xc_deassign_device!(x, UInt32(guest), Self.sbdf(d))
+            libxenctrl.xc_deassign_device!(x, UInt32(guest), Self.sbdf(d))
         }
     }
 
     public func iomemPermission(guest: DomID, firstFrame: UInt64, frames: UInt64, allow: Bool) throws {
         let x = try h("xc_domain_iomem_permission")
         try xenCall("xc_domain_iomem_permission", "dom\(guest) frames 0x\(String(firstFrame, radix: 16))+\(frames) \(allow ? "allow" : "deny")") {
-            xenpci_xenctrl.xc_domain_iomem_permission!(x, UInt32(guest), UInt(firstFrame), UInt(frames), allow ? 1 : 0)
+            libxenctrl.xc_domain_iomem_permission!(x, UInt32(guest), UInt(firstFrame), UInt(frames), allow ? 1 : 0)
         }
     }
 
     public func ioportPermission(guest: DomID, firstPort: UInt32, ports: UInt32, allow: Bool) throws {
         let x = try h("xc_domain_ioport_permission")
         try xenCall("xc_domain_ioport_permission", "dom\(guest) ports 0x\(String(firstPort, radix: 16))+\(ports) \(allow ? "allow" : "deny")") {
-            xenpci_xenctrl.xc_domain_ioport_permission!(x, UInt32(guest), firstPort, ports, allow ? 1 : 0)
+            libxenctrl.xc_domain_ioport_permission!(x, UInt32(guest), firstPort, ports, allow ? 1 : 0)
         }
     }
 
@@ -70,7 +70,7 @@ public final class XenCtrl: @unchecked Sendable {
         let x = try h("xc_physdev_map_pirq")
         var pirq = irq
         try xenCall("xc_physdev_map_pirq", "irq \(irq) for dom\(guest)") {
-            xenpci_xenctrl.xc_physdev_map_pirq!(x, UInt32(guest), irq, &pirq)
+            libxenctrl.xc_physdev_map_pirq!(x, UInt32(guest), irq, &pirq)
         }
         return pirq
     }
@@ -78,14 +78,14 @@ public final class XenCtrl: @unchecked Sendable {
     public func irqPermission(guest: DomID, pirq: UInt32, allow: Bool) throws {
         let x = try h("xc_domain_irq_permission")
         try xenCall("xc_domain_irq_permission", "dom\(guest) pirq \(pirq) \(allow ? "allow" : "deny")") {
-            xenpci_xenctrl.xc_domain_irq_permission!(x, UInt32(guest), pirq, allow)
+            libxenctrl.xc_domain_irq_permission!(x, UInt32(guest), pirq, allow)
         }
     }
 
     public func unmapPirq(guest: DomID, pirq: UInt32) throws {
         let x = try h("xc_physdev_unmap_pirq")
         try xenCall("xc_physdev_unmap_pirq", "dom\(guest) pirq \(pirq)") {
-            xenpci_xenctrl.xc_physdev_unmap_pirq!(x, UInt32(guest), Int32(bitPattern: pirq))
+            libxenctrl.xc_physdev_unmap_pirq!(x, UInt32(guest), Int32(bitPattern: pirq))
         }
     }
 }
@@ -93,36 +93,35 @@ public final class XenCtrl: @unchecked Sendable {
 /// The physdev hypercalls libxenctrl has no call for, through libxencall:
 /// PHYSDEVOP_prepare_msix / release_msix, and map_pirq of type MSI_SEG
 /// (libxenctrl's xc_physdev_map_pirq_msi cannot name a PCI segment).
-final class XenPhysdev: @unchecked Sendable {
-    private var handle: OpaquePointer?
-    private let lock = NSLock()
+final class XenPhysdev: Sendable {
+    private let handle: Mutex<LibHandle?>
 
     init() throws {
         try XenLibrary.xencall.load()
         errno = 0
-        guard let h = xenpci_xencall.xencall_open!(nil, 0) else { throw XenError(lastErrno(), "xencall_open", "(/dev/xen/privcmd)") }
-        handle = h
+        guard let h = libxencall.xencall_open!(nil, 0) else { throw XenError(lastErrno(), "xencall_open", "(/dev/xen/privcmd)") }
+        handle = Mutex(LibHandle(h))
     }
 
     deinit { close() }
 
     func close() {
-        let h: OpaquePointer? = lock.withLock { defer { handle = nil }; return handle }
-        if let h { _ = xenpci_xencall.xencall_close!(h) }
+        let h = handle.withLock { h in defer { h = nil }; return h }
+        if let h { _ = libxencall.xencall_close!(h.pointer) }
     }
 
     /// Runs PHYSDEVOP `cmd` on `arg`, copied into a hypercall-safe buffer
     /// and back; the hypercall's own -errno comes back as errno.
     private func physdevOp<T>(_ cmd: Int32, _ name: String, _ what: String, _ arg: inout T) throws {
-        guard let h = lock.withLock({ handle }) else { throw XenError(EBADF, name, "libxencall handle closed") }
-        guard let buf = xenpci_xencall.xencall_alloc_buffer!(h, MemoryLayout<T>.size) else {
+        guard let h = handle.withLock({ $0 })?.pointer else { throw XenError(EBADF, name, "libxencall handle closed") }
+        guard let buf = libxencall.xencall_alloc_buffer!(h, MemoryLayout<T>.size) else {
             throw XenError(lastErrno(), name, "\(what): hypercall buffer")
         }
-        defer { xenpci_xencall.xencall_free_buffer!(h, buf) }
+        defer { libxencall.xencall_free_buffer!(h, buf) }
         let typed = buf.bindMemory(to: T.self, capacity: 1)
         typed.initialize(to: arg)
         try xenCall(name, what) {
-            xenpci_xencall.xencall2!(h, UInt32(XENPCI_HYPERVISOR_physdev_op), UInt64(cmd), UInt64(UInt(bitPattern: buf)))
+            libxencall.xencall2!(h, UInt32(XENPCI_HYPERVISOR_physdev_op), UInt64(cmd), UInt64(UInt(bitPattern: buf)))
         }
         arg = typed.pointee
     }
@@ -156,12 +155,14 @@ final class XenPhysdev: @unchecked Sendable {
 /// MSI and MSI-X vectors of host devices mapped to pirqs of a guest, and
 /// the MSI-X tables registered with Xen. Everything mapped or prepared
 /// through this handle is undone by `close()`.
-public final class XenInterruptRouting: InterruptRouting, @unchecked Sendable {
+public final class XenInterruptRouting: InterruptRouting {
     let ctrl: XenCtrl
     let physdev: XenPhysdev
-    private let lock = NSLock()
-    private var mapped: [(guest: DomID, pirq: UInt32)] = []
-    private var prepared: Set<PCIAddress> = []
+    private struct Held {
+        var mapped: [(guest: DomID, pirq: UInt32)] = []
+        var prepared: Set<PCIAddress> = []
+    }
+    private let held = Mutex(Held())
 
     init(ctrl: XenCtrl, physdev: XenPhysdev) {
         self.ctrl = ctrl
@@ -176,20 +177,20 @@ public final class XenInterruptRouting: InterruptRouting, @unchecked Sendable {
             // are mapped); ours to release from now on. Only a table with
             // vectors still mapped refuses the release later.
         }
-        lock.withLock { _ = prepared.insert(device) }
+        held.withLock { _ = $0.prepared.insert(device) }
     }
 
     public func releaseMSIX(device: PCIAddress) throws {
-        guard lock.withLock({ prepared.contains(device) }) else {
+        guard held.withLock({ $0.prepared.contains(device) }) else {
             throw XenError(EINVAL, "PHYSDEVOP_release_msix", "\(device): not prepared through this handle")
         }
         try physdev.prepareMSIX(device, release: true)
-        lock.withLock { _ = prepared.remove(device) }
+        held.withLock { _ = $0.prepared.remove(device) }
     }
 
     public func mapMSI(device: PCIAddress, guest: DomID) throws -> UInt32 {
         let p = try physdev.mapMSI(device, guest: guest, entry: nil, tableBase: 0)
-        lock.withLock { mapped.append((guest, p)) }
+        held.withLock { $0.mapped.append((guest, p)) }
         return p
     }
 
@@ -205,34 +206,34 @@ public final class XenInterruptRouting: InterruptRouting, @unchecked Sendable {
             for p in pirqs { try? ctrl.unmapPirq(guest: guest, pirq: p) }
             throw error
         }
-        lock.withLock { mapped += pirqs.map { (guest, $0) } }
+        held.withLock { $0.mapped += pirqs.map { (guest, $0) } }
         return pirqs
     }
 
     public func unmapPirq(_ pirq: UInt32, guest: DomID) throws {
-        guard lock.withLock({ mapped.contains { $0 == (guest, pirq) } }) else {
+        guard held.withLock({ $0.mapped.contains { $0 == (guest, pirq) } }) else {
             throw XenError(EINVAL, "xc_physdev_unmap_pirq", "pirq \(pirq) of dom\(guest) is not mapped through this handle")
         }
         // Forgotten even when Xen refuses: a dead guest's pirqs went with it.
-        defer { lock.withLock { mapped.removeAll { $0 == (guest, pirq) } } }
+        defer { held.withLock { $0.mapped.removeAll { $0 == (guest, pirq) } } }
         try ctrl.unmapPirq(guest: guest, pirq: pirq)
     }
 
     public func adopt(pirqs: [UInt32], guest: DomID, device: PCIAddress) throws {
-        lock.withLock { mapped += pirqs.map { (guest, $0) } }
+        held.withLock { $0.mapped += pirqs.map { (guest, $0) } }
     }
 
     public func adoptPreparedMSIX(device: PCIAddress) throws {
-        lock.withLock { _ = prepared.insert(device) }
+        held.withLock { _ = $0.prepared.insert(device) }
     }
 
     public func abandon() {
-        lock.withLock { mapped = []; prepared = [] }
+        held.withLock { $0 = Held() }
         physdev.close()
     }
 
     public func close() {
-        let (all, tables) = lock.withLock { defer { mapped = []; prepared = [] }; return (mapped, prepared) }
+        let (all, tables) = held.withLock { h in defer { h = Held() }; return (h.mapped, h.prepared) }
         for m in all { try? ctrl.unmapPirq(guest: m.guest, pirq: m.pirq) }
         for d in tables.sorted() { try? physdev.prepareMSIX(d, release: true) }
         physdev.close()

@@ -1,14 +1,14 @@
 import Foundation
+import Synchronization
 import XenHypervisor
 import XenPCIABI
 
 /// The domain this process runs in, on a real Xen: the `Hypervisor` the
 /// drivers are given when Xen is usable.
-public final class XenDomain: Hypervisor, @unchecked Sendable {
+public final class XenDomain: Hypervisor {
     public var name: String { "xen" }
     public let host: XenHost
-    private let lock = NSLock()
-    private var cachedDomid: DomID?
+    private let cachedDomid = Mutex<DomID?>(nil)
 
     init(host: XenHost) { self.host = host }
 
@@ -30,7 +30,7 @@ public final class XenDomain: Hypervisor, @unchecked Sendable {
     /// The `domid` key of our own xenstore home; 0 in a control domain
     /// whose home has none yet (xen-init-dom0 writes it).
     public func domid() throws -> DomID {
-        if let d = lock.withLock({ cachedDomid }) { return d }
+        if let d = cachedDomid.withLock({ $0 }) { return d }
         let xs = try XenStoreConnection()
         defer { xs.close() }
         let d: DomID
@@ -42,7 +42,7 @@ public final class XenDomain: Hypervisor, @unchecked Sendable {
         } else {
             throw XenError(ENOENT, "xs_read", "domid (the toolstack has not written our xenstore home)")
         }
-        lock.withLock { cachedDomid = d }
+        cachedDomid.withLock { $0 = d }
         return d
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XenHypervisor
 import XenPCIABI
 import CXenLibs
@@ -6,42 +7,44 @@ import CXenLibs
 /// Event channels through libxenevtchn (Linux: /dev/xen/evtchn). A port read
 /// from the device stays masked until `unmask`, which is the contract of
 /// `EventChannels`. The fd is made non-blocking so `pending()` never waits.
-public final class XenEventChannels: EventChannels, @unchecked Sendable {
-    private var handle: OpaquePointer?
-    private let lock = NSLock()
-    private var bound: Set<EvtchnPort> = []
+public final class XenEventChannels: EventChannels {
+    private struct State {
+        var handle: LibHandle?
+        var bound: Set<EvtchnPort> = []
+    }
+    private let state: Mutex<State>
     public let fileDescriptor: Int32
 
     public init() throws {
         try XenLibrary.evtchn.load()
         errno = 0
-        guard let h = xenpci_evtchn.xenevtchn_open!(nil, 0) else {
+        guard let h = libxenevtchn.xenevtchn_open!(nil, 0) else {
             throw XenError(lastErrno(), "xenevtchn_open", "(/dev/xen/evtchn)")
         }
-        let fd = xenpci_evtchn.xenevtchn_fd!(h)
+        let fd = libxenevtchn.xenevtchn_fd!(h)
         let flags = fd >= 0 ? fcntl(fd, F_GETFL) : -1
         if fd < 0 || flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 {
             let e = lastErrno()
-            _ = xenpci_evtchn.xenevtchn_close!(h)
+            _ = libxenevtchn.xenevtchn_close!(h)
             throw XenError(e, "xenevtchn_fd", "making the event channel device non-blocking")
         }
-        handle = h
+        state = Mutex(State(handle: LibHandle(h)))
         fileDescriptor = fd
     }
 
     deinit { close() }
 
     private func h(_ op: String, _ what: String) throws -> OpaquePointer {
-        guard let h = lock.withLock({ handle }) else { throw XenError(EBADF, op, "\(what): handle closed") }
-        return h
+        guard let h = state.withLock({ $0.handle }) else { throw XenError(EBADF, op, "\(what): handle closed") }
+        return h.pointer
     }
 
     public func allocateUnbound(remote: DomID) throws -> EvtchnPort {
         let h = try h("xenevtchn_bind_unbound_port", "for dom\(remote)")
         let p = try xenCall("xenevtchn_bind_unbound_port", "for dom\(remote)") {
-            xenpci_evtchn.xenevtchn_bind_unbound_port!(h, UInt32(remote))
+            libxenevtchn.xenevtchn_bind_unbound_port!(h, UInt32(remote))
         }
-        lock.withLock { _ = bound.insert(EvtchnPort(p)) }
+        state.withLock { _ = $0.bound.insert(EvtchnPort(p)) }
         return EvtchnPort(p)
     }
 
@@ -49,22 +52,22 @@ public final class XenEventChannels: EventChannels, @unchecked Sendable {
         let what = "dom\(remote) port \(remotePort)"
         let h = try h("xenevtchn_bind_interdomain", what)
         let p = try xenCall("xenevtchn_bind_interdomain", what) {
-            xenpci_evtchn.xenevtchn_bind_interdomain!(h, UInt32(remote), remotePort)
+            libxenevtchn.xenevtchn_bind_interdomain!(h, UInt32(remote), remotePort)
         }
-        lock.withLock { _ = bound.insert(EvtchnPort(p)) }
+        state.withLock { _ = $0.bound.insert(EvtchnPort(p)) }
         return EvtchnPort(p)
     }
 
     public func notify(_ port: EvtchnPort) throws {
         let h = try h("xenevtchn_notify", "port \(port)")
-        try xenCall("xenevtchn_notify", "port \(port)") { xenpci_evtchn.xenevtchn_notify!(h, port) }
+        try xenCall("xenevtchn_notify", "port \(port)") { libxenevtchn.xenevtchn_notify!(h, port) }
     }
 
     public func pending() throws -> EvtchnPort? {
         let h = try h("xenevtchn_pending", "")
         while true {
             errno = 0
-            let p = xenpci_evtchn.xenevtchn_pending!(h)
+            let p = libxenevtchn.xenevtchn_pending!(h)
             if p >= 0 { return EvtchnPort(p) }
             let e = lastErrno()
             if e == EINTR { continue }
@@ -95,22 +98,22 @@ public final class XenEventChannels: EventChannels, @unchecked Sendable {
 
     public func unmask(_ port: EvtchnPort) throws {
         let h = try h("xenevtchn_unmask", "port \(port)")
-        try xenCall("xenevtchn_unmask", "port \(port)") { xenpci_evtchn.xenevtchn_unmask!(h, port) }
+        try xenCall("xenevtchn_unmask", "port \(port)") { libxenevtchn.xenevtchn_unmask!(h, port) }
     }
 
     public func unbind(_ port: EvtchnPort) throws {
         let h = try h("xenevtchn_unbind", "port \(port)")
-        try xenCall("xenevtchn_unbind", "port \(port)") { xenpci_evtchn.xenevtchn_unbind!(h, port) }
-        lock.withLock { _ = bound.remove(port) }
+        try xenCall("xenevtchn_unbind", "port \(port)") { libxenevtchn.xenevtchn_unbind!(h, port) }
+        state.withLock { _ = $0.bound.remove(port) }
     }
 
     public func close() {
-        let (h, ports): (OpaquePointer?, Set<EvtchnPort>) = lock.withLock {
-            defer { handle = nil; bound = [] }
-            return (handle, bound)
+        let (handle, ports): (LibHandle?, Set<EvtchnPort>) = state.withLock { s in
+            defer { s.handle = nil; s.bound = [] }
+            return (s.handle, s.bound)
         }
-        guard let h else { return }
-        for p in ports.sorted() { _ = xenpci_evtchn.xenevtchn_unbind!(h, p) }
-        _ = xenpci_evtchn.xenevtchn_close!(h)
+        guard let h = handle?.pointer else { return }
+        for p in ports.sorted() { _ = libxenevtchn.xenevtchn_unbind!(h, p) }
+        _ = libxenevtchn.xenevtchn_close!(h)
     }
 }

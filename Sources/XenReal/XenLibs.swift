@@ -60,6 +60,27 @@ public enum XenLibrary: CaseIterable, Sendable, CustomStringConvertible {
     }
 }
 
+// The libraries' function tables (xenpci_xenlibs.h): published by the C
+// loader once, complete, and never written after, so reading them from any
+// thread is safe. Each is used only after its library's `load()` succeeded
+// (every binding's init loads it first); before, this traps, as a NULL
+// function pointer did.
+var libxenstore: xenpci_xenstore_fns { xenpci_xenstore_table()!.pointee }
+var libxengnttab: xenpci_gnttab_fns { xenpci_gnttab_table()!.pointee }
+var libxenevtchn: xenpci_evtchn_fns { xenpci_evtchn_table()!.pointee }
+var libxenctrl: xenpci_xenctrl_fns { xenpci_xenctrl_table()!.pointee }
+var libxencall: xenpci_xencall_fns { xenpci_xencall_table()!.pointee }
+
+/// An open handle of one of the Xen libraries, which any thread may use.
+// @unchecked Sendable: libxenstore serialises a handle's requests with its own
+// pthread mutexes; libxenctrl and libxencall are reentrant unless opened with
+// their NON_REENTRANT flag (never passed here); a libxenevtchn or libxengnttab
+// handle is an fd whose ioctls and reads the kernel serialises.
+struct LibHandle: @unchecked Sendable {
+    let pointer: OpaquePointer
+    init(_ pointer: OpaquePointer) { self.pointer = pointer }
+}
+
 /// Why the real Xen binding cannot be used: one line for the user.
 public struct XenUnavailable: Error, CustomStringConvertible, Sendable {
     public var reason: String

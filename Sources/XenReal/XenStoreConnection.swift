@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XenHypervisor
 import XenPCIABI
 import CXenLibs
@@ -8,10 +9,12 @@ import CXenLibs
 /// Watch events arrive on libxenstore's watch pipe (`xs_fileno`) and are
 /// taken without blocking with `xs_check_watch`; events of a watch removed
 /// with `unwatch` are dropped here, as the mock does.
-public final class XenStoreConnection: XenStore, @unchecked Sendable {
-    private var handle: OpaquePointer?
-    private let lock = NSLock()
-    private var watches: [(path: String, token: String)] = []
+public final class XenStoreConnection: XenStore {
+    private struct State {
+        var handle: LibHandle?
+        var watches: [(path: String, token: String)] = []
+    }
+    private let state: Mutex<State>
     public let fileDescriptor: Int32
 
     /// Opens the default connection (libxenstore's own choice of socket or
@@ -19,17 +22,17 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     public init() throws {
         try XenLibrary.xenstore.load()
         errno = 0
-        guard let h = xenpci_xenstore.xs_open!(0) else {
+        guard let h = libxenstore.xs_open!(0) else {
             throw XenError(lastErrno(), "xs_open", Self.where_())
         }
-        handle = h
-        fileDescriptor = xenpci_xenstore.xs_fileno!(h)
-        if fileDescriptor < 0 {
+        let fd = libxenstore.xs_fileno!(h)
+        if fd < 0 {
             let e = lastErrno()
-            xenpci_xenstore.xs_close!(h)
-            handle = nil
+            libxenstore.xs_close!(h)
             throw XenError(e, "xs_fileno")
         }
+        fileDescriptor = fd
+        state = Mutex(State(handle: LibHandle(h)))
     }
 
     /// Opens a connection to the xenstored socket or xenbus device at `path`.
@@ -54,15 +57,15 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     deinit { close() }
 
     private func h(_ op: String, _ path: String) throws -> OpaquePointer {
-        guard let h = lock.withLock({ handle }) else { throw XenError(EBADF, op, "\(path): connection closed") }
-        return h
+        guard let h = state.withLock({ $0.handle }) else { throw XenError(EBADF, op, "\(path): connection closed") }
+        return h.pointer
     }
 
     public func read(_ path: String, transaction t: XenstoreTransaction) throws -> String {
         let h = try h("xs_read", path)
         var len: UInt32 = 0
         errno = 0
-        guard let p = xenpci_xenstore.xs_read!(h, t.id, path, &len) else {
+        guard let p = libxenstore.xs_read!(h, t.id, path, &len) else {
             throw XenError(lastErrno(), "xs_read", path)
         }
         defer { free(p) }
@@ -73,27 +76,27 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
         let h = try h("xs_write", path)
         var bytes = Array(value.utf8)
         errno = 0
-        let ok = bytes.withUnsafeMutableBytes { xenpci_xenstore.xs_write!(h, t.id, path, $0.baseAddress, UInt32($0.count)) }
+        let ok = bytes.withUnsafeMutableBytes { libxenstore.xs_write!(h, t.id, path, $0.baseAddress, UInt32($0.count)) }
         if !ok { throw XenError(lastErrno(), "xs_write", path) }
     }
 
     public func mkdir(_ path: String, transaction t: XenstoreTransaction) throws {
         let h = try h("xs_mkdir", path)
         errno = 0
-        if !xenpci_xenstore.xs_mkdir!(h, t.id, path) { throw XenError(lastErrno(), "xs_mkdir", path) }
+        if !libxenstore.xs_mkdir!(h, t.id, path) { throw XenError(lastErrno(), "xs_mkdir", path) }
     }
 
     public func remove(_ path: String, transaction t: XenstoreTransaction) throws {
         let h = try h("xs_rm", path)
         errno = 0
-        if !xenpci_xenstore.xs_rm!(h, t.id, path) { throw XenError(lastErrno(), "xs_rm", path) }
+        if !libxenstore.xs_rm!(h, t.id, path) { throw XenError(lastErrno(), "xs_rm", path) }
     }
 
     public func directory(_ path: String, transaction t: XenstoreTransaction) throws -> [String] {
         let h = try h("xs_directory", path)
         var n: UInt32 = 0
         errno = 0
-        guard let list = xenpci_xenstore.xs_directory!(h, t.id, path, &n) else {
+        guard let list = libxenstore.xs_directory!(h, t.id, path, &n) else {
             throw XenError(lastErrno(), "xs_directory", path)
         }
         defer { free(list) }
@@ -104,7 +107,7 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
         let h = try h("xs_get_permissions", path)
         var n: UInt32 = 0
         errno = 0
-        guard let raw = xenpci_xenstore.xs_get_permissions!(h, t.id, path, &n) else {
+        guard let raw = libxenstore.xs_get_permissions!(h, t.id, path, &n) else {
             throw XenError(lastErrno(), "xs_get_permissions", path)
         }
         let perms = UnsafeMutablePointer<xenpci_xs_perm>(raw)
@@ -117,7 +120,7 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
         var raw = perms.map(Self.raw)
         errno = 0
         let ok = raw.withUnsafeMutableBufferPointer {
-            xenpci_xenstore.xs_set_permissions!(h, t.id, path, OpaquePointer($0.baseAddress), UInt32($0.count))
+            libxenstore.xs_set_permissions!(h, t.id, path, OpaquePointer($0.baseAddress), UInt32($0.count))
         }
         if !ok { throw XenError(lastErrno(), "xs_set_permissions", "\(path) \(perms.map(\.description).joined(separator: ","))") }
     }
@@ -143,7 +146,7 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     public func transactionStart() throws -> XenstoreTransaction {
         let h = try h("xs_transaction_start", "")
         errno = 0
-        let t = xenpci_xenstore.xs_transaction_start!(h)
+        let t = libxenstore.xs_transaction_start!(h)
         if t == 0 { throw XenError(lastErrno(), "xs_transaction_start") }
         return XenstoreTransaction(t)
     }
@@ -153,18 +156,18 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     public func transactionEnd(_ t: XenstoreTransaction, abort: Bool) throws {
         let h = try h("xs_transaction_end", "transaction \(t.id)")
         errno = 0
-        if !xenpci_xenstore.xs_transaction_end!(h, t.id, abort) {
+        if !libxenstore.xs_transaction_end!(h, t.id, abort) {
             throw XenError(lastErrno(), "xs_transaction_end", "transaction \(t.id)\(abort ? " (abort)" : "")")
         }
     }
 
     public func watch(_ path: String, token: String) throws {
         let h = try h("xs_watch", path)
-        lock.withLock { watches.append((path, token)) }
+        state.withLock { $0.watches.append((path, token)) }
         errno = 0
-        if !xenpci_xenstore.xs_watch!(h, path, token) {
+        if !libxenstore.xs_watch!(h, path, token) {
             let e = lastErrno()
-            lock.withLock { if let i = watches.lastIndex(where: { $0 == (path, token) }) { watches.remove(at: i) } }
+            state.withLock { s in if let i = s.watches.lastIndex(where: { $0 == (path, token) }) { s.watches.remove(at: i) } }
             throw XenError(e, "xs_watch", "\(path) token '\(token)'")
         }
     }
@@ -172,17 +175,17 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     public func unwatch(_ path: String, token: String) throws {
         let h = try h("xs_unwatch", path)
         errno = 0
-        if !xenpci_xenstore.xs_unwatch!(h, path, token) {
+        if !libxenstore.xs_unwatch!(h, path, token) {
             throw XenError(lastErrno(), "xs_unwatch", "\(path) token '\(token)'")
         }
-        lock.withLock { if let i = watches.lastIndex(where: { $0 == (path, token) }) { watches.remove(at: i) } }
+        state.withLock { s in if let i = s.watches.lastIndex(where: { $0 == (path, token) }) { s.watches.remove(at: i) } }
     }
 
     /// Events of a watch still registered (xenstored reports the changed
     /// path, at or under the watched one, or the watched special path).
     private func registered(_ e: XenstoreWatchEvent) -> Bool {
-        lock.withLock {
-            watches.contains { w in
+        state.withLock {
+            $0.watches.contains { w in
                 w.token == e.token && (e.path == w.path || e.path.hasPrefix(w.path + "/") || w.path.hasPrefix(e.path + "/")
                                        || !w.path.hasPrefix("/"))
             }
@@ -190,9 +193,9 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     }
 
     public func nextWatchEvent() -> XenstoreWatchEvent? {
-        guard let h = lock.withLock({ handle }) else { return nil }
+        guard let h = state.withLock({ $0.handle })?.pointer else { return nil }
         while true {
-            guard let v = xenpci_xenstore.xs_check_watch!(h) else { return nil }
+            guard let v = libxenstore.xs_check_watch!(h) else { return nil }
             let e = XenstoreWatchEvent(path: String(cString: v[Int(XENPCI_XS_WATCH_PATH)]!),
                                        token: String(cString: v[Int(XENPCI_XS_WATCH_TOKEN)]!))
             free(v)
@@ -204,7 +207,7 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     public func domainPath(_ domid: DomID) throws -> String {
         let h = try h("xs_get_domain_path", "dom\(domid)")
         errno = 0
-        guard let p = xenpci_xenstore.xs_get_domain_path!(h, UInt32(domid)) else {
+        guard let p = libxenstore.xs_get_domain_path!(h, UInt32(domid)) else {
             throw XenError(lastErrno(), "xs_get_domain_path", "dom\(domid)")
         }
         defer { free(p) }
@@ -212,12 +215,12 @@ public final class XenStoreConnection: XenStore, @unchecked Sendable {
     }
 
     public func close() {
-        let (h, ws): (OpaquePointer?, [(path: String, token: String)]) = lock.withLock {
-            defer { handle = nil; watches = [] }
-            return (handle, watches)
+        let (handle, ws): (LibHandle?, [(path: String, token: String)]) = state.withLock { s in
+            defer { s.handle = nil; s.watches = [] }
+            return (s.handle, s.watches)
         }
-        guard let h else { return }
-        for w in ws { _ = xenpci_xenstore.xs_unwatch!(h, w.path, w.token) }
-        xenpci_xenstore.xs_close!(h)
+        guard let h = handle?.pointer else { return }
+        for w in ws { _ = libxenstore.xs_unwatch!(h, w.path, w.token) }
+        libxenstore.xs_close!(h)
     }
 }

@@ -28,7 +28,7 @@ let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().delet
 
 /// A fixture's config space read once; each input gets a fresh in-memory
 /// copy in virtual time (power transitions counted, not slept).
-final class FixtureImage {
+final class FixtureImage: Sendable {
     let config: [UInt8]
     let resources: [PCIResource]
     let irq: Int
@@ -81,7 +81,9 @@ func fields(_ data: [UInt8], _ n: Int) -> [String?] {
 // MARK: request: arbitrary shared-page op and arbitrary config space
 
 let requestHV = MockHypervisor()
-let requestBack: PCIBack = { _ = requestHV.domain(0x7FEE); return deterministicBackend(requestHV.domain(0)) }()
+// nonisolated(unsafe): every input runs on the one thread libFuzzer (or the
+// replay loop) calls from, so the rigs below are never shared.
+nonisolated(unsafe) let requestBack: PCIBack = { _ = requestHV.domain(0x7FEE); return deterministicBackend(requestHV.domain(0)) }()
 
 func fuzzRequest(_ data: [UInt8]) {
     // Layout: op (548) | 7 BAR sizes (u32 each) | config (rest, up to 4096)
@@ -120,7 +122,7 @@ final class XenstoreRig {
     }
 }
 
-let xenstoreRig = XenstoreRig()
+nonisolated(unsafe) let xenstoreRig = XenstoreRig() // one thread: see requestBack
 
 func fuzzXenstore(_ data: [UInt8]) {
     let f = fields(data, 7)
@@ -217,7 +219,7 @@ final class FrontendWorld {
     }
 }
 
-let frontendWorld = FrontendWorld()
+nonisolated(unsafe) let frontendWorld = FrontendWorld() // one thread: see requestBack
 
 func fuzzFrontend(_ data: [UInt8]) {
     // Layout: root_num\0root-0\0root-1\0 | replies: 9 bytes each (err i32, value u32, vector seed u8)

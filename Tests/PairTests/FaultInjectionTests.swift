@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import PCIBack
 import PCIModel
@@ -104,12 +105,11 @@ struct FaultInjectionTests {
     }
 }
 
-final class FaultTally: @unchecked Sendable {
+final class FaultTally: Sendable {
     static let shared = FaultTally()
-    private let lock = NSLock()
-    private var counts: [MockOperation: Int] = [:]
+    private let counts = Mutex<[MockOperation: Int]>([:])
     func add(_ op: MockOperation, _ n: Int) {
-        lock.lock(); counts[op, default: 0] += n; let total = counts.values.reduce(0, +); lock.unlock()
+        let total = counts.withLock { c in c[op, default: 0] += n; return c.values.reduce(0, +) }
         print("fault injection: \(op.rawValue): \(n) faults injected (total so far \(total))")
     }
 }

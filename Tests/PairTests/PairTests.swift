@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import PCIBack
 import PCIModel
@@ -216,10 +217,9 @@ struct PairTests {
     }
 }
 
-final class LockedBox<T>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var v: T
-    init(_ v: T) { self.v = v }
-    var value: T { lock.lock(); defer { lock.unlock() }; return v }
-    func mutate(_ f: (inout T) -> Void) { lock.lock(); f(&v); lock.unlock() }
+final class LockedBox<T: Sendable>: Sendable {
+    private let v: Mutex<T>
+    init(_ v: T) { self.v = Mutex(v) }
+    var value: T { v.withLock { $0 } }
+    func mutate(_ f: (inout T) -> Void) { v.withLock { f(&$0) } }
 }

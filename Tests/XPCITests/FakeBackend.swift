@@ -8,7 +8,7 @@ import XenPCIABI
 
 /// A function the fake backend exports: config bytes plus the BAR and ROM
 /// sizes the backend emulates sizing with (docs/PROTOCOL.md §6).
-final class FakeDevice: @unchecked Sendable {
+final class FakeDevice {
     var config: ConfigSpace
     var barSizes: [Int: UInt64]
     var romSize: UInt32
@@ -77,6 +77,8 @@ struct Behaviour {
 /// A scripted dom0 backend on the mock: it lays out its xenstore directory
 /// as libxl and pciback would, maps the frontend's grant, binds its event
 /// channel and answers requests from per-device config bytes on its own thread.
+// @unchecked Sendable: a test fake; what its thread and the test share is under `lock`
+// (`state` under `stateLock`), and a test sets `behaviour` before posting the request it is for.
 final class FakeBackend: @unchecked Sendable {
     let hv: MockHypervisor
     let guest: DomID

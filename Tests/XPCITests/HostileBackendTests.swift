@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import XenMock
 import PCIModel
@@ -158,9 +159,8 @@ private func rateLimitLines(_ rig: Rig) -> [Int] {
     rig.recorded.compactMap { if case .aerRateLimited(let n, _) = $0 { return n }; return nil }
 }
 
-final class Counter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var n = 0
-    func add() { lock.lock(); n += 1; lock.unlock() }
-    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
+final class Counter: Sendable {
+    private let n = Mutex(0)
+    func add() { n.withLock { $0 += 1 } }
+    var value: Int { n.withLock { $0 } }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import XenMock
 import PCIModel
@@ -184,12 +185,12 @@ struct RequestTests {
         let rig = Rig()
         defer { rig.finish() }
         let (f, b) = try rig.connected(requestTimeout: .seconds(2))
-        var seen: [AERRequest] = []
-        let lock = NSLock()
-        f.setAERHandler(rich) { r in lock.lock(); seen.append(r); lock.unlock(); return r.command == .errorDetected ? .needReset : .recovered }
+        let requests = Mutex<[AERRequest]>([])
+        f.setAERHandler(rich) { r in requests.withLock { $0.append(r) }; return r.command == .errorDetected ? .needReset : .recovered }
         #expect(b.postAER(6, rich, channelState: 2) == AERResult.needReset.rawValue)
         #expect(b.postAER(9, rich) == AERResult.recovered.rawValue)
         #expect(b.postAER(6, addr("00:02.1")) == AERResult.none.rawValue, "no handler: NONE, as Linux")
+        let seen = requests.withLock { $0 }
         #expect(seen.map(\.command) == [.errorDetected, .slotReset] && seen.first?.channelState == 2)
         // An AER request posted while a (slow) config request is in flight is answered after it.
         b.behaviour.delay = .milliseconds(200)

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import XenMock
 import PCIModel
@@ -11,8 +12,8 @@ final class Rig {
     let hv = MockHypervisor()
     var backends: [FakeBackend] = []
     var frontends: [XPCIFrontend] = []
-    var events: [XPCIEvent] = []
-    let eventLock = NSLock()
+    /// What the frontends reported, from whichever thread.
+    let events = EventLog()
 
     static func addr(_ s: String) -> PCIAddress { try! PCIAddress(parsing: s) }
 
@@ -32,7 +33,7 @@ final class Rig {
                                      instance: instance, enableDecodeOnScan: decode)
         configure(&o)
         let f = try XPCIFrontend(hypervisor: hv.domain(1), options: o)
-        f.onEvent = { [unowned self] e in eventLock.lock(); events.append(e); eventLock.unlock() }
+        f.onEvent = { [events] e in events.append(e) }
         frontends.append(f)
         if attach { try f.attach() }
         return f
@@ -47,7 +48,7 @@ final class Rig {
         return (f, b)
     }
 
-    var recorded: [XPCIEvent] { eventLock.lock(); defer { eventLock.unlock() }; return events }
+    var recorded: [XPCIEvent] { events.all }
 
     func finish(sourceLocation: SourceLocation = #_sourceLocation) {
         for f in frontends { try? f.detach() }
@@ -116,4 +117,11 @@ func eventually(_ timeout: Duration = .seconds(5), _ cond: () -> Bool) -> Bool {
     let end = ContinuousClock.now + timeout
     while ContinuousClock.now < end { if cond() { return true }; usleep(2000) }
     return cond()
+}
+
+/// Events reported on any thread, read by the test.
+final class EventLog: Sendable {
+    private let events = Mutex<[XPCIEvent]>([])
+    func append(_ e: XPCIEvent) { events.withLock { $0.append(e) } }
+    var all: [XPCIEvent] { events.withLock { $0 } }
 }

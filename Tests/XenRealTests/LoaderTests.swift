@@ -42,8 +42,10 @@ struct LoaderTests {
         #expect(XenLibrary.gnttab.loadedSoname == "libxengnttab.so.1")
         #expect(XenLibrary.evtchn.loadedSoname == "libxenevtchn.so.1")
         #expect(XenLibrary.xenctrl.loadedSoname?.hasPrefix("libxenctrl.so.4.") == true)
-        #expect(xenpci_xenstore.xs_check_watch != nil && xenpci_xenctrl.xc_physdev_map_pirq_msi != nil)
-        #expect(xenpci_gnttab.xengntshr_share_pages != nil && xenpci_evtchn.xenevtchn_unmask != nil)
+        #expect(xenpci_xenstore_table()?.pointee.xs_check_watch != nil
+                && xenpci_xenctrl_table()?.pointee.xc_physdev_map_pirq_msi != nil)
+        #expect(xenpci_gnttab_table()?.pointee.xengntshr_share_pages != nil
+                && xenpci_evtchn_table()?.pointee.xenevtchn_unmask != nil)
         // Loading again is a no-op.
         try XenLibrary.xenstore.load()
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import XenReal
 import XenHypervisor
@@ -48,7 +49,7 @@ func errnoOf(_ body: () throws -> Void) -> Int32? {
 }
 
 /// A temporary directory removed at deinit.
-final class TempDir {
+final class TempDir: Sendable {
     let path: String
     init(_ name: String) {
         path = FileManager.default.temporaryDirectory.appendingPathComponent("xenpci-\(name)-\(getpid())-\(UUID().uuidString.prefix(8))").path
@@ -62,14 +63,14 @@ final class TempDir {
     func write(_ rel: String, bytes: [UInt8]) {
         let p = path + "/" + rel
         try! FileManager.default.createDirectory(atPath: (p as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: p, contents: Data(bytes))
+        _ = FileManager.default.createFile(atPath: p, contents: Data(bytes))
     }
     deinit { try? FileManager.default.removeItem(atPath: path) }
 }
 
 /// One real xenstored for the whole test process, started on first use by
 /// tools/xenstored-test/start-xenstored.sh and stopped at exit.
-final class Xenstored: @unchecked Sendable {
+final class Xenstored: Sendable {
     static let shared = Xenstored()
     let socket: String?
     let reason: String
@@ -85,11 +86,11 @@ final class Xenstored: @unchecked Sendable {
         if r.status == 0, let s = value("SOCKET"), let pid = value("PID").flatMap({ pid_t($0) }) {
             socket = s
             reason = "xenstored \(value("XENSTORED") ?? "") at \(s)"
-            xenstoredPid = pid
-            xenstoredWork = work.path
+            xenstoredAtExit.withLock { $0 = (pid, work.path) }
             atexit {
-                if xenstoredPid > 0 { kill(xenstoredPid, SIGTERM) }
-                if let w = xenstoredWork { try? FileManager.default.removeItem(atPath: w) }
+                let (pid, work) = xenstoredAtExit.withLock { $0 }
+                if pid > 0 { kill(pid, SIGTERM) }
+                if let w = work { try? FileManager.default.removeItem(atPath: w) }
             }
         } else if r.status == 2 {
             socket = nil
@@ -107,5 +108,5 @@ final class Xenstored: @unchecked Sendable {
     }
 }
 
-nonisolated(unsafe) var xenstoredPid: pid_t = 0
-nonisolated(unsafe) var xenstoredWork: String?
+/// What the exit handler stops and removes (a C function pointer: no captures).
+let xenstoredAtExit = Mutex<(pid: pid_t, work: String?)>((0, nil))

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import XenMock
 @testable import XenToolstack
@@ -8,12 +9,20 @@ import XenPCIABI
 import PCIModel
 
 /// Records the libxenctrl calls the toolstack would make; can fail one.
-final class RecordingPermissions: PassthroughPermissions, @unchecked Sendable {
-    var calls: [String] = []
-    var failOn: String?
+final class RecordingPermissions: PassthroughPermissions, Sendable {
+    private struct State { var calls: [String] = []; var failOn: String? }
+    private let state = Mutex(State())
+    var calls: [String] {
+        get { state.withLock { $0.calls } }
+        set { state.withLock { $0.calls = newValue } }
+    }
+    var failOn: String? {
+        get { state.withLock { $0.failOn } }
+        set { state.withLock { $0.failOn = newValue } }
+    }
     private func note(_ s: String) throws {
-        calls.append(s)
-        if let f = failOn, s.hasPrefix(f) { throw XenError(EPERM, s) }
+        let f = state.withLock { $0.calls.append(s); return $0.failOn }
+        if let f, s.hasPrefix(f) { throw XenError(EPERM, s) }
     }
     func assignDevice(_ d: PCIAddress, to guest: DomID, relaxedRDM: Bool) throws { try note("assign \(d) dom\(guest) relaxed=\(relaxedRDM)") }
     func deassignDevice(_ d: PCIAddress, from guest: DomID) throws { try note("deassign \(d) dom\(guest)") }
@@ -31,20 +40,19 @@ final class RecordingPermissions: PassthroughPermissions, @unchecked Sendable {
 /// A backend that only answers Reconfiguring: on backend state 7 it writes
 /// 4 again (what pciback and pcifront end with after 7/8), and remembers
 /// which `state-N` values it saw then.
-final class FakeBackend: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stopped = false
-    private var seenStorage: [String] = []
-    var seen: [String] { lock.withLock { seenStorage } }
+final class FakeBackend: Sendable {
+    private let stopped = Atomic(false)
+    private let seenStorage = Mutex<[String]>([])
+    var seen: [String] { seenStorage.withLock { $0 } }
     private let done = DispatchSemaphore(value: 0)
 
     init(_ xs: XenStore, _ be: String) {
         Thread.detachNewThread { [self] in
-            while !lock.withLock({ stopped }) {
+            while !stopped.load(ordering: .sequentiallyConsistent) {
                 if (try? xs.readIfPresent(be + "/state")) == "7" {
                     let n = Int((try? xs.readIfPresent(be + "/num_devs")) ?? nil ?? "0") ?? 0
                     let states = (0..<n).map { (try? xs.readIfPresent(be + "/state-\($0)")) ?? nil ?? "-" }
-                    lock.withLock { seenStorage.append("7 with state-N \(states.joined(separator: ","))") }
+                    seenStorage.withLock { $0.append("7 with state-N \(states.joined(separator: ","))") }
                     try? xs.write(be + "/state", "4")
                 }
                 usleep(2000)
@@ -54,7 +62,7 @@ final class FakeBackend: @unchecked Sendable {
     }
 
     func stop() {
-        lock.withLock { stopped = true }
+        stopped.store(true, ordering: .sequentiallyConsistent)
         done.wait()
     }
 }
