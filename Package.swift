@@ -64,25 +64,12 @@ let package = Package(
                                                      .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "XenRealTests", dependencies: ["CXenLibs", "XenPCIABI", "XenHypervisor", "PCIModel", "XenReal", "XenToolstack", "XenMock"]),
     ],
-    // Swift 5 mode by default; the targets in `swift6Targets` below are in
-    // Swift 6 mode (complete concurrency checking). Memory another domain
-    // writes (SharedPage) is beyond the Sendable checker: the C shim supplies
-    // the atomics and barriers for it.
-    swiftLanguageModes: [.v5]
+    // Swift 6 language mode: complete concurrency checking everywhere.
+    // Memory another domain writes (SharedPage) is beyond the Sendable
+    // checker: the C shim supplies the atomics and barriers for it.
+    swiftLanguageModes: [.v6]
 )
 
-// Swift 6 language mode (complete concurrency checking), target by target;
-// PCIBack, xenpci, xenpci-bench, PCIBackTests and CLITests are not yet.
-let swift6Targets: Set<String> = [
-    "XenPCIABI", "PCIModel", "PCIHost", "XenHypervisor", "XenMock", "XenReal", "XenToolstack", "XPCI", "xenpci-fuzz",
-    "XenPCIABITests", "XenMockTests", "PCIModelTests", "PCIHostTests", "XPCITests", "PairTests", "XenRealTests",
-]
-
-// Each Swift file imports what it uses, extension members included: without
-// this a member of a module imported elsewhere in the target leaks through.
 for t in package.targets where !["CXenPCI", "CXenPCISoftc", "CXenLibs"].contains(t.name) {
     t.swiftSettings = (t.swiftSettings ?? []) + [.enableUpcomingFeature("MemberImportVisibility")]
-    if swift6Targets.contains(t.name) {
-        t.swiftSettings = (t.swiftSettings ?? []) + [.swiftLanguageMode(.v6)]
-    }
 }

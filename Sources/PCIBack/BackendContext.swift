@@ -50,7 +50,7 @@ final class BackendContext {
         held = HeldPorts(evtchn: evtchn)
         deviceWork = DeviceWork(workers: options.serviceThread)
         state = StateWriter(store: registry.store, background: options.serviceThread)
-        state.failed = { [loop, unowned self] why in loop.post { self.emit(.error(nil, "saving state: \(why)")) } }
+        state.failed = { [loop, me = LoopBound(Unowned(self), loop)] why in loop.post { me.value.object.emit(.error(nil, "saving state: \(why)")) } }
     }
 
     /// The connection bound to `port`, if its pbx_evtchn still names it.
@@ -101,25 +101,32 @@ final class BackendContext {
     private func startReset(_ d: ClaimedDevice) {
         d.heldByWorker = true
         let job = d.resetJob()
-        deviceWork.submit { [self] in
+        let back = LoopBound((self, d), loop)
+        deviceWork.submit { [loop] in
             let result = Result { try job() }
-            loop.post { [self] in
-                let installed = result.flatMap { _ in Result { try ConfigMediation(device: d.access, golden: d.golden) } }
-                d.resetting = false
-                d.heldByWorker = false
-                switch installed {
-                case .success(let m):
-                    if d.guest != nil { m.permissive = d.mediation.permissive }
-                    d.mediation = m
-                case .failure(let e):
-                    emit(.error(d.guest, "\(d.address): reset: \(e)"))
-                }
-                d.becameIdle()
-                persist()
-                resetDone()
-                resetFinished()
+            loop.post {
+                let (ctx, d) = back.value
+                ctx.finishReset(d, result)
             }
         }
+    }
+
+    /// A worker's reset is done (owner): the function is ours again.
+    private func finishReset(_ d: ClaimedDevice, _ result: Result<Void, Error>) {
+        let installed = result.flatMap { _ in Result { try ConfigMediation(device: d.access, golden: d.golden) } }
+        d.resetting = false
+        d.heldByWorker = false
+        switch installed {
+        case .success(let m):
+            if d.guest != nil { m.permissive = d.mediation.permissive }
+            d.mediation = m
+        case .failure(let e):
+            emit(.error(d.guest, "\(d.address): reset: \(e)"))
+        }
+        d.becameIdle()
+        persist()
+        resetDone()
+        resetFinished()
     }
 
     /// Waiters go on once no function is being reset (owner).
@@ -175,4 +182,11 @@ final class BackendContext {
             emit(.error(d.guest, "\(d.address): release MSI-X: \(error)"))
         }
     }
+}
+
+/// An unowned reference, to carry in a `LoopBound` without keeping the
+/// object alive.
+struct Unowned<T: AnyObject> {
+    unowned let object: T
+    init(_ o: T) { object = o }
 }

@@ -4,7 +4,7 @@ import PCIHost
 
 /// A host PCI function as the backend reaches it. The same code serves a
 /// live Linux `/sys` and a fixture tree shaped like it.
-public protocol PCIDeviceAccess: AnyObject {
+public protocol PCIDeviceAccess: AnyObject, Sendable {
     var address: PCIAddress { get }
     /// 256 or 4096.
     var configSize: Int { get }

@@ -15,7 +15,9 @@ import PCIHost
 /// That thread owns the state: other threads claim, release, list and raise
 /// AER by handing it jobs (`ServiceLoop`), and do their slow device work
 /// (resets) on their own threads.
-public final class PCIBack {
+// Sendable: callable from any thread; its state is reached only through
+// `loop` (submit, post), which runs the work on the thread that is the loop.
+public final class PCIBack: @unchecked Sendable {
     public enum Topology: String, Sendable { case vpci, passthrough }
 
     public struct Options: Sendable {

@@ -88,7 +88,7 @@ func isolationRun(_ attack: Attack, seconds: Double) throws -> IsolationResult {
     let stop = Atomic<Bool>(false)
     let actions = Atomic<Int>(0)
     let group = DispatchGroup()
-    func loop(_ body: @escaping () -> Void) {
+    func loop(_ body: @escaping @Sendable () -> Void) {
         group.enter()
         Thread {
             asGuestVCPU()
@@ -98,20 +98,20 @@ func isolationRun(_ attack: Attack, seconds: Double) throws -> IsolationResult {
     }
     let xsA = try rig.hv.domain(1).openXenStore()
     let stateNode = "/local/domain/1/device/pci/0/state"
-    var closed = false
+    let closed = Atomic<Bool>(false)
     switch attack {
     case .resetLoop:
         loop {
-            closed.toggle()
-            try? xsA.write(stateNode, closed ? "6" : "3")
+            let c = !closed.load(ordering: .relaxed)
+            closed.store(c, ordering: .relaxed)
+            try? xsA.write(stateNode, c ? "6" : "3")
             usleep(20_000)
         }
         if let b, let bAddr = b.devices.first?.address { loop { _ = try? b.configRead(bAddr, offset: 0, size: 4) } }
     case .pmToggle:
-        var d3 = false
         loop {
-            d3.toggle()
-            try? a.configWrite(aAddr, offset: pmcsrOffset, size: 2, value: d3 ? 3 : 0)
+            try? a.configWrite(aAddr, offset: pmcsrOffset, size: 2, value: 3) // D3hot
+            try? a.configWrite(aAddr, offset: pmcsrOffset, size: 2, value: 0) // D0
         }
     case .closeTwice:
         loop {

@@ -35,7 +35,8 @@ func runLoad(_ args: [String]) -> Int32 {
     }
 }
 
-final class LoadTest {
+// Sendable: its workers' counters and failures are under `lock`; the rest is set before they start.
+final class LoadTest: @unchecked Sendable {
     let guests: Int, perGuest: Int, requests: Int, seed: UInt64
     let rig: Rig
     let lock = NSLock()

@@ -54,7 +54,7 @@ struct Config {
 }
 
 /// Section 5 (also `--isolation` alone): one line per attack.
-func runIsolation() throws -> [String] {
+@MainActor func runIsolation() throws -> [String] {
     var isolationLines: [String] = []
     progress("isolation: guest C reads every ms on its own function while guest A attacks its own (device models that block as the kernel's)")
     var isolationAllMet = true
@@ -110,7 +110,7 @@ struct Figure: Codable {
 
 var figures: [Figure] = []
 
-func add(_ name: String, _ unit: String, _ runs: [Double], ratio: Double? = nil, to: String? = nil,
+@MainActor func add(_ name: String, _ unit: String, _ runs: [Double], ratio: Double? = nil, to: String? = nil,
          target: String? = nil, met: Bool? = nil) {
     figures.append(Figure(name: name, unit: unit, median: median(runs), runs: runs, ratio: ratio, ratioTo: to, target: target, met: met))
 }

@@ -10,7 +10,9 @@ import XenPCIABI
 /// One machine on the mock hypervisor: dom0 runs pciback on devices from a
 /// `DeviceSource`, a toolstack writes xenstore as libxl does, and dom1 runs
 /// xpci. State changes are printed as they happen. This is `xenpci demo`.
-final class MockHost: HostControls {
+// Sendable: its handlers run on the backend's and the frontend's threads and
+// touch only the console (locked) and `lastFront` (the frontend's thread's).
+final class MockHost: HostControls, @unchecked Sendable {
     let hv = MockHypervisor()
     let guest: DomID = 1
     let console: Console

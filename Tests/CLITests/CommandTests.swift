@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import xenpci
 import PCIBack
@@ -160,17 +161,16 @@ import XenPCIABI
         p.standardOutput = FileHandle.nullDevice
         try p.run()
         // A reader thread collects stderr; the test polls it (never blocks on the pipe).
-        let lock = NSLock()
-        var collected = Data()
+        let collected = Mutex(Data())
         let reader = Thread {
             while true {
                 let d = err.fileHandleForReading.availableData
                 if d.isEmpty { break }
-                lock.lock(); collected += d; lock.unlock()
+                collected.withLock { $0 += d }
             }
         }
         reader.start()
-        func text() -> String { lock.lock(); defer { lock.unlock() }; return String(decoding: collected, as: UTF8.self) }
+        func text() -> String { collected.withLock { String(decoding: $0, as: UTF8.self) } }
         let end = Date().addingTimeInterval(20)
         while !text().contains("SIGINT or SIGTERM stops it") && Date() < end { usleep(10_000) }
         kill(p.processIdentifier, SIGTERM)

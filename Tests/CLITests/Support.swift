@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import xenpci
 import PCIBack
@@ -75,12 +76,13 @@ func run(_ exe: String, _ args: [String], input: String = "", prefix: [String] =
     inp.fileHandleForWriting.write(Data(input.utf8))
     try inp.fileHandleForWriting.close()
     // Read both pipes while it runs, so a full pipe never blocks it.
-    var o = Data(), e = Data()
+    let read = Mutex((o: Data(), e: Data()))
     let g = DispatchGroup()
-    g.enter(); DispatchQueue.global().async { o = out.fileHandleForReading.readDataToEndOfFile(); g.leave() }
-    g.enter(); DispatchQueue.global().async { e = err.fileHandleForReading.readDataToEndOfFile(); g.leave() }
+    g.enter(); DispatchQueue.global().async { let d = out.fileHandleForReading.readDataToEndOfFile(); read.withLock { $0.o = d }; g.leave() }
+    g.enter(); DispatchQueue.global().async { let d = err.fileHandleForReading.readDataToEndOfFile(); read.withLock { $0.e = d }; g.leave() }
     p.waitUntilExit()
     g.wait()
+    let (o, e) = read.withLock { $0 }
     let r = RunResult(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
     capturedOutput.add(r.stdout + r.stderr)
     return r

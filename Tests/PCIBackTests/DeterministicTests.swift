@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import PCIBack
 import XenMock
@@ -153,14 +154,15 @@ struct AERTests {
     func disconnectDuringWait() throws {
         let (h, f) = try connected([Fixture.e1000])
         let done = DispatchSemaphore(value: 0)
-        var outcome: Error?
+        let result = Mutex<Error?>(nil)
         Thread {
-            do { _ = try h.back.raiseAER(Fixture.e1000, .aerDetected, timeout: .seconds(20)) } catch { outcome = error }
+            do { _ = try h.back.raiseAER(Fixture.e1000, .aerDetected, timeout: .seconds(20)) } catch { result.withLock { $0 = error } }
             done.signal()
         }.start()
         #expect(eventually("the request posted") { f.page.flags & XenPCI.backendActive != 0 })
         try f.setState(.closing)
         #expect(done.wait(timeout: .now() + 5) == .success, "raiseAER returned after the disconnect")
+        let outcome = result.withLock { $0 }
         if case .notConnected? = outcome as? PCIBackError {} else { Issue.record("expected notConnected, got \(String(describing: outcome))") }
         f.close()
         h.expectClean()

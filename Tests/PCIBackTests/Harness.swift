@@ -34,7 +34,8 @@ func eventually(_ what: String, timeout: Duration = .seconds(3), _ cond: () thro
 
 /// A mock host with dom0 running the backend and guests, a toolstack that
 /// writes xenstore as libxl does, and fixture devices in memory.
-final class Harness {
+// Sendable: tests hand it to threads; its event list is under `eventLock`.
+final class Harness: @unchecked Sendable {
     let hv = MockHypervisor()
     let dom0: MockDomain
     let toolstack: XenStore
@@ -182,7 +183,8 @@ final class Harness {
 
 /// A guest's frontend reduced to the wire: it grants the page, allocates
 /// the port, writes the keys, and posts raw requests into the shared page.
-final class RawFrontend {
+// Sendable: a test's thread uses it while the test waits for that thread.
+final class RawFrontend: @unchecked Sendable {
     let dom: DomID
     let xs: XenStore
     let gs: GrantSharing

@@ -36,7 +36,7 @@ struct OwnershipTests {
         return GatedResetDevice(try MemoryPCIDevice(copying: source, as: PCIAddress(bus: bus, device: 0, function: 0)))
     }
 
-    func inThread(_ body: @escaping () throws -> Void) -> (done: DispatchSemaphore, error: () -> Error?) {
+    func inThread(_ body: @escaping @Sendable () throws -> Void) -> (done: DispatchSemaphore, error: () -> Error?) {
         let done = DispatchSemaphore(value: 0)
         let failure = Mutex<Error?>(nil)
         Thread.detachNewThread {
