@@ -52,8 +52,23 @@ ev "after SIGUSR1 + restart: $(count_ok) good blocks"
 # 3 (issue 14): the pool changed at run time through the control socket
 # while the guest keeps working; status --json read back.
 X=0000:00:06.1
-nsr=""; [ -e /sys/bus/pci/devices/$X/reset ] || nsr=--no-strict-reset   # no reset method: say so
-"$XENPCI" assignable-add $nsr $X > /tmp/xt/admin.log 2>&1 || { cat /tmp/xt/admin.log; fail "xenpci assignable-add $nsr $X failed"; }
+# The backend's configuration file (/etc/xenpci.conf on Xen): a bad one is
+# refused whole by `reload` (exit 78, every error, nothing changed); a good
+# one claims X. Removed at once: later scenarios' backends must not read it.
+nsr=off; [ -e /sys/bus/pci/devices/$X/reset ] || nsr=on   # no reset method: say so
+trap 'rm -f /etc/xenpci.conf' EXIT
+printf '[%s]\npermissive = maybe\n[0000:00:1f.7]\n' $X > /etc/xenpci.conf
+"$XENPCI" reload > /tmp/xt/reload.txt 2>&1; rc=$?
+[ $rc = 78 ] || fail "reload of a bad file exited $rc, not 78: $(tr '\n' ' ' < /tmp/xt/reload.txt)"
+grep -q 'nothing changed' /tmp/xt/reload.txt || fail "reload of a bad file did not say nothing changed: $(tr '\n' ' ' < /tmp/xt/reload.txt)"
+[ "$(grep -c '/etc/xenpci.conf:[0-9]*:' /tmp/xt/reload.txt)" -ge 2 ] || fail "reload did not list both errors: $(tr '\n' ' ' < /tmp/xt/reload.txt)"
+"$XENPCI" assignable-list 2>&1 | grep -q "$X" && fail "a refused reload claimed $X"
+ev "reload of a bad file (exit $rc): $(tr '\n' ' ' < /tmp/xt/reload.txt)"
+printf '[%s]\nno-strict-reset = %s\n' $X $nsr > /etc/xenpci.conf
+"$XENPCI" reload > /tmp/xt/reload.txt 2>&1 || fail "reload of a good file failed: $(tr '\n' ' ' < /tmp/xt/reload.txt)"
+grep -q "claimed $X" /tmp/xt/reload.txt || fail "reload did not claim $X: $(tr '\n' ' ' < /tmp/xt/reload.txt)"
+ev "reload: $(tr '\n' ' ' < /tmp/xt/reload.txt)"
+rm -f /etc/xenpci.conf
 "$XENPCI" assignable-list > /tmp/xt/alist.txt 2>&1
 grep -q "$X" /tmp/xt/alist.txt || fail "assignable-list does not show $X: $(cat /tmp/xt/alist.txt | tr '\n' ' ')"
 ev "assignable-list after assignable-add $X: $(tr '\n' ' ' < /tmp/xt/alist.txt)"
@@ -61,6 +76,10 @@ ev "assignable-list after assignable-add $X: $(tr '\n' ' ' < /tmp/xt/alist.txt)"
 "$XENPCI" quirk add $X-0x44:4:0xffffffff > /tmp/xt/admin.log 2>&1 || { cat /tmp/xt/admin.log; fail "xenpci quirk add $X-0x44:4:0xffffffff failed"; }
 if "$XENPCI" quirk add $X-0x10:4:0xffffffff > /tmp/xt/q.txt 2>&1; then fail "a quirk over BAR0 was accepted"; fi
 ev "quirk over BAR0 refused: $(cat /tmp/xt/q.txt)"
+"$XENPCI" status "$domid" > /tmp/xt/status-dom.txt 2>&1 || fail "xenpci status $domid failed: $(head -c 300 /tmp/xt/status-dom.txt)"
+grep -q "${D#0000:}\|$D" /tmp/xt/status-dom.txt || fail "status $domid does not list $D: $(tr '\n' ' ' < /tmp/xt/status-dom.txt)"
+grep -q "${X#0000:}\|$X" /tmp/xt/status-dom.txt && fail "status $domid lists $X, which no guest holds"
+ev "status $domid: $(tr '\n' '|' < /tmp/xt/status-dom.txt)"
 "$XENPCI" status --json > /tmp/xt/status.json 2>&1 || fail "xenpci status --json failed: $(head -c 300 /tmp/xt/status.json)"
 ev "status --json: $(head -c 600 /tmp/xt/status.json)"
 grep -q "\"$D\"" /tmp/xt/status.json && grep -q '"msixPirqs"' /tmp/xt/status.json && grep -q '"interruptMode" *: *"msix"' /tmp/xt/status.json \
