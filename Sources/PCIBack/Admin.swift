@@ -13,7 +13,7 @@ public struct AdminFunctionStatus: Sendable {
     public var statistics: DeviceStatistics
 }
 
-/// The administrator's run-time control (issue 14): compound operations on
+/// The administrator's run-time control: compound operations on
 /// the pool built from claim/release/quirk calls. Each is all or nothing: a
 /// command that cannot complete changes nothing. Checks and changes run as
 /// jobs on the service thread (which owns the state); the resets in between

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import PCIModel
 import PCIHost
 
@@ -66,7 +67,7 @@ public let stubDrivers: Set<String> = ["pciback", "xen-pciback", "pci-stub", "vf
 /// A function under `<root>/bus/pci/devices/<BDF>`. With `inMemory` the
 /// config space is loaded once and writes change only the copy (fixture
 /// trees, the demo); otherwise reads and writes go to the `config` file.
-public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
+public final class SysfsPCIDevice: PCIDeviceAccess {
     public let address: PCIAddress
     public let path: String
     public let configSize: Int
@@ -75,15 +76,18 @@ public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
     public let driver: String?
     public let physicalFunction: PCIDeviceAccess?
     public let identity: (vendor: UInt16, device: UInt16)?
-    private let lock = NSLock()
-    private var memory: ConfigSpace?
-    private var pristine: ConfigSpace?
-    private var fd: Int32 = -1
+    /// A function held in memory: its config space (the lock guards the
+    /// copy, not any I/O), and what a reset puts back.
+    private let memory: Mutex<ConfigSpace?>
+    private let inMemory: Bool
+    private let pristine: ConfigSpace?
+    private let fd: Int32
     /// The file config accesses of a live function go through (see init);
     /// nil for a function held in memory.
-    public private(set) var configFile: String?
-    private(set) public var accessCount = 0
-    private(set) public var resetCount = 0
+    public let configFile: String?
+    private let accesses = Atomic<Int>(0), resets = Atomic<Int>(0)
+    public var accessCount: Int { accesses.load(ordering: .relaxed) }
+    public var resetCount: Int { resets.load(ordering: .relaxed) }
 
     public init(root: String, address: PCIAddress, inMemory: Bool) throws {
         self.address = address
@@ -125,19 +129,27 @@ public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
             guard let data = fm.contents(atPath: path + "/config"), data.count >= 64 else {
                 throw PCIBackError.badDevice("\(address): \(path)/config is unreadable or shorter than the 64-byte header")
             }
-            memory = ConfigSpace(bytes: Array(data.prefix(4096)))
-            pristine = memory
+            let cs = ConfigSpace(bytes: Array(data.prefix(4096)))
+            memory = Mutex(cs)
+            self.inMemory = true
+            pristine = cs
+            fd = -1
+            configFile = nil
             configSize = data.count >= 4096 ? 4096 : 256
         } else {
             // On the live system, procfs's file for the function: the same
             // kernel accessor and checks as sysfs `config` without kernfs
             // around it; a 4-byte read was 11-55 % cheaper in 7 of 8 timings
-            // in a PV dom0 under TCG (issue 16, docs/PERFORMANCE.md). Else sysfs's.
+            // in a PV dom0 under TCG (docs/PERFORMANCE.md). Else sysfs's.
             let proc = Self.procConfigPath(address)
             let file = root == "/sys" && fm.fileExists(atPath: proc) ? proc : path + "/config"
-            fd = open(file, O_RDWR | O_CLOEXEC)
-            if fd < 0 { fd = open(file, O_RDONLY | O_CLOEXEC) }
-            guard fd >= 0 else { throw PCIBackError.badDevice("\(address): open \(file): \(String(cString: strerror(errno)))") }
+            var f = open(file, O_RDWR | O_CLOEXEC)
+            if f < 0 { f = open(file, O_RDONLY | O_CLOEXEC) }
+            guard f >= 0 else { throw PCIBackError.badDevice("\(address): open \(file): \(String(cString: strerror(errno)))") }
+            fd = f
+            memory = Mutex(nil)
+            self.inMemory = false
+            pristine = nil
             configFile = file
             let st = lseek(fd, 0, SEEK_END)
             configSize = st >= 4096 ? 4096 : 256
@@ -155,9 +167,8 @@ public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
 
     public func readConfig(_ offset: Int, _ size: Int) throws -> UInt32 {
         try check(offset, size)
-        lock.lock(); defer { lock.unlock() }
-        accessCount += 1
-        if let m = memory { return m.read(offset, size) }
+        accesses.wrappingAdd(1, ordering: .relaxed)
+        if inMemory { return memory.withLock { $0!.read(offset, size) } }
         var v: UInt32 = 0
         let n = pread(fd, &v, size, off_t(offset))
         guard n == size else { throw PCIBackError.hardware("\(address): read config 0x\(hex(offset, 3))/\(size): \(String(cString: strerror(errno)))") }
@@ -166,18 +177,16 @@ public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
 
     public func writeConfig(_ offset: Int, _ size: Int, _ value: UInt32) throws {
         try check(offset, size)
-        lock.lock(); defer { lock.unlock() }
-        accessCount += 1
-        if memory != nil { memory!.write(offset, size, value); return }
+        accesses.wrappingAdd(1, ordering: .relaxed)
+        if inMemory { memory.withLock { $0!.write(offset, size, value) }; return }
         var v = value.littleEndian
         let n = pwrite(fd, &v, size, off_t(offset))
         guard n == size else { throw PCIBackError.hardware("\(address): write config 0x\(hex(offset, 3))/\(size): \(String(cString: strerror(errno)))") }
     }
 
     public func readConfigSpace() throws -> ConfigSpace {
-        lock.lock(); defer { lock.unlock() }
-        accessCount += configSize / 4
-        if let m = memory { return m }
+        accesses.wrappingAdd(configSize / 4, ordering: .relaxed)
+        if inMemory { return memory.withLock { $0! } }
         var bytes = [UInt8](repeating: 0, count: configSize)
         let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, configSize, 0) }
         guard n == configSize else {
@@ -196,9 +205,8 @@ public final class SysfsPCIDevice: PCIDeviceAccess, @unchecked Sendable {
     }
 
     public func reset() throws {
-        lock.lock(); defer { lock.unlock() }
-        resetCount += 1
-        if memory != nil { memory = pristine; return }
+        resets.wrappingAdd(1, ordering: .relaxed)
+        if inMemory { memory.withLock { $0 = pristine }; return }
         // Linux has no `reset` file for a function without a reset method
         // (no FLR, no PM reset, alone on a root bus: most devices of a
         // virtual machine), and answers ENOTTY when every method declines.

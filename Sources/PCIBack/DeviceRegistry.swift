@@ -13,7 +13,7 @@ final class DeviceRegistry {
     /// Reserved while their claim's device I/O runs: no second claim.
     var claiming: Set<PCIAddress> = []
     /// Where the state a restarted backend needs is kept (nil: nowhere; a
-    /// restart then resets every function, as before issue 13).
+    /// restart then resets every function).
     let store: BackendStateStore?
     /// What the previous backend saved, by function; taken at claim.
     private var recovered: [PCIAddress: PersistedState.Device] = [:]

@@ -31,7 +31,7 @@ public final class PCIBack: @unchecked Sendable {
         /// the guest's port is left masked for `floodPause`.
         public var spuriousLimit = 256
         public var floodPause: Duration = .milliseconds(20)
-        /// Adaptive mode (issue 9, docs/PERFORMANCE.md): before unmasking the
+        /// Adaptive mode (docs/PERFORMANCE.md): before unmasking the
         /// ports of the guests just served and blocking in poll, spin this
         /// long watching their bit 0 (`HeldPorts`). Zero (the default)
         /// unmasks and blocks at once.

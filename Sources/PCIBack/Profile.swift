@@ -1,6 +1,6 @@
 import Foundation
 
-/// `xenpci backend --profile` (issue 16): where a request's time goes on the
+/// `xenpci backend --profile`: where a request's time goes on the
 /// service thread. Monotonic timestamps at four points: poll() returning,
 /// the request taken (GuestConnection.evthandler), the reply ready, the
 /// notify done. Off by default, each hook is then one load and a branch.

@@ -2,7 +2,7 @@ import Foundation
 import PCIModel
 import Synchronization
 
-/// What a restarted backend needs and xenstore cannot tell it (issue 13):
+/// What a restarted backend needs and xenstore cannot tell it:
 /// per claimed function, the golden state saved at claim (the hardware now
 /// holds the guest's changes), whether Xen has its MSI-X table, which guest
 /// holds it under which address, and the pirqs mapped for that guest.

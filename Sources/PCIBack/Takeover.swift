@@ -3,7 +3,7 @@ import PCIModel
 import XenHypervisor
 import XenPCIABI
 
-/// Restart without harm (issue 13): a backend that starts while guests use
+/// Restart without harm: a backend that starts while guests use
 /// functions a previous backend served takes them over as they are. A
 /// function a running guest holds is never reset at claim; its golden state
 /// and pirqs come from the state the previous backend saved.

@@ -1,4 +1,4 @@
-/// The AER rate limit's bookkeeping (issue 13): a backend that posts AER
+/// The AER rate limit's bookkeeping: a backend that posts AER
 /// requests in a loop must neither keep the guest's handler running nor
 /// flood the log. A fixed window holds `burst` tokens; a request without a
 /// token is refused. Refusals are reported as at most two lines a window:

@@ -38,7 +38,7 @@ public final class XPCIFrontend: @unchecked Sendable {
         public var enableDecodeOnScan: Bool = true
         /// Upper bound accepted for the backend's `root_num`.
         public var maxRoots: Int = 256
-        /// Adaptive mode (issue 9, docs/PERFORMANCE.md): after notifying,
+        /// Adaptive mode (docs/PERFORMANCE.md): after notifying,
         /// spin on the flag word this long before blocking on the event
         /// channel. Zero (the default) blocks at once.
         public var spinBeforeBlock: Duration = .zero
@@ -47,7 +47,7 @@ public final class XPCIFrontend: @unchecked Sendable {
         /// `drain()`, on its own thread, when it chooses (like NIO's
         /// EmbeddedEventLoop). For tests and fuzzing; real use keeps true.
         public var xenbusThread: Bool = true
-        /// How many backend AER requests run the handler (issue 13).
+        /// How many backend AER requests run the handler.
         public var aerRateLimit = AERRateLimit()
 
         public init(requestTimeout: Duration = .seconds(2), connectTimeout: Duration = .seconds(10),
@@ -260,7 +260,7 @@ public final class XPCIFrontend: @unchecked Sendable {
     func xenbusThread() {
         defer { threadDone.signal() }
         guard let store = xs, let ev = evtchn else { return }
-        // Issue 9 (docs/PERFORMANCE.md): while requests are in flight every
+        // (docs/PERFORMANCE.md) While requests are in flight every
         // reply is an event the requester takes itself; waking here for each
         // one and queueing on opLock cost two context switches and a futex
         // wake per request. So when the event channel fires during a request

@@ -228,7 +228,7 @@ extension XPCIFrontend {
     /// pending event; if the backend posted an AER request, answer it outside
     /// the lock (the handler may issue config requests).
     /// With `unlessBusy`, returns `.busy` at once when a request is in
-    /// flight (its requester takes the event; issue 9).
+    /// flight (its requester takes the event).
     @discardableResult
     func serviceEvents(unlessBusy: Bool = false) -> ServiceResult {
         if unlessBusy { guard opLock.try() else { return .busy } } else { opLock.lock() }
@@ -246,7 +246,7 @@ extension XPCIFrontend {
 
     enum ServiceResult { case busy, idle, answeredAER }
 
-    /// The rate limit (issue 13): true when this AER request may run the
+    /// The rate limit: true when this AER request may run the
     /// handler. A refused one is answered `disconnect` (no recovery was
     /// attempted) and counted; the report lines are emitted outside the lock.
     func admitAER() -> Bool {

@@ -8,7 +8,7 @@ import XenPCIABI
 /// descriptor readable is made after the lock is released
 /// (`MockHypervisor.locked`), so the woken reader, whose first step is to
 /// take the lock, does not find it held by the writer (a futex wait and
-/// wake per event, issue 16).
+/// wake per event).
 final class ReadySignal {
     let fd: Int32
     /// Writes decided and not yet read back. While above zero the

@@ -7,7 +7,7 @@ import XenPCIABI
 ///
 /// Every operation on the mock comes here, and in the fuzzers it runs under
 /// coverage instrumentation and ASan, where each comparison our code makes
-/// is a call and each allocation records a stack (issue 13). So: a path is
+/// is a call and each allocation records a stack. So: a path is
 /// checked in one branch-free scan (the byte loop that did it was a tenth
 /// of the xenstore target's time), a node is found with one hash lookup and
 /// changed in place through its index, and a read or a write to an existing

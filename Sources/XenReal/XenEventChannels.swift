@@ -79,7 +79,7 @@ public final class XenEventChannels: EventChannels {
     /// Every port the device has ready, up to `max`, in one read(2) of its
     /// fd (Linux's evtchn device returns as many 4-byte ports as the buffer
     /// holds); libxenevtchn's pending reads one per call, and in a PV dom0
-    /// each system call goes through Xen (docs/PERFORMANCE.md, issue 16).
+    /// each system call goes through Xen (docs/PERFORMANCE.md).
     public func pendingBatch(max: Int) throws -> [EvtchnPort] {
         guard max > 0 else { return [] }
         _ = try h("xenevtchn_pending", "")

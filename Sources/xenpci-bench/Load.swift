@@ -7,7 +7,7 @@ import XenToolstack
 import XenPCIABI
 import XenHypervisor
 
-/// issue 8's load: G guests x D devices, N config reads each, with random
+/// The load test: G guests x D devices, N config reads each, with random
 /// hot-remove/re-add and guest restarts. Every reply is checked against
 /// the bytes of the device it was meant for, so a lost or mixed reply
 /// cannot pass; the mock's leak check and RSS bound the end.

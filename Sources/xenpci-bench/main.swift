@@ -1,4 +1,4 @@
-// xenpci-bench: issue 9. Everything in ONE invocation, runs interleaved, so
+// xenpci-bench: everything in ONE invocation, runs interleaved, so
 // that the ratios to the C reference are fair on a noisy shared machine.
 // See docs/PERFORMANCE.md for the method.
 import Foundation
@@ -418,7 +418,7 @@ for f in figures {
     print(pad(f.name, nameWidth) + "  " + pad(fmt(f.median), 10) + pad(f.unit, 12) + pad(ratio, 20) + pad(target, 32)
           + f.runs.map(fmt).joined(separator: " "))
 }
-// Issue 16: the event-driven ratio, and where the difference goes (the
+// The event-driven ratio, and where the difference goes (the
 // medians of the runs' CPU per round trip, both threads of each side).
 do {
     let du = median(oursUser) - median(cEventUser), ds = median(oursSystem) - median(cEventSystem)
