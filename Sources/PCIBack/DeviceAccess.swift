@@ -78,7 +78,7 @@ public final class SysfsPCIDevice: PCIDeviceAccess {
     public let identity: (vendor: UInt16, device: UInt16)?
     /// A function held in memory: its config space (the lock guards the
     /// copy, not any I/O), and what a reset puts back.
-    private let memory: Mutex<ConfigSpace?>
+    private let memory: Locked<ConfigSpace?>
     private let inMemory: Bool
     private let pristine: ConfigSpace?
     private let fd: Int32
@@ -130,7 +130,7 @@ public final class SysfsPCIDevice: PCIDeviceAccess {
                 throw PCIBackError.badDevice("\(address): \(path)/config is unreadable or shorter than the 64-byte header")
             }
             let cs = ConfigSpace(bytes: Array(data.prefix(4096)))
-            memory = Mutex(cs)
+            memory = Locked(cs)
             self.inMemory = true
             pristine = cs
             fd = -1
@@ -147,7 +147,7 @@ public final class SysfsPCIDevice: PCIDeviceAccess {
             if f < 0 { f = open(file, O_RDONLY | O_CLOEXEC) }
             guard f >= 0 else { throw PCIBackError.badDevice("\(address): open \(file): \(String(cString: strerror(errno)))") }
             fd = f
-            memory = Mutex(nil)
+            memory = Locked(nil)
             self.inMemory = false
             pristine = nil
             configFile = file

@@ -10,7 +10,7 @@ import Synchronization
 /// (`ClaimedDevice.resetting`), so its accesses stay in order.
 final class DeviceWork: Sendable {
     private let queue: DispatchQueue?
-    private let queued = Mutex<[@Sendable () -> Void]>([])
+    private let queued = Locked<[@Sendable () -> Void]>([])
 
     init(workers: Bool) {
         queue = workers ? DispatchQueue(label: "pciback.device-work", attributes: .concurrent) : nil

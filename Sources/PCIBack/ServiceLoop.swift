@@ -37,7 +37,7 @@ final class ServiceLoop: @unchecked Sendable {
         /// The thread that is the loop now.
         var owner: pthread_t?
     }
-    private let shared = Mutex(Shared())
+    private let shared = Locked(Shared())
     private let turn = NSLock()
     /// Signalled when a job is handed to the service thread (and at stop).
     let wake = xenpci_eventfd_open()

@@ -131,7 +131,7 @@ final class StateWriter: Sendable {
         var writing = false
     }
     private let store: BackendStateStore?
-    private let pending = Mutex(Pending())
+    private let pending = Locked(Pending())
     private let queue: DispatchQueue?
     /// Called on the writer's thread when a write fails.
     nonisolated(unsafe) var failed: (@Sendable (String) -> Void)? // set once, before any save
