@@ -126,22 +126,26 @@ final class BackendContext {
         d.becameIdle()
         persist()
         resetDone()
-        resetFinished()
+        deviceWorkFinished()
     }
 
-    /// Waiters go on once no function is being reset (owner).
-    func resetFinished() {
-        guard !registry.sorted.contains(where: \.resetting) else { return }
+    /// A function is being reset or is settling.
+    private var deviceWorkPending: Bool { registry.sorted.contains { $0.resetting || $0.settlingUntil != nil } }
+
+    /// Waiters go on once no function is being reset or settling (owner).
+    func deviceWorkFinished() {
+        guard !deviceWorkPending else { return }
         for w in resetWaiters { w.signal() }
         resetWaiters = []
     }
 
-    /// Waits until no reset is running and what the workers handed back is
-    /// installed (the deterministic mode runs the queued ones here).
+    /// Waits until no reset is running, no settle is pending (its guest's
+    /// reply sent) and what the workers handed back is installed (the
+    /// deterministic mode runs the queued work and the timers here).
     func waitForResets() {
         while true {
             let wait: DispatchSemaphore? = loop.submit { [self] in
-                guard registry.sorted.contains(where: \.resetting) else { return nil }
+                guard deviceWorkPending else { return nil }
                 let s = DispatchSemaphore(value: 0)
                 resetWaiters.append(s)
                 return s

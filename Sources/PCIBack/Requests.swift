@@ -51,8 +51,9 @@ extension GuestConnection {
             deviceWait = nil
             inFlight = true
             let page = sh.pointer
-            d.settle(on: ctx.loop, for: wait.delay, then: wait.then) { [weak self] failure in
+            d.settle(on: ctx.loop, for: wait.delay, then: wait.then) { [weak self, unowned ctx] failure in
                 self?.completeDeferred(port, page: page, nvec: nvec, failure: failure.map { "\(d.address): \($0)" })
+                ctx.deviceWorkFinished()
             }
             return false
         }
