@@ -24,8 +24,12 @@ final class DeviceRegistry {
         self.store = store
         var problem: String?
         do {
-            for d in try store?.load()?.devices ?? [] {
-                if let a = try? PCIAddress(parsing: d.address) { recovered[a] = d }
+            if let s = try store?.load() {
+                if let now = PersistedState.currentBootID, s.bootID != now {
+                    problem = "\(store!.location) was written in another boot (boot_id \(s.bootID ?? "none"), now \(now))"
+                } else {
+                    for d in s.devices { if let a = try? PCIAddress(parsing: d.address) { recovered[a] = d } }
+                }
             }
         } catch {
             problem = "\(error)"

@@ -381,8 +381,10 @@ public final class PCIBack: @unchecked Sendable {
                 for p in ready { loop.step { serve(p, fromEvent: false) } }
                 requestBudget -= ports.count + ready.count
                 loop.step { settleHeld(spin: options.spinBeforeBlock) }
-                // Watch events between rounds too: a toolstack's steps (a
-                // hot-plug) wait for a round of requests, not a turn of them.
+                // Jobs and watch events between rounds too: an administrator's
+                // command and a toolstack's steps (a hot-plug) wait for a
+                // round of requests, not a turn of them.
+                loop.runJobs()
                 if watchBudget > 0 { watchBudget -= serveWatches(max: min(watchBudget, 2)) }
                 guard requestBudget > 0 else { break }
                 // While the held guests are served without a system call,

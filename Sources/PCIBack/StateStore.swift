@@ -20,9 +20,23 @@ public struct PersistedState: Codable, Equatable, Sendable {
         public var quirks: [String]
     }
     public var version = 1
+    /// The boot it was written in (`/proc/sys/kernel/random/boot_id`): a
+    /// file from another boot describes no guest running now.
+    public var bootID: String?
     public var devices: [Device] = []
 
-    public init(devices: [Device] = []) { self.devices = devices }
+    public init(devices: [Device] = [], bootID: String? = PersistedState.currentBootID) {
+        self.devices = devices
+        self.bootID = bootID
+    }
+
+    /// This boot's id, or nil where the kernel has none.
+    public static let currentBootID: String? = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))
+        .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+
+    /// The largest state file read: 256 functions of 4 KiB golden state in
+    /// hex is 2 MiB; anything much bigger was not written by us.
+    public static let maxFileSize = 8 << 20
 }
 
 /// Where the backend keeps its persisted state.
@@ -43,10 +57,35 @@ public final class FileStateStore: BackendStateStore, @unchecked Sendable {
 
     public init(path: String) { location = path }
 
+    /// The file's directory must be ours and writable by nobody else:
+    /// whoever can write there can replace what a restart trusts.
+    private func checkDirectory(_ dir: String) throws {
+        var st = stat()
+        guard lstat(dir, &st) == 0 else { throw PCIBackError.badState("\(dir): \(String(cString: strerror(errno)))") }
+        guard st.st_mode & S_IFMT == S_IFDIR else { throw PCIBackError.badState("\(dir): not a directory (a symbolic link?)") }
+        guard st.st_uid == geteuid() else { throw PCIBackError.badState("\(dir): owned by uid \(st.st_uid), not by this process's uid \(geteuid())") }
+        guard st.st_mode & 0o022 == 0 else {
+            throw PCIBackError.badState("\(dir): writable by others (mode \(String(st.st_mode & 0o7777, radix: 8))); make it 0700")
+        }
+    }
+
     public func load() throws -> PersistedState? {
-        guard FileManager.default.fileExists(atPath: location) else { return nil }
-        guard let data = FileManager.default.contents(atPath: location) else {
-            throw PCIBackError.badState("\(location): unreadable")
+        let dir = (location as NSString).deletingLastPathComponent
+        var st = stat()
+        guard lstat(location, &st) == 0 else {
+            if errno == ENOENT { return nil }
+            throw PCIBackError.badState("\(location): \(String(cString: strerror(errno)))")
+        }
+        try checkDirectory(dir)
+        guard st.st_mode & S_IFMT == S_IFREG else { throw PCIBackError.badState("\(location): not a regular file (a symbolic link?)") }
+        guard st.st_size <= PersistedState.maxFileSize else {
+            throw PCIBackError.badState("\(location): \(st.st_size) bytes, more than a state file's \(PersistedState.maxFileSize)")
+        }
+        let fd = open(location, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw PCIBackError.badState("\(location): \(String(cString: strerror(errno)))") }
+        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        guard let data = try? handle.read(upToCount: PersistedState.maxFileSize + 1), data.count <= PersistedState.maxFileSize else {
+            throw PCIBackError.badState("\(location): unreadable or larger than \(PersistedState.maxFileSize) bytes")
         }
         do {
             let s = try JSONDecoder().decode(PersistedState.self, from: data)
@@ -62,11 +101,15 @@ public final class FileStateStore: BackendStateStore, @unchecked Sendable {
     public func save(_ s: PersistedState) throws {
         let dir = (location as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try checkDirectory(dir)
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         let data = try enc.encode(s)
         let tmp = location + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        // A new file, never one that is there (a link planted to make us
+        // write elsewhere): a leftover is removed (the link, not its target).
+        var fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        if fd < 0 && errno == EEXIST, unlink(tmp) == 0 { fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
         guard fd >= 0 else { throw PCIBackError.badState("\(tmp): \(String(cString: strerror(errno)))") }
         let ok = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) == $0.count } && fsync(fd) == 0
         close(fd)

@@ -76,7 +76,7 @@ struct Config {
         isolationLines.append(String(format: "isolation %@: guest C p50 %.3f ms, p99 %.3f ms, max %.1f ms (target p99 <= 10 ms: %@); A's actions %d, state writes %d, log lines about A %d",
                                      attack.rawValue, median(p50), median(p99), mx.max() ?? 0, met ? "met" : "missed", acts, writes, lines))
     }
-    for (name, what, f) in [("hotplug", "C's attach -> first answered read", hotplugRun), ("toolstack", "200 xenstore transactions of a dom0 process", toolstackRun)] {
+    for (name, what, f) in [("hotplug", "C's attach -> first answered read", hotplugRun), ("toolstack", "2000 xenstore transactions of a dom0 process", toolstackRun)] {
         var quiet: [Double] = [], loaded: [Double] = []
         for r in 1...cfg.runs {
             quiet.append(try f(false))

@@ -128,6 +128,58 @@ struct TakeoverTests {
     }
 }
 
+@Suite struct StateFileTrustTests {
+    static func tempDir() throws -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("xenpci-state-\(UUID())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        return dir
+    }
+
+    @Test("a file from another boot is not used for a takeover: the function is left alone, saying why")
+    func anotherBoot() throws {
+        try #require(PersistedState.currentBootID != nil, "this kernel has no boot_id")
+        let store = MemoryStateStore()
+        var old = PersistedState(devices: [])
+        old.bootID = "00000000-0000-0000-0000-000000000000"
+        try store.save(old)
+        let h = try Harness(stateStore: store)
+        defer { h.shutdown() }
+        let problem = h.back.loop.submit { h.back.registry.recoveryProblem }
+        #expect(problem?.contains("another boot") == true, "\(problem ?? "none")")
+    }
+
+    @Test("the temporary file is never followed: a planted symbolic link is replaced, its target untouched")
+    func plantedLink() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let target = dir + "/victim"
+        try "keep".write(toFile: target, atomically: true, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/state.json.tmp", withDestinationPath: target)
+        let s = FileStateStore(path: dir + "/state.json")
+        try s.save(PersistedState())
+        #expect(try String(contentsOfFile: target, encoding: .utf8) == "keep")
+        #expect(try s.load() == PersistedState())
+    }
+
+    @Test("a directory others can write, a symbolic link as the file, an oversized file: refused, naming the path")
+    func refused() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let s = FileStateStore(path: dir + "/state.json")
+        try s.save(PersistedState())
+        chmod(dir, 0o777)
+        #expect { try s.load() } throws: { "\($0)".contains(dir) && "\($0)".contains("writable by others") }
+        #expect { try s.save(PersistedState()) } throws: { "\($0)".contains("writable by others") }
+        chmod(dir, 0o700)
+        try FileManager.default.removeItem(atPath: dir + "/state.json")
+        try FileManager.default.createSymbolicLink(atPath: dir + "/state.json", withDestinationPath: "/etc/hostname")
+        #expect { try s.load() } throws: { "\($0)".contains("not a regular file") }
+        try FileManager.default.removeItem(atPath: dir + "/state.json")
+        try Data(count: PersistedState.maxFileSize + 1).write(to: URL(fileURLWithPath: dir + "/state.json"))
+        #expect { try s.load() } throws: { "\($0)".contains("bytes") }
+    }
+}
+
 extension SysfsPCIDevice {
     func readConfig4(_ o: Int) -> UInt32 { (try? readConfig(o, 4)) ?? 0 }
 }
