@@ -427,7 +427,7 @@ final class TerminationSignal {
 struct ToolstackArguments: ParsableArguments {
     @Option(help: "auto (default) or xen (on the mock, use 'hotadd' and 'hotremove' inside 'xenpci demo').")
     var hypervisor: HypervisorKind = .auto
-    @Argument(help: "The guest's domain id.") var domid: String
+    @Argument(help: "The guest: its domain id or its name (as xl takes them).") var domid: String
     @Argument(help: "The host functions, [DDDD:]BB:SS.F ...") var bdf: [String]
 }
 
@@ -452,9 +452,20 @@ func parseDomainID(_ text: String) throws -> DomID {
     return d
 }
 
+/// A domain named by id or by name (`/local/domain/N/name`, as xl looks it up).
+func domainID(_ text: String, _ xs: XenStore) throws -> DomID {
+    if text.utf8.first.map({ (48...57).contains($0) }) == true { return try parseDomainID(text) }
+    let matches = ((try? xs.directory("/local/domain")) ?? []).compactMap { n -> DomID? in
+        guard let d = DomID(n), (try? xs.readIfPresent("/local/domain/\(n)/name")) ?? nil == text else { return nil }
+        return d
+    }
+    guard let d = matches.first else { throw CLIError.usage("no domain named '\(text)' (xl list shows the running ones)") }
+    guard matches.count == 1 else { throw CLIError.usage("domain name '\(text)' is taken by \(matches.count) domains: give its id") }
+    return d
+}
+
 func toolstackCommand(_ kind: HypervisorKind, _ domidText: String, _ bdfs: [String], add: Bool) throws {
-    // Domain 0 is allowed: the loopback case, a frontend in the backend's own domain.
-    let dom = try parseDomainID(domidText)
+    if domidText.utf8.first.map({ (48...57).contains($0) }) == true { _ = try parseDomainID(domidText) } // a bad id says so before anything opens
     guard !bdfs.isEmpty else { throw CLIError.usage("\(add ? "attach" : "detach"): give at least one PCI function") }
     let devices = try bdfs.map { try PCIAddress(parsing: $0) }
     guard try resolveHypervisor(kind, console: .standard, xenOnly: true) == .xen else {
@@ -463,6 +474,8 @@ func toolstackCommand(_ kind: HypervisorKind, _ domidText: String, _ bdfs: [Stri
     let hv = try openXenHypervisor()
     let xs = try hv.openXenStore()
     defer { xs.close() }
+    // Domain 0 is allowed: the loopback case, a frontend in the backend's own domain.
+    let dom = try domainID(domidText, xs)
     // libxl's grants for PV pass-through go through libxenctrl.
     let ctrl: XenCtrl
     do { ctrl = try XenCtrl() } catch { throw CLIError(message: "no Xen: libxenctrl: \(error)", status: CLIError.unavailable) }
