@@ -385,6 +385,7 @@ public final class PCIBack: @unchecked Sendable {
                 // command and a toolstack's steps (a hot-plug) wait for a
                 // round of requests, not a turn of them.
                 loop.runJobs()
+                if stopping || exiting { break } // a job stopped us: no guest's event is taken from here
                 if watchBudget > 0 { watchBudget -= serveWatches(max: min(watchBudget, 2)) }
                 guard requestBudget > 0 else { break }
                 // While the held guests are served without a system call,
@@ -393,6 +394,8 @@ public final class PCIBack: @unchecked Sendable {
                 round += 1
                 ports = round % 4 == 0 && ctx.ports.count > 1 ? (try? evtchn.pendingBatch(max: requestBudget)) ?? [] : []
             }
+            if exiting { break }
+            if stopping { moreWork = false; continue }
             if watchBudget > 0 { watchBudget -= serveWatches(max: watchBudget) }
             moreWork = watchBudget == 0 || requestBudget <= 0
             // A turn that used its whole budget gives the CPU up before the
