@@ -17,10 +17,19 @@ domid=$(guest_create $G "xt_role=restart xt_rounds=45") || exit 1
 "$XENPCI" attach "$domid" $D > /tmp/xt/attach.log 2>&1 || { cat /tmp/xt/attach.log; fail "xenpci attach $domid $D failed"; }
 wait_guest $G '^@@XT restart io start' 180 > /dev/null || fail "the guest's NVMe did not come up through our backend within 180 s"
 count_ok() { tr -d '\r' < "$(guest_log $G)" | grep -c '^@@XT blk nvme .* ok '; }
+# A count that is not a number (a dom0 command that failed under TCG: bash
+# has aborted in malloc here) is "not yet", never the end of the wait.
+ok_now() { local n; n=$(count_ok); [[ $n =~ ^[0-9]+$ ]] && echo "$n" || echo -1; }
 wait_ok() { # N: wait for N more good blocks (60 s)
-    local want=$(( $(count_ok) + $1 )) i=0
-    while [ "$(count_ok)" -lt $want ] && [ $i -lt 60 ]; do sleep 1; i=$((i + 1)); done
-    [ "$(count_ok)" -ge $want ]
+    local base i=0 n
+    base=$(ok_now); while [ "$base" -lt 0 ] && [ $i -lt 5 ]; do sleep 1; base=$(ok_now); i=$((i + 1)); done
+    local want=$(( base + $1 )); i=0
+    while [ $i -lt 60 ]; do
+        n=$(ok_now)
+        [ "$n" -ge $want ] && return 0
+        sleep 1; i=$((i + 1))
+    done
+    return 1
 }
 wait_ok 3 || fail "no I/O progress before the restart"
 
