@@ -333,7 +333,9 @@ static int cmd_wait(const char *path, const char *last, int maxsec)
     int64_t end = now_us() + (int64_t)maxsec * 1000000;
     for (;;) {
         if (xs_call(XS_READ, path, a, reply, sizeof reply) < 0) {
-            if (strcmp(reply, "ENOENT") != 0) { fprintf(stderr, "xt-iso wait: read %s: %s\n", path, reply); return 2; }
+            /* not there yet, or not ours yet (dom0 writes it, then gives
+             * it to us): as if empty */
+            if (strcmp(reply, "ENOENT") != 0) fprintf(stderr, "xt-iso wait: read %s: %s\n", path, reply);
             reply[0] = 0;
         }
         if (strcmp(reply, last) != 0) { printf("%s\n", reply); return 0; }

@@ -51,8 +51,7 @@ bar0_size() { # BDF -> size of resource 0 (decimal)
 
 # ------------------------------------------------------------------ guests
 guest_log() { echo "$CONSOLE_DIR/guest-$1.log"; }
-# guest_create NAME EXTRA [PCI...]: a PV guest from the harness' kernel and initrd
-# ($GUEST_MEM MiB, 512 by default).
+# guest_create NAME EXTRA [PCI...]: a PV guest from the harness' kernel and initrd.
 guest_create() {
     local name=$1 extra=$2 pci="" b; shift 2
     for b in "$@"; do pci="$pci${pci:+, }'$b'"; done
@@ -62,7 +61,7 @@ type = "pv"
 kernel = "$GUEST_KERNEL"
 ramdisk = "$GUEST_INITRD"
 extra = "console=hvc0 quiet $extra"
-memory = ${GUEST_MEM:-512}
+memory = 512
 vcpus = 1
 on_poweroff = "destroy"
 on_reboot = "destroy"

@@ -35,7 +35,6 @@ for d in /sys/bus/pci/devices/0000:00:0a.0/0000:*; do [ -e "$d/config" ] && { NO
 [ -n "$NOISY" ] || fail "no function behind the root port 0000:00:0a.0 (the noisy neighbour's virtio-net)"
 for b in $VICTIM $NOISY $HOTPLUG; do [ -e /sys/bus/pci/devices/$b ] || fail "device $b missing in dom0"; done
 QUIET=${XT_ISO_QUIET:-10} TOGGLE_MIN=${XT_ISO_TOGGLE:-8} AFTER=${XT_ISO_AFTER:-5}
-export GUEST_MEM=256
 MISSING=()
 note "victim $VICTIM $(sys_id $VICTIM), noisy $NOISY $(sys_id $NOISY), hot-plug $HOTPLUG $(sys_id $HOTPLUG)"
 
@@ -150,8 +149,14 @@ half() {
     vd=$(guest_create $v "xt_role=iso xt_iso=victim") || exit 1
     nd=$(guest_create $n "xt_role=iso xt_iso=noisy") || exit 1
     hd=$(guest_create $h "xt_role=iso xt_iso=hotplug") || exit 1
+    # data/xt-cmd, the guests' command node: theirs to read
+    for d in $vd $nd $hd; do
+        xenstore-write /local/domain/$d/data/xt-cmd "0 none" && xenstore-chmod /local/domain/$d/data/xt-cmd "n$d" \
+            || fail "$kind: cannot make data/xt-cmd of dom$d"
+    done
     for g in $v $n $h; do
-        wait_guest $g '^@@XT iso ready' 240 > /dev/null || fail "$kind: $g was not up within 240 s"
+        l=$(wait_guest $g '^@@XT iso ready' 240) || fail "$kind: $g was not up within 240 s"
+        [[ $l == *" tool=ok"* ]] || fail "$kind: $g has no xt-iso ($l)"
         con_open $g || fail "$kind: no console log of $g"
     done
     # The victim's and the neighbour's functions, one after the other; the
