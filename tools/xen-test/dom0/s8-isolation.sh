@@ -125,6 +125,27 @@ served() {
     fi
 }
 
+# mk_guest NAME ROLE: a guest of the scenario (xt_role=iso xt_iso=ROLE), its
+# domid in DOMID once it is up. One more try when `xl create` fails: under
+# TCG it has failed reading a kernel it had read twice before ("unable to XZ
+# decompress kernel"), and crashed ("malloc(): unsorted double linked list
+# corrupted").
+mk_guest() {
+    local i l
+    DOMID=""
+    for i in 1 2; do
+        DOMID=$(guest_create $1 "xt_role=iso xt_iso=$2") && break
+        note "xl create $1 failed (try $i)"; timeout 60 xl destroy $1 > /dev/null 2>&1; DOMID=""
+    done
+    [ -n "$DOMID" ] || fail "$kind: xl create $1 failed twice"
+    # data/xt-cmd, its command node: the guest's to read
+    xenstore-write /local/domain/$DOMID/data/xt-cmd "0 none" && xenstore-chmod /local/domain/$DOMID/data/xt-cmd "n$DOMID" \
+        || fail "$kind: cannot make data/xt-cmd of dom$DOMID"
+    l=$(wait_guest $1 '^@@XT iso ready' 240) || fail "$kind: $1 was not up within 240 s"
+    [[ $l == *" tool=ok"* ]] || fail "$kind: $1 has no xt-iso ($l)"
+    con_open $1 || fail "$kind: no console log of $1"
+}
+
 # half KIND: one backend, the whole workload; results in /tmp/xt/s8-KIND
 # as KEY=VALUE lines.
 half() {
@@ -144,21 +165,12 @@ half() {
         done
         cmd="xl pci-attach" drv="Linux's pciback"
     fi
-    # Every guest before any load.
+    # Every guest before any load, one at a time (each up before the next
+    # `xl create`).
     v=xt-s8-$kind-victim n=xt-s8-$kind-noisy h=xt-s8-$kind-hotplug
-    vd=$(guest_create $v "xt_role=iso xt_iso=victim") || exit 1
-    nd=$(guest_create $n "xt_role=iso xt_iso=noisy") || exit 1
-    hd=$(guest_create $h "xt_role=iso xt_iso=hotplug") || exit 1
-    # data/xt-cmd, the guests' command node: theirs to read
-    for d in $vd $nd $hd; do
-        xenstore-write /local/domain/$d/data/xt-cmd "0 none" && xenstore-chmod /local/domain/$d/data/xt-cmd "n$d" \
-            || fail "$kind: cannot make data/xt-cmd of dom$d"
-    done
-    for g in $v $n $h; do
-        l=$(wait_guest $g '^@@XT iso ready' 240) || fail "$kind: $g was not up within 240 s"
-        [[ $l == *" tool=ok"* ]] || fail "$kind: $g has no xt-iso ($l)"
-        con_open $g || fail "$kind: no console log of $g"
-    done
+    mk_guest $v victim; vd=$DOMID
+    mk_guest $n noisy; nd=$DOMID
+    mk_guest $h hotplug; hd=$DOMID
     # The victim's and the neighbour's functions, one after the other; the
     # victim's attach timed as the quiet hot-plug.
     t0=$EPOCHREALTIME
