@@ -88,43 +88,6 @@ hb_stop() { # the heartbeat's line in HB_LINE (not in a subshell: it waits for i
     HB_LINE=$(grep '^@@XT iso-heartbeat ' /tmp/xt/s8-hb)
 }
 
-# A harness hazard (docs/PERFORMANCE.md, "A harness hazard seen while
-# measuring"): boots stop dead during or right after an `xl create`, Xen idle,
-# nothing waking dom0's vCPU. While guests are created, booted, attached and
-# destroyed, dom0 keeps a nice-19 spinner, so its vCPU never blocks; never
-# during the windows.
-spin_on() {
-    [ -f "$PIDS/s8-spin.pid" ] && return 0
-    nice -n 19 bash -c 'while :; do :; done' &
-    echo $! > "$PIDS/s8-spin.pid"
-}
-spin_off() {
-    [ -f "$PIDS/s8-spin.pid" ] || return 0
-    kill "$(cat "$PIDS/s8-spin.pid")" 2>/dev/null; wait "$(cat "$PIDS/s8-spin.pid")" 2>/dev/null
-    rm -f "$PIDS/s8-spin.pid"
-}
-
-# pciback_off: Linux's xen-pciback gone; a guest's backend directory can
-# linger for a moment after `xl destroy`, so a few tries.
-pciback_off() {
-    local i=0
-    while ! linux_pciback_off 2> /dev/null; do
-        i=$((i + 1)); [ $i -lt 20 ] || { pciback_holders; return 1; }; sleep 1
-    done
-}
-# served KIND DOMID: fail unless that backend serves the guest's directory.
-served() {
-    local be=/sys/bus/xen-backend/devices/pci-$2-0 drv
-    drv=$([ -L $be/driver ] && basename "$(readlink $be/driver)" || echo none)
-    if [ "$1" = ours ]; then
-        [ ! -d /sys/module/xen_pciback ] && [ "$drv" = none ] || fail "ours: Linux's pciback is loaded (xenbus driver of dom$2: $drv)"
-        grep -q "dom$2 connected" /tmp/xt/backend.log || fail "ours: our backend's log has no connection of dom$2"
-    else
-        [ "$drv" != none ] || fail "linux: no xenbus driver on $be (who served dom$2?)"
-        [ ! -f "$PIDS/backend.pid" ] || fail "linux: our backend was running"
-    fi
-}
-
 # mk_guest NAME ROLE: a guest of the scenario (xt_role=iso xt_iso=ROLE), its
 # domid in DOMID once it is up. One more try when `xl create` fails: under
 # TCG it has failed reading a kernel it had read twice before ("unable to XZ
@@ -150,7 +113,6 @@ mk_guest() {
 # as KEY=VALUE lines.
 half() {
     local kind=$1 cmd v n h vd nd hd t0 t1 t_noise l rq rn tg hq hn hp="" aq drv res=/tmp/xt/s8-$1 i rc
-    spin_on
     if [ "$kind" = ours ]; then
         pciback_off || fail "ours: Linux's xen-pciback cannot be unloaded: it would serve our guests' backend directories too"
         for b in $VICTIM $NOISY $HOTPLUG; do [ "$(drv_of $b)" = none ] || fail "ours: $b is bound to $(drv_of $b)"; done
@@ -183,7 +145,6 @@ half() {
     note "$kind: victim d$vd, neighbour d$nd, hot-plug guest d$hd; the victim's attach took $aq ms"
 
     # ---- quiet window: the neighbour idle
-    spin_off
     hb_start quiet
     gcmd $v $vd "read quiet" '^@@XT iso-read start win=quiet'
     nap $QUIET
@@ -222,7 +183,6 @@ half() {
         kill -0 "$(cat "$PIDS/backend.pid")" 2>/dev/null || fail "ours: xenpci backend died during the noisy window: $(tail -n 3 /tmp/xt/backend.log | tr '\n' ' ')"
     fi
 
-    spin_on
     # ---- figures
     {
         echo "q_n=$(field n "$rq") q_p50=$(field p50_us "$rq") q_p99=$(field p99_us "$rq") q_max=$(field max_us "$rq")"
@@ -257,7 +217,6 @@ half() {
     else
         pciback_off || ev "linux: Linux's xen-pciback could not be unloaded after the run"
     fi
-    spin_off
 }
 
 half ours
