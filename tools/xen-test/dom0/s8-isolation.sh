@@ -88,6 +88,27 @@ hb_stop() { # the heartbeat's line in HB_LINE (not in a subshell: it waits for i
     HB_LINE=$(grep '^@@XT iso-heartbeat ' /tmp/xt/s8-hb)
 }
 
+# pciback_off: Linux's xen-pciback gone; a guest's backend directory can
+# linger for a moment after `xl destroy`, so a few tries.
+pciback_off() {
+    local i=0
+    while ! linux_pciback_off 2> /dev/null; do
+        i=$((i + 1)); [ $i -lt 20 ] || { pciback_holders; return 1; }; sleep 1
+    done
+}
+# served KIND DOMID: fail unless that backend serves the guest's directory.
+served() {
+    local be=/sys/bus/xen-backend/devices/pci-$2-0 drv
+    drv=$([ -L $be/driver ] && basename "$(readlink $be/driver)" || echo none)
+    if [ "$1" = ours ]; then
+        [ ! -d /sys/module/xen_pciback ] && [ "$drv" = none ] || fail "ours: Linux's pciback is loaded (xenbus driver of dom$2: $drv)"
+        grep -q "dom$2 connected" /tmp/xt/backend.log || fail "ours: our backend's log has no connection of dom$2"
+    else
+        [ "$drv" != none ] || fail "linux: no xenbus driver on $be (who served dom$2?)"
+        [ ! -f "$PIDS/backend.pid" ] || fail "linux: our backend was running"
+    fi
+}
+
 # mk_guest NAME ROLE: a guest of the scenario (xt_role=iso xt_iso=ROLE), its
 # domid in DOMID once it is up. One more try when `xl create` fails: under
 # TCG it has failed reading a kernel it had read twice before ("unable to XZ
