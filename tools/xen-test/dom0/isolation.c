@@ -11,8 +11,9 @@
  *                                  D3hot and back to D0, back to back; then
  *                                  its frontend closes twice 1 ms apart and
  *                                  writes child nodes under its state node
- *   xt-iso firstread MAXSEC        hot-plug: waits for a PCI function in
- *                                  sysfs; says when its config first answered
+ *   xt-iso firstread MAXSEC [SKIP] hot-plug: waits for a PCI function (not
+ *                                  SKIP) in sysfs; says when its config
+ *                                  first answered
  *   xt-iso wait PATH LAST MAXSEC   waits (a xenstore watch, no polling) until
  *                                  PATH holds something other than LAST;
  *                                  prints it
@@ -288,16 +289,16 @@ done:;
 }
 
 /* ------------------------------------------------------------------ firstread */
-static int cmd_firstread(int maxsec)
+static int cmd_firstread(int maxsec, const char *skip)
 {
     int64_t t_start = now_us(), end = t_start + (int64_t)maxsec * 1000000, t_xb = -1;
     struct stat sb;
     while (now_us() < end) {
-        if (t_xb < 0 && stat("/sys/bus/xen/devices/pci-0", &sb) == 0) t_xb = now_us();
+        if (t_xb < 0 && !skip && stat("/sys/bus/xen/devices/pci-0", &sb) == 0) t_xb = now_us();
         DIR *d = opendir("/sys/bus/pci/devices");
         struct dirent *e;
         while (d && (e = readdir(d))) {
-            if (e->d_name[0] == '.') continue;
+            if (e->d_name[0] == '.' || (skip && strcmp(e->d_name, skip) == 0)) continue;
             char p[300];
             uint32_t v = 0xffffffff;
             snprintf(p, sizeof p, "/sys/bus/pci/devices/%s/config", e->d_name);
@@ -386,9 +387,9 @@ int main(int argc, char **argv)
 {
     if (argc >= 5 && strcmp(argv[1], "read") == 0) return cmd_read(argv[2], atoi(argv[3]), argv[4]);
     if (argc >= 4 && strcmp(argv[1], "toggle") == 0) return cmd_toggle(argv[2], atoi(argv[3]));
-    if (argc >= 3 && strcmp(argv[1], "firstread") == 0) return cmd_firstread(atoi(argv[2]));
+    if (argc >= 3 && strcmp(argv[1], "firstread") == 0) return cmd_firstread(atoi(argv[2]), argc >= 4 ? argv[3] : NULL);
     if (argc >= 5 && strcmp(argv[1], "wait") == 0) return cmd_wait(argv[2], argv[3], atoi(argv[4]));
     if (argc >= 5 && strcmp(argv[1], "heartbeat") == 0) return cmd_heartbeat(atol(argv[2]), atoi(argv[3]), argv[4]);
-    fprintf(stderr, "usage: xt-iso read CFG MAXSEC WIN | toggle CFG MAXSEC | firstread MAXSEC | wait PATH LAST MAXSEC | heartbeat PERIOD_US MAXSEC WIN\n");
+    fprintf(stderr, "usage: xt-iso read CFG MAXSEC WIN | toggle CFG MAXSEC | firstread MAXSEC [SKIP] | wait PATH LAST MAXSEC | heartbeat PERIOD_US MAXSEC WIN\n");
     return 2;
 }
