@@ -2,9 +2,10 @@
 # mkimages.sh XENPCI: the images that change with our code, on top of mkbase.sh:
 #   build/xen-test/images/guest-initrd.gz  busybox + lspci + xen-pcifront/e1000/... modules
 #                                          + xenpci and the libxen* it dlopens
+#                                          + xt-iso (scenario 8's timing tools)
 #   build/xen-test/images/dom0-initrd.gz   dom0-base.cpio.gz + an overlay cpio (/init,
-#                                          scenarios, xenpci, xt-syscost, the guest kernel
-#                                          and initrd)
+#                                          scenarios, xenpci, xt-syscost, xt-iso, the guest
+#                                          kernel and initrd)
 # Cached: rebuilt only when the base, these scripts or the xenpci binary change.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -59,6 +60,9 @@ cp "$R/usr/share/misc/pci.ids" "$G/usr/share/misc/" 2>/dev/null || cp -L "$R"/us
 copy_modules "$BASE/.kroot" "$KREL" "$G" xen-pcifront e1000 xen-evtchn xen-gntdev xen-gntalloc xenfs \
     nvme ahci sd_mod virtio_pci virtio_net crc64_rocksoft_generic crct10dif_generic
 cp "$XT/guest/init" "$G/init"; chmod 755 "$G/init"
+# scenario 8's timing tools (dom0/isolation.c), in the guests and in dom0
+cc -O2 -Wall -static -o "$IMG/xt-iso" "$XT/dom0/isolation.c" || die "cc dom0/isolation.c failed"
+cp "$IMG/xt-iso" "$G/usr/local/bin/xt-iso"
 pack_cpio "$G" "$IMG/guest-initrd.gz"
 
 # ---------------------------------------------------------------- dom0 overlay
@@ -71,6 +75,7 @@ cp "$IMG/guest-initrd.gz" "$O/xt/guest/initrd.gz"
 cp "$IMG/xenpci" "$O/usr/local/bin/xenpci"
 # scenario 4's system-call cost probe (dom0 has no compiler)
 cc -O2 -Wall -static -o "$O/usr/local/bin/xt-syscost" "$XT/dom0/syscost.c" || die "cc dom0/syscost.c failed"
+cp "$IMG/xt-iso" "$O/usr/local/bin/xt-iso"
 pack_cpio "$O" "$IMG/dom0-overlay.cpio.gz"
 # The kernel unpacks concatenated cpio archives in order: overlay wins.
 cat "$BASE/dom0-base.cpio.gz" "$IMG/dom0-overlay.cpio.gz" > "$IMG/dom0-initrd.gz"

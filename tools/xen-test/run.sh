@@ -12,13 +12,15 @@
 #   XT_KEEP=1        keep the serial log of every run (build/xen-test/logs/)
 #   XT_PAIRS=N XT_RATE=S  scenario 4: N pairs, S seconds of reads per run
 #   XT_SPIN_US=N          scenario 4: our backend with --spin-us N (experimental)
+#   XT_ISO_QUIET=S XT_ISO_TOGGLE=S XT_ISO_AFTER=S  scenario 8: the quiet window, the
+#                         least toggling before the closes, the noisy window after them
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 T_START=$(date +%s)
-XT_ONLY=${XT_ONLY:-1:2:3:4:5:6:7}
+XT_ONLY=${XT_ONLY:-1:2:3:4:5:6:7:8}
 # Scenario budgets (s): dom0's /init enforces its own (announced in XT-BEGIN);
 # these only size the hard cap on QEMU.
-declare -A BUDGET=([1]=180 [2]=300 [3]=360 [4]=1200 [5]=600 [6]=300 [7]=600)
+declare -A BUDGET=([1]=180 [2]=300 [3]=360 [4]=1200 [5]=600 [6]=300 [7]=600 [8]=1200)
 BOOT_BUDGET=${XT_BOOT_BUDGET:-300}   # QEMU start -> first scenario
 SLACK=60
 
@@ -67,8 +69,8 @@ NVME2_IMG="$WORK/nvme2.img" AHCI_IMG="$WORK/ahci.img" NVME3_IMG="$WORK/nvme3.img
 for f in "$NVME2_IMG" "$AHCI_IMG" "$NVME3_IMG"; do [ -f "$f" ] || truncate -s 16M "$f"; done
 XEN_ARGS="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 loglvl=all guest_loglvl=all iommu=verbose"
 DOM0_ARGS="console=hvc0 earlyprintk=xen panic=-1 loglevel=4 xt_only=$XT_ONLY"
-# Scenario 4's knobs reach dom0's /init (and the scenarios) as variables.
-for v in XT_PAIRS XT_RATE XT_SPIN_US; do
+# Scenario 4's and 8's knobs reach dom0's /init (and the scenarios) as variables.
+for v in XT_PAIRS XT_RATE XT_SPIN_US XT_ISO_QUIET XT_ISO_TOGGLE XT_ISO_AFTER; do
     [ -n "${!v:-}" ] || continue
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a number"
     DOM0_ARGS="$DOM0_ARGS $v=${!v}"
@@ -106,6 +108,10 @@ QEMU_ARGS=(
     -device nvme,id=nvme2,serial=xentest2,bus=rp3,subsys=subsys0,sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2
     -drive "file=$NVME3_IMG,if=none,id=nv2,format=raw"
     -device nvme-ns,drive=nv2,bus=nvme2,nsid=1
+    # scenario 8: the noisy neighbour's function, a virtio-net behind its own
+    # root port (PCIe mode: a PM capability whose D3hot/D0 QEMU survives, FLR)
+    -device pcie-root-port,id=rp4,chassis=4,slot=4,addr=0xa
+    -netdev user,id=n4,restrict=on -device virtio-net-pci,netdev=n4,bus=rp4
 )
 : > "$LOG"
 log "booting Xen + dom0 under QEMU (TCG); serial log ${LOG#$ROOT/}"
