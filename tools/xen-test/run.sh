@@ -17,7 +17,9 @@
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 T_START=$(date +%s)
-XT_ONLY=${XT_ONLY:-1:2:3:4:5:6:7:8}
+# Scenario 8 (isolation) is asked for by name (XT_ONLY=8): it has not yet
+# completed a run on these machines (tools/xen-test/README.md).
+XT_ONLY=${XT_ONLY:-1:2:3:4:5:6:7}
 # Scenario budgets (s): dom0's /init enforces its own (announced in XT-BEGIN);
 # these only size the hard cap on QEMU.
 declare -A BUDGET=([1]=180 [2]=300 [3]=360 [4]=1200 [5]=600 [6]=300 [7]=600 [8]=1200)
@@ -108,11 +110,14 @@ QEMU_ARGS=(
     -device nvme,id=nvme2,serial=xentest2,bus=rp3,subsys=subsys0,sriov_max_vfs=2,sriov_vq_flexible=4,sriov_vi_flexible=2
     -drive "file=$NVME3_IMG,if=none,id=nv2,format=raw"
     -device nvme-ns,drive=nv2,bus=nvme2,nsid=1
-    # scenario 8: the noisy neighbour's function, a virtio-net behind its own
-    # root port (PCIe mode: a PM capability whose D3hot/D0 QEMU survives, FLR)
-    -device pcie-root-port,id=rp4,chassis=4,slot=4,addr=0xa
-    -netdev user,id=n4,restrict=on -device virtio-net-pci,netdev=n4,bus=rp4
 )
+# scenario 8: the noisy neighbour's function, a virtio-net behind its own
+# root port (PCIe mode: a PM capability whose D3hot/D0 QEMU survives, FLR);
+# only when scenario 8 runs, so the other scenarios' machine is unchanged.
+case ":$XT_ONLY:" in *:8:*)
+    QEMU_ARGS+=(-device pcie-root-port,id=rp4,chassis=4,slot=4,addr=0xa
+        -netdev user,id=n4,restrict=on -device virtio-net-pci,netdev=n4,bus=rp4) ;;
+esac
 : > "$LOG"
 log "booting Xen + dom0 under QEMU (TCG); serial log ${LOG#$ROOT/}"
 T_BOOT0=$(date +%s)
